@@ -1,0 +1,1 @@
+"""Synthetic capture sessions with ground truth kept apart from the capture."""

@@ -1,0 +1,1 @@
+"""Geometry: calibration, landmarks, morphable models and multi-view fitting."""

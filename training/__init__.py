@@ -1,0 +1,1 @@
+"""Learning: loaders, the avatar prior, few-shot adaptation, metrics and reports."""
