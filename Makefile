@@ -1,0 +1,37 @@
+# The two commands a new machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA := workspace_data
+
+.PHONY: setup demo test bench clean dagster-ui
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first, so nothing pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/o2a simulate $(DATA)/sim --subjects 4 --size 256 --seed 0
+	$(VENV)/bin/o2a pipeline run --captures $(DATA)/sim/captures \
+		--storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
+	@echo "captures:      $(DATA)/sim/captures"
+	@echo "ground truth:  $(DATA)/sim/ground_truth"
+	@echo "derived:       $(DATA)/derived"
+	@echo "browse runs:   DAGSTER_HOME=$$PWD/$(DATA)/dagster_home O2A_CAPTURES_ROOT=$(DATA)/sim/captures \\"
+	@echo "               O2A_STORAGE_URL=file://$(DATA)/derived $(VENV)/bin/dagster dev -w workspace.yaml"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(DATA)

@@ -1,0 +1,84 @@
+"""A storage root named by URL: ``file://`` (default) locally, any fsspec scheme beyond.
+
+Local writes are atomic (temp name + rename). Object stores publish a whole object
+on close, which gives the same guarantee there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from capture_schema.atomic import atomic_write_bytes
+
+
+def _local_root(url: str) -> Path | None:
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        raw = url[len("file://"):] if url.startswith("file://") else url
+        return Path(raw).expanduser().resolve()
+    return None
+
+
+class Storage:
+    """Read and write derived artefacts under one root URL, by relative path."""
+
+    def __init__(self, url: str) -> None:
+        if not url:
+            raise ValueError("storage URL is empty; use e.g. file://./workspace_data or s3://bucket/prefix")
+        self.url = url
+        self.local_root = _local_root(url)
+        if self.local_root is None:
+            import fsspec  # only needed for remote roots
+
+            self._fs, self._root = fsspec.core.url_to_fs(url)
+        else:
+            self._fs, self._root = None, str(self.local_root)
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_root is not None
+
+    def uri(self, relpath: str) -> str:
+        """A human-readable location (a filesystem path when local)."""
+        if self.local_root is not None:
+            return str(self.local_root / relpath)
+        return f"{self.url.rstrip('/')}/{relpath}"
+
+    def local_path(self, relpath: str) -> Path:
+        if self.local_root is None:
+            raise ValueError(f"{self.url} is not a local storage root")
+        return self.local_root / relpath
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        if self.local_root is not None:
+            atomic_write_bytes(self.local_root / relpath, data)
+        else:
+            self._fs.pipe_file(f"{self._root}/{relpath}", data)
+        return self.uri(relpath)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        if self.local_root is not None:
+            return (self.local_root / relpath).read_bytes()
+        return self._fs.cat_file(f"{self._root}/{relpath}")
+
+    def exists(self, relpath: str) -> bool:
+        if self.local_root is not None:
+            return (self.local_root / relpath).exists()
+        return self._fs.exists(f"{self._root}/{relpath}")
+
+    def delete(self, relpath: str) -> None:
+        if self.local_root is not None:
+            target = self.local_root / relpath
+            if target.is_file():
+                os.unlink(target)
+        elif self._fs.exists(f"{self._root}/{relpath}"):
+            self._fs.rm_file(f"{self._root}/{relpath}")
+
+    def write_if_changed(self, relpath: str, data: bytes) -> bool:
+        """Write only when the content differs, so reruns leave files (and mtimes) alone."""
+        if self.exists(relpath) and self.read_bytes(relpath) == data:
+            return False
+        self.write_bytes(relpath, data)
+        return True

@@ -1,0 +1,1 @@
+"""Assets by stage: one module per pipeline stage."""

@@ -1,0 +1,115 @@
+"""``session_manifest``: validate, hash and record one session (or quarantine it).
+
+Thin by design: all the work is ``capture_schema.ingest.ingest_session``. The
+blocking checks stop downstream assets for a session that failed validation,
+while its manifest and problems stay recorded for a person to look at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+
+from capture_schema.ingest import IngestResult, ingest_session
+from capture_schema.problems import GRID_CODES, IMAGE_INTEGRITY_CODES, Problem, ProblemCode
+from pipelines.partitions import sessions_partitions
+from pipelines.resources import CapturesResource, StorageResource
+
+SESSION_FILE_CODES = frozenset(
+    {ProblemCode.SESSION_FILE_MISSING, ProblemCode.SESSION_FILE_INVALID,
+     ProblemCode.SESSION_FIELD_MISSING, ProblemCode.SESSION_FIELD_INVALID}
+)
+CALIBRATION_CODES = frozenset(
+    {ProblemCode.CALIBRATION_MISSING, ProblemCode.CALIBRATION_CAMERA_EMPTY, ProblemCode.CALIBRATION_BOARD_INVALID}
+)
+PREVIEW_ROWS = 8
+
+CHECKS = {
+    "grid_complete": (SESSION_FILE_CODES | GRID_CODES, "session.json is valid and every (expression, camera) cell holds exactly one image of the camera's size"),
+    "images_intact": (IMAGE_INTEGRITY_CODES, "no image is corrupt or truncated, and no two cells hold the same bytes"),
+    "calibration_present": (CALIBRATION_CODES, "the calibration folder has a valid board.json and board images for every camera"),
+}
+
+
+class IngestConfig(dg.Config):
+    """Run-time options for ingest."""
+
+    deep_decode: bool = False
+    """Also decode every image (about 20x slower than hashing; structural checks always run)."""
+
+
+def _problems_markdown(problems: list[Problem], limit: int = 20) -> str:
+    if not problems:
+        return "No problems found."
+    lines = ["| code | path | message |", "|---|---|---|"]
+    for p in sorted(problems)[:limit]:
+        lines.append(f"| `{p.code.value}` | `{p.path}` | {p.message.replace('|', '/')} |")
+    if len(problems) > limit:
+        lines.append(f"\n... and {len(problems) - limit} more (see the problems table).")
+    return "\n".join(lines)
+
+
+def _manifest_preview(result: IngestResult) -> str:
+    rows = sorted(result.report.images, key=lambda r: (r.expression, r.camera_id))[:PREVIEW_ROWS]
+    lines = ["| expression | camera | size | bytes | sha256 |", "|---|---|---|---|---|"]
+    lines += [f"| {r.expression} | {r.camera_id} | {r.width}x{r.height} | {r.bytes} | `{r.sha256[:12]}` |" for r in rows]
+    return "\n".join(lines)
+
+
+def _check_results(result: IngestResult) -> list[dg.AssetCheckResult]:
+    out = []
+    for name, (codes, description) in CHECKS.items():
+        found = [p for p in result.report.problems if p.code in codes]
+        out.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not found,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=description,
+                metadata={"problems": len(found), "details": dg.MetadataValue.md(_problems_markdown(found))},
+            )
+        )
+    return out
+
+
+@dg.asset(
+    partitions_def=sessions_partitions,
+    group_name="ingest",
+    kinds={"parquet"},
+    check_specs=[dg.AssetCheckSpec(name, asset="session_manifest", blocking=True, description=desc)
+                 for name, (_, desc) in CHECKS.items()],
+)
+def session_manifest(
+    context: dg.AssetExecutionContext, config: IngestConfig, captures: CapturesResource, storage: StorageResource
+) -> dg.MaterializeResult:
+    """The session's image manifest (Parquet) after validation; invalid sessions are quarantined."""
+    session_id = context.partition_key
+    session_dir = captures.session_dir(session_id)
+    context.log.info(f"validating and hashing {session_dir}")
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            context.log.debug(f"{session_id}: {done}/{total} images hashed")
+
+    result = ingest_session(session_dir, storage.storage(), deep=config.deep_decode, progress=progress)
+    report = result.report
+    if result.valid:
+        context.log.info(f"{session_id}: valid, {len(report.images)} images")
+    else:
+        context.log.warning(f"{session_id}: quarantined with {len(report.problems)} problem(s); see {result.quarantine_uri}")
+    version = hashlib.sha256("".join(sorted(r.sha256 for r in report.images)).encode()).hexdigest()[:16]
+    metadata = {
+        "valid": report.valid,
+        "images": len(report.images),
+        "expected_images": len(report.session.expressions) * len(report.session.cameras) if report.session else 0,
+        "problems": len(report.problems),
+        "total_mb": round(sum(r.bytes for r in report.images) / 1e6, 3),
+        "manifest": dg.MetadataValue.path(result.manifest_uri),
+        "problems_table": dg.MetadataValue.path(result.problems_uri),
+        "preview": dg.MetadataValue.md(_manifest_preview(result)),
+        "problems_found": dg.MetadataValue.md(_problems_markdown(report.problems)),
+    }
+    if result.quarantine_uri:
+        metadata["quarantine"] = dg.MetadataValue.path(result.quarantine_uri)
+    return dg.MaterializeResult(metadata=metadata, check_results=_check_results(result), data_version=dg.DataVersion(version))

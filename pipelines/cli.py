@@ -1,0 +1,154 @@
+"""``o2a``: the command line. Each subcommand calls the library function its asset calls.
+
+Exit codes: 0 success, 1 the input is bad or the work is impossible (a clear
+message says why), 2 usage errors. Bad input never produces a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from capture_schema.validation import validate_session
+
+    session_dir = Path(args.session_dir)
+    if not session_dir.is_dir():
+        print(f"o2a validate: {session_dir} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or _progress_bar(total, "validating")
+        bar.update(1)
+
+    report = validate_session(session_dir, deep=args.deep, progress=progress)
+    if bar is not None:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.valid:
+        print(f"{session_dir.name}: valid ({len(report.images)} images)")
+    else:
+        print(f"{session_dir.name}: INVALID, {len(report.problems)} problem(s)")
+        for p in sorted(report.problems):
+            print(f"  [{p.code.value}] {p.path}: {p.message}")
+    return EXIT_OK if report.valid else EXIT_INVALID
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from capture_schema.ingest import ingest_session
+    from capture_schema.storage import Storage
+
+    session_dir = Path(args.session_dir)
+    if not session_dir.is_dir():
+        print(f"o2a ingest: {session_dir} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    result = ingest_session(session_dir, Storage(args.storage), deep=args.deep)
+    print(f"manifest: {result.manifest_uri}")
+    if not result.valid:
+        print(f"quarantined: {result.quarantine_uri} ({len(result.report.problems)} problem(s))")
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from capture_simulator.simulate import simulate_dataset
+
+    if args.subjects < 1 or args.size < 64:
+        print("o2a simulate: --subjects must be >= 1 and --size >= 64", file=sys.stderr)
+        return EXIT_USAGE
+    out = simulate_dataset(Path(args.out), n_subjects=args.subjects, size=args.size, seed=args.seed,
+                           progress=not args.quiet)
+    print(f"captures: {out.captures_root}")
+    print(f"ground truth: {out.ground_truth_root}")
+    return EXIT_OK
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pipelines.resources import CapturesResource, StorageResource
+    from pipelines.runner import run_all_sessions
+
+    if args.dagster_home:
+        home = Path(args.dagster_home).resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    captures = CapturesResource(root=args.captures)
+    if not captures.root_path().is_dir():
+        print(f"o2a pipeline run: captures root {captures.root_path()} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    storage = StorageResource(url=args.storage)
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    print(f"materialising every session asset for sessions under {captures.root_path()}")
+    runs = run_all_sessions(instance, captures, storage)
+    if not runs:
+        print("no sessions found")
+        return EXIT_INVALID
+    failed = [r for r in runs if not r.success and not r.failed_checks]
+    quarantined = [r for r in runs if r.failed_checks]
+    print(f"{len(runs) - len(failed) - len(quarantined)} ok, {len(quarantined)} quarantined, {len(failed)} failed")
+    print(f"outputs: {storage.storage().uri('')}")
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="o2a", description="Multi-view head-capture pipeline toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a session folder against the capture contract")
+    p.add_argument("session_dir")
+    p.add_argument("--json", action="store_true", help="print {valid, problems} as JSON")
+    p.add_argument("--deep", action="store_true", help="also decode every image (slower)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("ingest", help="validate, hash and write the manifest of one session (no Dagster)")
+    p.add_argument("session_dir")
+    p.add_argument("--storage", default="file://workspace_data/derived", help="storage root URL")
+    p.add_argument("--deep", action="store_true")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("simulate", help="write simulated capture sessions plus ground truth")
+    p.add_argument("out")
+    p.add_argument("--subjects", type=int, required=True)
+    p.add_argument("--size", type=int, default=512, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("pipeline", help="run the Dagster pipeline")
+    psub = p.add_subparsers(dest="pipeline_command", required=True)
+    r = psub.add_parser("run", help="materialise every asset for every session under a captures root")
+    r.add_argument("--captures", required=True, help="captures root folder")
+    r.add_argument("--storage", required=True, help="storage root URL for derived artefacts")
+    r.add_argument("--dagster-home", help="persist runs in this Dagster instance (default: $DAGSTER_HOME or ephemeral)")
+    r.set_defaults(func=cmd_pipeline_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

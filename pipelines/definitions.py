@@ -1,0 +1,25 @@
+"""The Dagster code location: every asset, check, job, sensor and resource of the pipeline."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines.assets.ingest import session_manifest
+from pipelines.resources import default_resources
+from pipelines.sensors import build_session_sensor
+
+#: Assets computed once per session partition, in dependency order.
+SESSION_ASSETS = [session_manifest]
+
+session_job = dg.define_asset_job(
+    "process_session",
+    selection=dg.AssetSelection.assets(*SESSION_ASSETS),
+    description="Everything the pipeline computes for one capture session.",
+)
+
+defs = dg.Definitions(
+    assets=SESSION_ASSETS,
+    jobs=[session_job],
+    sensors=[build_session_sensor(session_job)],
+    resources=default_resources(),
+)

@@ -1,0 +1,55 @@
+"""Where captures come from and where derived artefacts go, as Dagster resources.
+
+Both are configured per deployment (``O2A_CAPTURES_ROOT``, ``O2A_STORAGE_URL``),
+never hard-coded; the defaults point under ``./workspace_data``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from capture_schema.layout import is_valid_id
+from capture_schema.storage import Storage
+from capture_schema.validation import iter_session_dirs
+
+DEFAULT_CAPTURES_ROOT = "workspace_data/captures"
+DEFAULT_STORAGE_URL = "file://workspace_data/derived"
+
+
+class CapturesResource(dg.ConfigurableResource):
+    """The read-only captures root: one folder per session, each with a session.json."""
+
+    root: str = DEFAULT_CAPTURES_ROOT
+
+    def root_path(self) -> Path:
+        raw = self.root[len("file://"):] if self.root.startswith("file://") else self.root
+        return Path(raw).expanduser().resolve()
+
+    def session_dir(self, session_id: str) -> Path:
+        return self.root_path() / session_id
+
+    def scan(self) -> tuple[list[str], list[str]]:
+        """Session ids usable as partition keys, and folder names that are not."""
+        good, bad = [], []
+        for path in iter_session_dirs(self.root_path()):
+            (good if is_valid_id(path.name) else bad).append(path.name)
+        return good, bad
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The derived-artefact root as a URL (``file://`` by default, any fsspec scheme)."""
+
+    url: str = DEFAULT_STORAGE_URL
+
+    def storage(self) -> Storage:
+        return Storage(self.url)
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "captures": CapturesResource(root=os.environ.get("O2A_CAPTURES_ROOT", DEFAULT_CAPTURES_ROOT)),
+        "storage": StorageResource(url=os.environ.get("O2A_STORAGE_URL", DEFAULT_STORAGE_URL)),
+    }
