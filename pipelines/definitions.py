@@ -20,6 +20,6 @@ session_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=SESSION_ASSETS,
     jobs=[session_job],
-    sensors=[build_session_sensor(session_job)],
+    sensors=[build_session_sensor(session_job.name)],
     resources=default_resources(),
 )

@@ -4,7 +4,6 @@ The run key carries a fingerprint of the session's files (names, sizes, mtimes),
 so an unchanged session is never re-run and a changed one is.
 """
 
-from __future__ import annotations
 
 import hashlib
 import os
@@ -31,8 +30,8 @@ def session_fingerprint(session_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_session_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
-    @dg.sensor(name="new_capture_sessions", job=job, minimum_interval_seconds=60,
+def build_session_sensor(job_name: str) -> dg.SensorDefinition:
+    @dg.sensor(name="new_capture_sessions", job_name=job_name, minimum_interval_seconds=60,
                description="Adds a partition per new session folder and requests its ingest run.")
     def new_capture_sessions(context: dg.SensorEvaluationContext, captures: CapturesResource) -> dg.SensorResult:
         good, bad = captures.scan()

@@ -5,7 +5,6 @@ blocking checks stop downstream assets for a session that failed validation,
 while its manifest and problems stay recorded for a person to look at.
 """
 
-from __future__ import annotations
 
 import hashlib
 

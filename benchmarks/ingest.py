@@ -1,0 +1,88 @@
+"""Ingest throughput as a ratio to simply reading and hashing the same files.
+
+Both sides run in this process on the same files (page cache warmed first), best
+of ``--repeat`` runs each. The baseline is the simplest correct tool: read every
+grid image and sha256 it, one after another. Ingest adds validation of the whole
+session, structural image checks and writing the Parquet manifest.
+
+    .venv/bin/python benchmarks/ingest.py [--captures DIR] [--subjects N] [--size PX]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+from capture_schema.ingest import ingest_session
+from capture_schema.storage import Storage
+from capture_schema.validation import iter_session_dirs
+
+
+def grid_files(session_dirs: list[Path]) -> list[Path]:
+    return [p for d in session_dirs for p in sorted((d / "images").rglob("*")) if p.is_file()]
+
+
+def read_and_hash(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        data = path.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        total += len(data)
+    return total
+
+
+def best_of(repeat: int, fn) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--captures", help="an existing captures root (default: simulate one)")
+    parser.add_argument("--subjects", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.captures:
+            root = Path(args.captures)
+        else:
+            from capture_simulator.simulate import simulate_dataset
+
+            print(f"simulating {args.subjects} subjects at {args.size} px ...")
+            root = simulate_dataset(Path(tmp) / "sim", args.subjects, size=args.size).captures_root
+        sessions = list(iter_session_dirs(root))
+        files = grid_files(sessions)
+        nbytes = read_and_hash(files)  # warm the page cache for both sides
+        print(f"{len(sessions)} sessions, {len(files)} images, {nbytes / 1e6:.1f} MB")
+
+        baseline = best_of(args.repeat, lambda: read_and_hash(files))
+
+        def ingest(deep: bool) -> None:
+            storage = Storage(f"file://{tempfile.mkdtemp(dir=tmp)}")
+            for session_dir in sessions:
+                ingest_session(session_dir, storage, deep=deep)
+
+        ours = best_of(args.repeat, lambda: ingest(False))
+        deep = best_of(1, lambda: ingest(True))
+
+    def rate(seconds: float) -> str:
+        return f"{nbytes / 1e6 / seconds:8.1f} MB/s  {len(files) / seconds:8.0f} images/s"
+
+    print(f"read + sha256 (baseline) : {rate(baseline)}")
+    print(f"ingest_session           : {rate(ours)}")
+    print(f"ingest_session deep      : {rate(deep)}")
+    print(f"ratio ingest / baseline  : {baseline / ours:.2f}   (goal >= 0.7)")
+    print(f"ratio deep / baseline    : {baseline / deep:.2f}   (decodes every image; opt-in)")
+
+
+if __name__ == "__main__":
+    main()

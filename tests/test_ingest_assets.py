@@ -1,0 +1,132 @@
+"""simulate -> validate -> materialise ``session_manifest`` in an in-process Dagster instance."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from capture_schema.ingest import manifest_relpath, quarantine_relpath
+from capture_schema.tables import MANIFEST_SCHEMA
+from conftest import tree_hashes
+from pipelines.assets.ingest import session_manifest
+from pipelines.definitions import defs
+from pipelines.partitions import SESSIONS_PARTITION
+from pipelines.resources import CapturesResource, StorageResource
+from pipelines.runner import run_all_sessions
+from pipelines.sensors import build_session_sensor
+
+
+@pytest.fixture()
+def captures_root(sim_dataset, tmp_path: Path) -> Path:
+    root = tmp_path / "captures"
+    shutil.copytree(sim_dataset.captures_root, root)
+    return root
+
+
+def _materialize(instance, root: Path, storage: Path, key: str):
+    return dg.materialize(
+        [session_manifest],
+        partition_key=key,
+        instance=instance,
+        resources={"captures": CapturesResource(root=str(root)), "storage": StorageResource(url=f"file://{storage}")},
+        raise_on_error=False,
+    )
+
+
+def test_definitions_load() -> None:
+    job = defs.get_job_def("process_session")
+    assert "session_manifest" in {n.name for n in job.nodes_in_topological_order}
+
+
+def test_valid_session_manifest(captures_root: Path, tmp_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    key = sorted(p.name for p in captures_root.iterdir())[0]
+    instance.add_dynamic_partitions(SESSIONS_PARTITION, [key])
+    storage = tmp_path / "derived"
+    before = tree_hashes(captures_root)
+    result = _materialize(instance, captures_root, storage, key)
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"grid_complete": True, "images_intact": True, "calibration_present": True}
+
+    table = pq.read_table(storage / manifest_relpath(key))
+    assert table.schema.equals(MANIFEST_SCHEMA, check_metadata=False)
+    assert table.num_rows == 169
+    row = table.slice(0, 1).to_pylist()[0]
+    raw = (captures_root / key / row["relative_path"]).read_bytes()
+    assert row["sha256"] == hashlib.sha256(raw).hexdigest() and row["bytes"] == len(raw)
+    assert (row["width"], row["height"], row["format"]) == (128, 128, "jpeg")
+    assert not (storage / quarantine_relpath(key)).exists()
+
+    mat = result.asset_materializations_for_node("session_manifest")[0]
+    assert mat.metadata["images"].value == 169 and mat.metadata["valid"].value is True
+
+    # Re-running on unchanged input is a no-op in effect: same bytes, files not rewritten.
+    manifest = storage / manifest_relpath(key)
+    first_bytes, first_mtime = manifest.read_bytes(), manifest.stat().st_mtime_ns
+    assert _materialize(instance, captures_root, storage, key).success
+    assert manifest.read_bytes() == first_bytes and manifest.stat().st_mtime_ns == first_mtime
+    assert tree_hashes(captures_root) == before
+
+
+def test_invalid_session_is_quarantined_not_dropped(captures_root: Path, tmp_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    key = sorted(p.name for p in captures_root.iterdir())[0]
+    instance.add_dynamic_partitions(SESSIONS_PARTITION, [key])
+    victim = captures_root / key / "images" / "smile" / "mid_C00.jpg"
+    missing = captures_root / key / "images" / "neutral" / "up_L30.jpg"
+    originals = {victim: victim.read_bytes(), missing: missing.read_bytes()}
+    victim.write_bytes(originals[victim][:500])
+    missing.unlink()
+    storage = tmp_path / "derived"
+    result = _materialize(instance, captures_root, storage, key)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"grid_complete": False, "images_intact": False, "calibration_present": True}
+    quarantine = storage / quarantine_relpath(key)
+    assert quarantine.exists()
+    text = quarantine.read_text()
+    assert "image_corrupt" in text and "image_missing" in text
+    assert pq.read_table(storage / manifest_relpath(key)).num_rows == 167  # the good images stay recorded
+
+    # Fixing the session releases it from quarantine.
+    for path, data in originals.items():
+        path.write_bytes(data)
+    result = _materialize(instance, captures_root, storage, key)
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert not quarantine.exists()
+    assert pq.read_table(storage / manifest_relpath(key)).num_rows == 169
+
+
+def test_sensor_adds_partitions_and_is_idempotent(captures_root: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    sensor = build_session_sensor("process_session")
+    (captures_root / "bad.name").mkdir()
+    (captures_root / "bad.name" / "session.json").write_text("{}")
+    ctx = dg.build_sensor_context(instance=instance, resources={"captures": CapturesResource(root=str(captures_root))})
+    result = sensor(ctx)
+    keys = sorted(p.name for p in captures_root.iterdir() if p.name != "bad.name")
+    assert sorted(r.partition_key for r in result.run_requests) == keys
+    assert result.dynamic_partitions_requests[0].partition_keys == keys
+    instance.add_dynamic_partitions(SESSIONS_PARTITION, keys)
+    again = sensor(dg.build_sensor_context(instance=instance, resources={"captures": CapturesResource(root=str(captures_root))}))
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in result.run_requests]
+    assert not again.dynamic_partitions_requests
+    # A changed session gets a new run key.
+    (captures_root / keys[0] / "images" / "neutral" / "mid_C00.jpg").write_bytes(b"changed")
+    changed = sensor(dg.build_sensor_context(instance=instance, resources={"captures": CapturesResource(root=str(captures_root))}))
+    assert changed.run_requests[0].run_key != result.run_requests[0].run_key
+    assert changed.run_requests[1].run_key == result.run_requests[1].run_key
+
+
+def test_run_all_sessions(captures_root: Path, tmp_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    runs = run_all_sessions(instance, CapturesResource(root=str(captures_root)),
+                            StorageResource(url=f"file://{tmp_path / 'derived'}"), log=lambda _: None)
+    assert [r.session_id for r in runs] == sorted(p.name for p in captures_root.iterdir())
+    assert all(r.success and not r.failed_checks for r in runs)
+    assert set(instance.get_dynamic_partitions(SESSIONS_PARTITION)) == {r.session_id for r in runs}
