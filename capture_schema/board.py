@@ -14,7 +14,9 @@ against ``cv2.aruco`` by the tests.
 Board frame (shared by both forms and used by ``fitting.boards``): origin at the
 top-left *outer* corner of the square grid as printed, x along a row (to the right),
 y down the columns, z = x cross y pointing into the board (away from a viewer who
-sees the pattern). The pattern spans ``[0, width_m] x [0, height_m]``.
+sees the pattern). The pattern spans ``[0, width_m] x [0, height_m]``. A chessboard's
+top-left square (at the origin) is *white*: that is the end ``findChessboardCornersSB``
+numbers first on every board whose cols + rows is odd, so its order is this frame's.
 """
 
 from __future__ import annotations
@@ -136,6 +138,15 @@ class ChessboardSpec:
         return (self.cols + 1) * self.square_length_m
 
     @property
+    def order_ambiguous(self) -> bool:
+        """True when the pattern looks the same turned by 180 degrees (cols + rows even).
+
+        Detectors then cannot tell which end is corner 0, so two cameras may number
+        the same corners differently; an odd cols + rows (e.g. 9 x 6) avoids that.
+        """
+        return (self.cols + self.rows) % 2 == 0
+
+    @property
     def height_m(self) -> float:
         return (self.rows + 1) * self.square_length_m
 
@@ -154,7 +165,8 @@ def _type_name(value: object) -> str:
 
 def _require(data: Mapping[str, Any], name: str) -> Any:
     if name not in data:
-        raise BoardSpecError(name, f"missing; a {data['type']} board needs {', '.join(_FIELDS[data['type']][1:])}")
+        label = "ChArUco board" if data["type"] == "charuco" else "chessboard"
+        raise BoardSpecError(name, f"missing; a {label} needs {', '.join(_FIELDS[data['type']][1:])}")
     return data[name]
 
 

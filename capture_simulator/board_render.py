@@ -19,9 +19,15 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from capture_schema.board import BoardSpec
+from capture_schema.board import BoardSpec, CharucoBoardSpec
 from capture_schema.cameras import Camera
 from fitting.boards import BoardTexture, board_object_points, board_texture
+
+#: The simulator's board: 7x5 squares of 4 cm (28 x 20 cm pattern, 24 corners, 17 markers).
+#: At 1 m with f ~ 1100 px a square spans ~44 px and a marker cell ~4.7 px, so markers
+#: still decode at 60+ degrees obliquity, while the board fills ~60 % of a 512 px frame
+#: and stays in view under tilt and a few cm of offset.
+DEFAULT_BOARD = CharucoBoardSpec(7, 5, 0.04, 0.03, "DICT_5X5_100")
 
 #: Simulated sessions shoot this many board poses unless told otherwise.
 DEFAULT_N_BOARD_POSES = 12
@@ -65,7 +71,7 @@ def board_poses(
     n_poses: int,
     rng: np.random.Generator,
     target: np.ndarray = np.zeros(3),
-    board_size_m: tuple[float, float] = (0.28, 0.20),
+    board_size_m: tuple[float, float] = (DEFAULT_BOARD.width_m, DEFAULT_BOARD.height_m),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Board-to-world ``(R, t)`` poses centred near ``target``, facing every part of the rig.
 
@@ -142,7 +148,14 @@ def _pixel_rays(width: int, height: int, fx: float, fy: float, cx: float, cy: fl
 
 @lru_cache(maxsize=16)
 def _float_texture(spec: BoardSpec, px_per_square: int) -> tuple[BoardTexture, np.ndarray]:
-    texture = board_texture(spec, px_per_square)
+    for pps in range(px_per_square, px_per_square + 64, 8):  # OpenCV refuses a few sizes
+        try:
+            texture = board_texture(spec, pps)
+            break
+        except ValueError:
+            continue
+    else:
+        texture = board_texture(spec, px_per_square)
     gray = texture.image.astype(np.float32) / np.float32(255.0)
     gray.setflags(write=False)
     return texture, gray
@@ -155,12 +168,27 @@ def _background(height: int, width: int) -> np.ndarray:
     return 128.0 + 30.0 * v + 12.0 * u
 
 
-def _texture_px_per_square(spec: BoardSpec, board_t: np.ndarray, board_R: np.ndarray, camera: Camera, ss: int) -> int:
-    """Texels about as large as a supersampled pixel, so bilinear lookup neither blurs nor aliases."""
-    centre = board_t + board_R @ np.array([spec.width_m / 2, spec.height_m / 2, 0.0])
-    depth = max(float(camera.depth(centre[None])[0]), 0.05)
-    pps = ss * max(camera.fx, camera.fy) * spec.square_length_m / depth
-    return int(np.clip(8 * np.ceil(pps / 8), 16, 512))
+def _texture_px_per_square(spec: BoardSpec, board_R: np.ndarray, board_t: np.ndarray, camera: Camera, ss: int) -> int:
+    """Texels about one supersampled pixel in area (geometric mean of the board-to-image
+    scales, smallest over the board), so bilinear lookup spreads each square edge over
+    about one sample and the ``ss x ss`` average sees a ramp, not an aliased step. Edges
+    stay on texel boundaries, so the geometry is unchanged; only the anti-aliasing is.
+    (Texels sized for the most foreshortened direction blur markers at 60+ degrees.)"""
+    step = 1e-3
+    uv_per_metre = np.inf
+    for x, y in ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)):
+        p = np.array([x * spec.width_m, y * spec.height_m, 0.0])
+        pts = np.stack([p, p + [step, 0, 0], p + [0, step, 0]]) @ board_R.T + board_t
+        if (camera.depth(pts) <= 0.05).any():
+            continue
+        uv = camera.project(pts)
+        jac = np.stack([uv[1] - uv[0], uv[2] - uv[0]], axis=1) / step
+        sv = np.linalg.svd(jac, compute_uv=False)
+        uv_per_metre = min(uv_per_metre, float(np.sqrt(sv[0] * sv[1])))
+    if not np.isfinite(uv_per_metre):
+        uv_per_metre = max(camera.fx, camera.fy)
+    pps = ss * uv_per_metre * spec.square_length_m
+    return int(np.clip(8 * np.floor(pps / 8), 16, 512))
 
 
 def render_board_view(
@@ -190,13 +218,13 @@ def render_board_view(
     o = board_R.T @ (camera.center - board_t)
     x, y = xy[..., 0], xy[..., 1]
     dz = M[2, 0] * x + M[2, 1] * y + M[2, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lam = np.float32(-o[2]) / dz
-    hit = ray_ok & np.isfinite(lam) & (lam > 0)
-    bx = np.float32(o[0]) + lam * (M[0, 0] * x + M[0, 1] * y + M[0, 2])
-    by = np.float32(o[1]) + lam * (M[1, 0] * x + M[1, 1] * y + M[1, 2])
+        hit = ray_ok & np.isfinite(lam) & (lam > 0)
+        bx = np.float32(o[0]) + lam * (M[0, 0] * x + M[0, 1] * y + M[0, 2])
+        by = np.float32(o[1]) + lam * (M[1, 0] * x + M[1, 1] * y + M[1, 2])
 
-    texture, texture_gray = _float_texture(spec, _texture_px_per_square(spec, board_t, board_R, camera, ss))
+    texture, texture_gray = _float_texture(spec, _texture_px_per_square(spec, board_R, board_t, camera, ss))
     th, tw = texture_gray.shape
     map_u = np.where(hit, texture.origin_px[0] + texture.px_per_metre * bx, -10.0).astype(np.float32)
     map_v = np.where(hit, texture.origin_px[1] + texture.px_per_metre * by, -10.0).astype(np.float32)

@@ -62,9 +62,10 @@ def board_object_points(spec: BoardSpec) -> np.ndarray:
     """Inner-corner coordinates (N, 3) in the board frame (metres, z = 0), detector order.
 
     ChArUco: ``board.getChessboardCorners()``, row ``i`` is charuco id ``i``.
-    Chessboard: row-major (``cols`` corners per row), as ``findChessboardCorners[SB]``
-    return them; note that a plain chessboard is 180-degree ambiguous, so a detector's
-    first corner may be either end of the grid (see ``chessboard_order_ambiguous``).
+    Chessboard: row-major (``cols`` corners per row), first corner next to the white
+    top-left square, as ``findChessboardCornersSB`` returns them when cols + rows is odd
+    (it orders by square colour; checked for every roll). When ``spec.order_ambiguous``
+    the detector's first corner may be either end of the grid.
     """
     if isinstance(spec, CharucoBoardSpec):
         return np.asarray(make_charuco_board(spec).getChessboardCorners(), dtype=np.float64).reshape(-1, 3)
@@ -75,20 +76,10 @@ def board_object_points(spec: BoardSpec) -> np.ndarray:
     raise TypeError(f"not a board spec: {spec!r}")
 
 
-def chessboard_order_ambiguous(spec: ChessboardSpec) -> bool:
-    """True when the square colours do not fix a plain chessboard's 180-degree order.
-
-    With (cols+1) and (rows+1) squares of different parity the two opposite outer
-    corners differ in colour; with equal parity (e.g. 9x6 inner corners -> 10x7
-    squares is *not* ambiguous, 8x6 -> 9x7 is) they look the same.
-    """
-    return (spec.cols + spec.rows) % 2 == 0
-
-
 def _chessboard_image(spec: ChessboardSpec, pps: int, margin: int) -> np.ndarray:
     nx, ny = spec.cols + 1, spec.rows + 1
     r, c = np.indices((ny, nx))
-    squares = np.where((r + c) % 2 == 0, 0, 255).astype(np.uint8)  # top-left square black
+    squares = np.where((r + c) % 2 == 0, 255, 0).astype(np.uint8)  # top-left square white
     grid = np.kron(squares, np.ones((pps, pps), dtype=np.uint8))
     return cv2.copyMakeBorder(grid, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=255)
 
@@ -97,7 +88,10 @@ def _chessboard_image(spec: ChessboardSpec, pps: int, margin: int) -> np.ndarray
 def _cached_texture(spec: BoardSpec, pps: int, margin: int) -> BoardTexture:
     if isinstance(spec, CharucoBoardSpec):
         size = (spec.squares_x * pps + 2 * margin, spec.squares_y * pps + 2 * margin)
-        image = make_charuco_board(spec).generateImage(size, marginSize=margin, borderBits=1)
+        try:
+            image = make_charuco_board(spec).generateImage(size, marginSize=margin, borderBits=1)
+        except cv2.error as exc:  # float32 rounding in OpenCV's marker placement, for a few sizes
+            raise ValueError(f"OpenCV cannot draw this board at {pps} px per square; try another size") from exc
     elif isinstance(spec, ChessboardSpec):
         image = _chessboard_image(spec, pps, margin)
     else:
@@ -114,7 +108,10 @@ def board_texture(spec: BoardSpec, px_per_square: int, margin_px: int | None = N
 
     Returns ``(image, px_per_metre, origin_px)``; see the module docstring for the exact
     mapping. ``px_per_square`` must be an integer so that square edges fall on pixel
-    edges; for ChArUco a multiple of the marker's cell count keeps marker bits crisp.
+    edges. ChArUco markers are placed by OpenCV with their inset truncated to whole
+    pixels (exact when ``(square - marker) / 2 * px_per_metre`` is an integer), which
+    moves marker edges by < 1 texel but never the chessboard corners. A few sizes
+    trip a rounding assertion in OpenCV and raise ``ValueError``.
     Cached and read-only: copy before drawing on it.
     """
     if isinstance(px_per_square, bool) or not isinstance(px_per_square, (int, np.integer)) or px_per_square < 4:
@@ -130,7 +127,7 @@ def detect_board(spec: BoardSpec, gray: np.ndarray) -> tuple[np.ndarray, np.ndar
 
     ids index ``board_object_points(spec)``. Empty arrays when nothing is found.
     A plain chessboard is all-or-nothing (``findChessboardCornersSB``) and its
-    order may be reversed when ``chessboard_order_ambiguous(spec)``.
+    order may be reversed when ``spec.order_ambiguous``.
     """
     gray = np.asarray(gray)
     if isinstance(spec, CharucoBoardSpec):

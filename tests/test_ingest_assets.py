@@ -39,7 +39,7 @@ def _materialize(instance, root: Path, storage: Path, key: str):
 
 
 def test_definitions_load() -> None:
-    job = defs.get_job_def("process_session")
+    job = defs.resolve_job_def("process_session")
     assert "session_manifest" in {n.name for n in job.nodes_in_topological_order}
 
 

@@ -1,0 +1,247 @@
+"""Render one camera's view of a synthetic subject: textured face, simple head, studio.
+
+The face is the morphable model's mesh with the photo texture recoloured by the
+subject's albedo; the eye fills show the photo's eyes, the mouth fill is dark (so
+an open mouth reads as a mouth). A head is grown from the face's outline back
+over an ellipsoid (skin at the sides and under the jaw, hair on top and at the
+back) and a neck cylinder hangs below it, so the face never floats. Lighting is a
+fixed studio set-up in world space (Lambertian key + fill + ambient on
+interpolated vertex normals) over a light-grey gradient backdrop. Vertices are
+projected with ``Camera.project``, so lens distortion is applied per vertex.
+The ground truth for landmark detectors is ``project_landmarks`` (+ visibility).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from capture_schema.cameras import Camera
+from capture_simulator.rasterize import Raster, rasterize
+from capture_simulator.subjects import SubjectAppearance
+from fitting import morphable_model as mm
+from fitting.morphable_model import MorphableModel
+
+KEY_LIGHT = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])
+FILL_LIGHT = np.array([0.7, -0.2, -0.8]) / np.linalg.norm([0.7, -0.2, -0.8])
+KEY, FILL, AMBIENT = 0.5, 0.22, 0.36
+MOUTH_COLOR = np.array([0.16, 0.06, 0.06])
+BACKGROUND_TOP, BACKGROUND_BOTTOM = np.array([0.80, 0.80, 0.82]), np.array([0.64, 0.64, 0.67])
+SKIN_SAMPLE_LANDMARKS = (50, 280, 101, 330, 123, 352, 151, 108, 337, 199, 175, 36, 266)
+RINGS = 10
+MERIDIANS_PER_EDGE = 3
+NECK_SEGMENTS = 32
+_TEXTURED, _VERTEX_COLOR, _MOUTH = 0, 1, 2
+
+
+def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - a) / (b - a), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def head_mesh(face: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skull and neck around a face (model frame, before pose).
+
+    The skull's meridians start at the face outline and run over an ellipsoid to a
+    pole at the back of the head (``MERIDIANS_PER_EDGE`` per outline edge, so the
+    silhouette is round). Returns extra vertices (M, 3), triangles (K, 3) indexing
+    ``[face; extra]`` with outward normals, and a hair weight per extra vertex.
+    """
+    n_face = len(face)
+    oval = np.array(mm.FACE_OVAL)
+    eye_y = face[list(mm.OUTER_EYE_CORNERS), 1].mean()
+    face_h = face[152, 1] - face[10, 1]
+    centre = np.array([0.0, eye_y - 0.03 * face_h, face[9, 2] + 0.62 * face_h])
+    radii = np.array([1.12 * np.abs(face[oval, 0]).max(), 0.72 * face_h, 0.6 * face_h])
+    s = MERIDIANS_PER_EDGE
+    frac = np.arange(s) / s
+    start = face[oval][:, None] * (1 - frac)[None, :, None] + face[np.roll(oval, -1)][:, None] * frac[None, :, None]
+    start = start.reshape(-1, 3)
+    n_mer = len(start)
+    pole = np.array([0.0, 0.0, 1.0])
+    u = (start - centre) / radii
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    omega = np.arccos(np.clip(u @ pole, -1.0, 1.0))[:, None]
+    offset = start - (centre + radii * u)
+    rings, dirs = [], []
+    for k in range(1, RINGS):
+        t = k / RINGS
+        d = (np.sin((1 - t) * omega) * u + np.sin(t * omega) * pole) / np.sin(omega)
+        rings.append(centre + radii * d + (1.0 - min(t / 0.35, 1.0)) ** 2 * offset)
+        dirs.append(d)
+    skull = np.concatenate(rings + [centre[None] + radii * pole])
+    dirs_all = np.concatenate(dirs + [pole[None]])
+    ring_idx = [n_face + k * n_mer + np.arange(n_mer) for k in range(RINGS - 1)]
+    tip = n_face + (RINGS - 1) * n_mer
+    tris = []
+    # Outline vertex i fans to meridians s*i .. s*i+s (the next outline vertex takes the rest).
+    r1 = ring_idx[0].reshape(-1, s)
+    r1_next = np.roll(ring_idx[0], -s).reshape(-1, s)[:, 0]
+    o, o2 = oval, np.roll(oval, -1)
+    half = s // 2
+    for j in range(s):
+        b = r1[:, j + 1] if j + 1 < s else r1_next
+        tris.append(np.stack([o if j < half else o2, r1[:, j], b], 1))
+    tris.append(np.stack([o, r1[:, half], o2], 1))
+    for a, b in zip(ring_idx[:-1], ring_idx[1:]):
+        a2, b2 = np.roll(a, -1), np.roll(b, -1)
+        tris += [np.stack([a, a2, b2], 1), np.stack([a, b2, b], 1)]
+    tris.append(np.stack([ring_idx[-1], np.roll(ring_idx[-1], -1), np.full(n_mer, tip)], 1))
+    hair = np.maximum(_smoothstep(0.28, 0.42, -dirs_all[:, 1]),
+                      _smoothstep(-0.2, 0.05, dirs_all[:, 2]) * (1.0 - _smoothstep(0.05, 0.3, dirs_all[:, 1])))
+    skull_tris = np.concatenate(tris)
+
+    # Neck: an elliptic cylinder from inside the head down out of the picture.
+    ang = 2 * np.pi * np.arange(NECK_SEGMENTS) / NECK_SEGMENTS
+    neck_z = centre[2] + 0.05 * face_h
+    ys = centre[1] + np.array([0.45, 1.3, 2.2, 3.2]) * radii[1]
+    neck = np.concatenate([np.stack([0.36 * face_h * np.sin(ang), np.full_like(ang, y),
+                                     neck_z - 0.38 * face_h * np.cos(ang)], 1) for y in ys])
+    base = n_face + len(skull)
+    neck_tris = []
+    for r in range(len(ys) - 1):
+        a = base + r * NECK_SEGMENTS + np.arange(NECK_SEGMENTS)
+        b = a + NECK_SEGMENTS
+        neck_tris += [np.stack([a, np.roll(a, -1), np.roll(b, -1)], 1), np.stack([a, np.roll(b, -1), b], 1)]
+    extra = np.concatenate([skull, neck])
+    all_tris = np.concatenate([skull_tris] + neck_tris)
+    # Orient outwards: away from the skull centre, or from the neck axis.
+    pts = np.concatenate([face, extra])
+    a, b, c = pts[all_tris[:, 0]], pts[all_tris[:, 1]], pts[all_tris[:, 2]]
+    mid = (a + b + c) / 3.0
+    is_neck = (np.arange(len(all_tris)) >= len(skull_tris))[:, None]
+    ref = np.where(is_neck, np.stack([np.zeros(len(mid)), mid[:, 1], np.full(len(mid), neck_z)], 1), centre)
+    flip = np.einsum("ij,ij->i", np.cross(b - a, c - a), mid - ref) < 0
+    all_tris[flip] = all_tris[flip][:, [0, 2, 1]]
+    return extra, all_tris.astype(np.int64), np.concatenate([hair, np.zeros(len(neck))])
+
+
+def _vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    fn = np.cross(points[faces[:, 1]] - points[faces[:, 0]], points[faces[:, 2]] - points[faces[:, 0]])
+    normals = np.zeros_like(points)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], fn)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+def _pose(rotation: np.ndarray | None, translation: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    R = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    t = np.zeros(3) if translation is None else np.asarray(translation, dtype=np.float64).reshape(3)
+    return R, t
+
+
+def skin_color(model: MorphableModel, texture: np.ndarray) -> np.ndarray:
+    """Median photo colour over cheek/forehead/chin landmarks, RGB in [0, 1]."""
+    h, w = texture.shape[:2]
+    uv = model.uv[list(SKIN_SAMPLE_LANDMARKS)]
+    px = np.clip((uv * [w, h] - 0.5).round().astype(int), 0, [w - 1, h - 1])
+    return np.median(texture[px[:, 1], px[:, 0]].astype(np.float64), axis=0) / 255.0
+
+
+def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance,
+           expression: np.ndarray, rotation: np.ndarray | None, translation: np.ndarray | None):
+    """World-space vertices, triangles, per-face material, uv and per-vertex colour."""
+    face = model.vertices(appearance.identity, expression)
+    extra, extra_tris, hair = head_mesh(face)
+    R, t = _pose(rotation, translation)
+    verts = np.concatenate([face, extra]) @ R.T + t
+    labels = model.face_labels if model.face_labels is not None else np.zeros(len(model.faces), np.int8)
+    faces = np.concatenate([model.faces.astype(np.int64), extra_tris])
+    material = np.concatenate([np.where(labels == mm.MOUTH_FILL, _MOUTH, _TEXTURED),
+                               np.full(len(extra_tris), _VERTEX_COLOR)])
+    skin = appearance.recolor(skin_color(model, texture)[None].astype(np.float32))[0]
+    color = np.zeros((len(verts), 3))
+    color[len(face):] = (1.0 - hair[:, None]) * skin + hair[:, None] * np.asarray(appearance.hair_color)
+    uv = np.concatenate([model.uv, np.zeros((len(extra), 2))])
+    return verts, faces, material, uv, color
+
+
+def _camera_pixels(camera: Camera, verts: np.ndarray, supersample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Projected pixel positions on the supersampled grid, and camera depths."""
+    xy = camera.project(verts)
+    s = float(supersample)
+    return s * (xy + 0.5) - 0.5, camera.depth(verts)
+
+
+def _background(height: int, width: int) -> np.ndarray:
+    """Studio backdrop: a vertical light-grey gradient, slightly darker at the sides."""
+    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    x = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :, None]
+    top, bottom = BACKGROUND_TOP.astype(np.float32), BACKGROUND_BOTTOM.astype(np.float32)
+    return ((1 - t) * top + t * bottom) * (1.0 - 0.06 * x**2)
+
+
+def render_view(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance,
+                expression_coeffs: np.ndarray, head_rotation: np.ndarray | None,
+                head_translation: np.ndarray | None, camera: Camera, supersample: int = 2) -> np.ndarray:
+    """One RGB uint8 image (H, W, 3) of the subject from ``camera`` (``supersample``^2 samples a pixel)."""
+    if supersample < 1:
+        raise ValueError("supersample must be >= 1")
+    verts, faces, material, uv, color = _scene(model, texture, appearance, expression_coeffs,
+                                               head_rotation, head_translation)
+    s = int(supersample)
+    H, W = camera.height * s, camera.width * s
+    xy, depth = _camera_pixels(camera, verts, s)
+    raster = rasterize(xy, depth, faces, W, H)
+    image = _background(H, W).reshape(-1, 3)
+    fg = np.flatnonzero(raster.triangle.ravel() >= 0)
+    if fg.size:
+        image[fg] = _shade(raster, fg, verts, faces, material, uv, color, texture, appearance)
+    image = image.reshape(H, W, 3)
+    if s > 1:
+        image = cv2.resize(image, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
+    return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _shade(raster: Raster, fg: np.ndarray, verts: np.ndarray, faces: np.ndarray, material: np.ndarray,
+           uv: np.ndarray, color: np.ndarray, texture: np.ndarray, appearance: SubjectAppearance) -> np.ndarray:
+    """Colour of the foreground pixels ``fg`` (flat indices): albedo x studio lighting."""
+    tri = raster.triangle.ravel()[fg]
+    bary = raster.barycentric.reshape(-1, 3)[fg]
+    attrs = np.concatenate([_vertex_normals(verts, faces), color, uv], axis=1).astype(np.float32)
+    pix = np.einsum("pk,pkc->pc", bary, attrs[faces[tri]])
+    n = pix[:, :3] / np.maximum(np.linalg.norm(pix[:, :3], axis=1, keepdims=True), 1e-12)
+    light = (AMBIENT + KEY * np.clip(n @ KEY_LIGHT.astype(np.float32), 0, None)
+             + FILL * np.clip(n @ FILL_LIGHT.astype(np.float32), 0, None))
+    albedo = pix[:, 3:6]
+    mat = material[tri]
+    textured = mat == _TEXTURED
+    if textured.any():
+        albedo[textured] = _sample(appearance.recolor(texture), pix[textured, 6:8])
+    albedo[mat == _MOUTH] = MOUTH_COLOR
+    return albedo * light[:, None]
+
+
+def _sample(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear texture lookup at ``uv`` (N, 2) (origin top-left, 1 = far edge)."""
+    h, w = texture.shape[:2]
+    cols = 1024
+    pad = (-len(uv)) % cols
+    maps = np.concatenate([uv * [w, h] - 0.5, np.zeros((pad, 2))]).astype(np.float32).reshape(-1, cols, 2)
+    out = cv2.remap(texture, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, 3)[: len(uv)]
+
+
+def project_landmarks(model: MorphableModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
+                      head_rotation: np.ndarray | None, head_translation: np.ndarray | None,
+                      camera: Camera) -> np.ndarray:
+    """Ground-truth 2D landmarks (478, 2) in ``camera``'s distorted pixel coordinates."""
+    R, t = _pose(head_rotation, head_translation)
+    return camera.project(model.vertices(appearance.identity, expression_coeffs, R, t))
+
+
+def landmark_visibility(model: MorphableModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
+                        head_rotation: np.ndarray | None, head_translation: np.ndarray | None,
+                        camera: Camera, tolerance_m: float = 0.004) -> np.ndarray:
+    """Which landmarks (478,) are unoccluded in ``camera``: depth within ``tolerance_m`` of the z-buffer."""
+    verts, faces, _, _, _ = _scene(model, np.zeros((1, 1, 3), np.uint8), appearance, expression_coeffs,
+                                   head_rotation, head_translation)
+    xy, depth = _camera_pixels(camera, verts, 1)
+    raster = rasterize(xy, depth, faces, camera.width, camera.height)
+    n = model.template.shape[0]
+    px = np.round(xy[:n]).astype(int)
+    inside = (px[:, 0] >= 0) & (px[:, 0] < camera.width) & (px[:, 1] >= 0) & (px[:, 1] < camera.height)
+    visible = np.zeros(n, dtype=bool)
+    zb = raster.depth[np.clip(px[:, 1], 0, camera.height - 1), np.clip(px[:, 0], 0, camera.width - 1)]
+    visible[inside] = depth[:n][inside] <= zb[inside] + tolerance_m
+    return visible
