@@ -61,37 +61,41 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+def _walk(session_dir: Path, rel_dir: str, problems: list[Problem]) -> list[str]:
+    """Session-relative paths of files below ``rel_dir``, sorted, never following folder links.
 
-
-def _walk(root: Path, session_dir: Path, problems: list[Problem]) -> list[Path]:
-    """Files below ``root`` without following links; links that escape the session are problems."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        base = Path(dirpath)
-        for name in sorted(dirnames):
-            sub = base / name
-            if sub.is_symlink():  # never descend through folder links: they can loop or escape
-                code, why = ((ProblemCode.UNEXPECTED_FILE, "folder symlinks are not part of the layout; use a real folder")
-                             if _inside(sub, session_dir) else
-                             (ProblemCode.PATH_OUTSIDE_SESSION, "folder symlink points outside the session folder; copy the data in instead"))
-                problems.append(Problem(_rel(sub, session_dir), code, why))
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = base / name
-            if path.is_symlink() and not _inside(path, session_dir):
-                problems.append(Problem(_rel(path, session_dir), ProblemCode.PATH_OUTSIDE_SESSION,
-                                        "symlink points outside the session folder; copy the file in instead"))
+    String paths and ``os.scandir`` keep this cheap: ingest must not cost much more
+    per file than reading it.
+    """
+    found: list[str] = []
+    try:
+        entries = sorted(os.scandir(session_dir / rel_dir), key=lambda e: e.name)
+    except OSError as exc:
+        problems.append(Problem(rel_dir, ProblemCode.UNEXPECTED_FILE, f"cannot list folder: {exc.strerror or exc}"))
+        return found
+    for entry in entries:
+        rel = f"{rel_dir}/{entry.name}"
+        if entry.is_symlink():
+            if not _inside(Path(entry.path), session_dir):
+                problems.append(Problem(rel, ProblemCode.PATH_OUTSIDE_SESSION,
+                                        "symlink points outside the session folder; copy the data in instead"))
                 continue
-            found.append(path)
+            if entry.is_dir():  # never descend through folder links: they can loop
+                problems.append(Problem(rel, ProblemCode.UNEXPECTED_FILE,
+                                        "folder symlinks are not part of the layout; use a real folder"))
+                continue
+        if entry.is_dir(follow_symlinks=False):
+            found.extend(_walk(session_dir, rel, problems))
+        else:
+            found.append(rel)
     return found
 
 
-def _read_and_hash(path: Path, deep: bool) -> tuple[str, int, object]:
+def _read_and_hash(path: str, deep: bool) -> tuple[str, int, object]:
     """sha256, byte count and header (or the ImageCorrupt/OSError met) of one file."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         return "", 0, ImageCorrupt(f"cannot read the file: {exc.strerror or exc}")
     digest = hashlib.sha256(data).hexdigest()
@@ -101,28 +105,24 @@ def _read_and_hash(path: Path, deep: bool) -> tuple[str, int, object]:
         return digest, len(data), exc
 
 
-def _grid_cells(session_dir: Path, info: SessionInfo, problems: list[Problem]) -> dict[tuple[str, str], Path]:
-    """Map each (expression, camera) cell to its file; report unknown, ambiguous and missing cells."""
+def _grid_cells(session_dir: Path, info: SessionInfo, problems: list[Problem]) -> dict[tuple[str, str], str]:
+    """Map each (expression, camera) cell to its session-relative file; report unknown, ambiguous, missing."""
     images_root = session_dir / IMAGES_DIR
-    cells: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    cells: dict[tuple[str, str], list[str]] = defaultdict(list)
     escapes = images_root.is_symlink() and not _inside(images_root, session_dir)  # reported at top level
-    files = _walk(images_root, session_dir, problems) if images_root.is_dir() and not escapes else []
+    files = _walk(session_dir, IMAGES_DIR, problems) if images_root.is_dir() and not escapes else []
     expressions, cameras = set(info.expressions), set(info.cameras)
-    for path in files:
-        rel = path.relative_to(images_root)
-        known = (
-            len(rel.parts) == 2
-            and rel.parts[0] in expressions
-            and path.suffix in IMAGE_EXTENSIONS
-            and path.stem in cameras
-        )
+    for rel in files:
+        parts = rel.split("/")
+        stem, dot, ext = parts[-1].rpartition(".")
+        known = len(parts) == 3 and parts[1] in expressions and f"{dot}{ext}" in IMAGE_EXTENSIONS and stem in cameras
         if known:
-            cells[(rel.parts[0], path.stem)].append(path)
+            cells[(parts[1], stem)].append(rel)
         else:
-            problems.append(Problem(_rel(path, session_dir), ProblemCode.UNEXPECTED_FILE,
+            problems.append(Problem(rel, ProblemCode.UNEXPECTED_FILE,
                                     "not an images/<expression>/<camera_id>.<jpg|png> of this session's grid; "
                                     "move it out of the session folder"))
-    chosen: dict[tuple[str, str], Path] = {}
+    chosen: dict[tuple[str, str], str] = {}
     for expression in info.expressions:
         for camera in info.cameras:
             paths = sorted(cells.get((expression, camera), []))
@@ -130,8 +130,8 @@ def _grid_cells(session_dir: Path, info: SessionInfo, problems: list[Problem]) -
                 problems.append(Problem(f"{IMAGES_DIR}/{expression}/{camera}", ProblemCode.IMAGE_MISSING,
                                         f"no image for expression '{expression}', camera '{camera}'"))
             elif len(paths) > 1:
-                problems.append(Problem(_rel(paths[0], session_dir), ProblemCode.IMAGE_AMBIGUOUS,
-                                        f"{len(paths)} files for one cell ({', '.join(p.name for p in paths)}); keep one"))
+                names = ", ".join(p.rsplit("/", 1)[-1] for p in paths)
+                problems.append(Problem(paths[0], ProblemCode.IMAGE_AMBIGUOUS, f"{len(paths)} files for one cell ({names}); keep one"))
             else:
                 chosen[(expression, camera)] = paths[0]
     return chosen
@@ -178,7 +178,7 @@ def validate_session(
     session_dir: str | os.PathLike[str],
     *,
     deep: bool = False,
-    workers: int = 4,
+    workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Check one session folder against the capture contract and hash its images.
@@ -208,26 +208,41 @@ def validate_session(
     return report
 
 
-def _hash_cells(session_dir: Path, cells: dict[tuple[str, str], Path], deep: bool, workers: int,
+def _hash_cells(session_dir: Path, cells: dict[tuple[str, str], str], deep: bool, workers: int,
                 progress: Callable[[int, int], None] | None, problems: list[Problem]) -> list[ImageRecord]:
+    """Read, hash and check every cell's file, in a few threads each owning a contiguous slice.
+
+    hashlib and file reads release the GIL; one slice per thread (not one task per
+    file) keeps the per-image overhead far below the cost of hashing it.
+    """
     items = sorted(cells.items())
-    records: list[ImageRecord] = []
+    root = str(session_dir)
+    n_threads = max(1, min(workers, len(items) // 16 or 1))
+    slices = [items[i::n_threads] for i in range(n_threads)]
+    results: dict[tuple[str, str], tuple[str, int, object]] = {}
 
-    def run(item: tuple[tuple[str, str], Path]) -> tuple[tuple[str, str], Path, tuple[str, int, object]]:
-        return item[0], item[1], _read_and_hash(item[1], deep)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib and file reads release the GIL
-        for done, ((expression, camera), path, (digest, size, header)) in enumerate(pool.map(run, items), 1):
-            rel = _rel(path, session_dir)
-            if isinstance(header, ImageCorrupt):
-                problems.append(Problem(rel, ProblemCode.IMAGE_CORRUPT, f"{header}; re-export or re-capture this image"))
-            elif EXTENSION_FORMATS[path.suffix] != header.format:
-                problems.append(Problem(rel, ProblemCode.IMAGE_CORRUPT,
-                                        f"file extension says {EXTENSION_FORMATS[path.suffix]} but the bytes are {header.format}"))
-            else:
-                records.append(ImageRecord(expression, camera, rel, size, digest, header.width, header.height, header.format))
+    def run(chunk: list[tuple[tuple[str, str], str]]) -> None:
+        for key, rel in chunk:
+            results[key] = _read_and_hash(f"{root}/{rel}", deep)
             if progress is not None:
-                progress(done, len(items))
+                progress(len(results), len(items))
+
+    if n_threads == 1:
+        run(items)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(run, slices))
+    records: list[ImageRecord] = []
+    for (expression, camera), rel in items:
+        digest, size, header = results[(expression, camera)]
+        ext_format = EXTENSION_FORMATS["." + rel.rpartition(".")[2]]
+        if isinstance(header, ImageCorrupt):
+            problems.append(Problem(rel, ProblemCode.IMAGE_CORRUPT, f"{header}; re-export or re-capture this image"))
+        elif ext_format != header.format:
+            problems.append(Problem(rel, ProblemCode.IMAGE_CORRUPT,
+                                    f"file extension says {ext_format} but the bytes are {header.format}"))
+        else:
+            records.append(ImageRecord(expression, camera, rel, size, digest, header.width, header.height, header.format))
     return records
 
 

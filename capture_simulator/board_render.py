@@ -132,7 +132,11 @@ def undistort_normalized(camera: Camera, xy_distorted: np.ndarray, iterations: i
 
 @lru_cache(maxsize=16)
 def _pixel_rays(width: int, height: int, fx: float, fy: float, cx: float, cy: float, dist: tuple, ss: int):
-    """Undistorted normalised rays of every supersampled pixel (float32) and their validity."""
+    """Undistorted normalised rays of every supersampled pixel (float32) and their validity.
+
+    Cached per intrinsics (~0.4 s to compute, 9 MB at 512 px and ss = 2) so that a
+    13-camera rig pays once, whatever the number of board poses.
+    """
     u = (np.arange(width * ss) + 0.5) / ss - 0.5
     v = (np.arange(height * ss) + 0.5) / ss - 0.5
     xd = np.empty((height * ss, width * ss, 2))
@@ -146,7 +150,7 @@ def _pixel_rays(width: int, height: int, fx: float, fy: float, cx: float, cy: fl
     return xy, valid
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)
 def _float_texture(spec: BoardSpec, px_per_square: int) -> tuple[BoardTexture, np.ndarray]:
     for pps in range(px_per_square, px_per_square + 64, 8):  # OpenCV refuses a few sizes
         try:

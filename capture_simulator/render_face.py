@@ -39,13 +39,35 @@ def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def head_mesh(face: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hair_weight(points: np.ndarray, dirs: np.ndarray, eye_y: float, face_h: float) -> np.ndarray:
+    """Hair above the eye line (temples included) and at the back down to the nape."""
+    y_rel = (points[:, 1] - eye_y) / face_h
+    top = 1.0 - _smoothstep(-0.06, 0.02, y_rel)
+    back = _smoothstep(0.0, 0.3, dirs[:, 2]) * (1.0 - _smoothstep(0.25, 0.4, y_rel))
+    return np.maximum(top, back)
+
+
+def _outline_tangents(face: np.ndarray, faces: np.ndarray, oval: np.ndarray) -> np.ndarray:
+    """Unit direction in which the face surface leaves each outline vertex."""
+    on_oval = np.zeros(len(face), dtype=bool)
+    on_oval[oval] = True
+    tangents = np.zeros((len(oval), 3))
+    for k, i in enumerate(oval):
+        nbrs = np.unique(faces[(faces == i).any(axis=1)])
+        inner = nbrs[~on_oval[nbrs]]
+        tangents[k] = face[i] - face[inner].mean(axis=0)
+    return tangents / np.linalg.norm(tangents, axis=1, keepdims=True)
+
+
+def head_mesh(face: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Skull and neck around a face (model frame, before pose).
 
-    The skull's meridians start at the face outline and run over an ellipsoid to a
-    pole at the back of the head (``MERIDIANS_PER_EDGE`` per outline edge, so the
+    The skull's meridians leave the face outline along the face surface's own
+    direction (no crease at the seam), then bend onto an ellipsoid and run to a pole
+    at the back of the head (``MERIDIANS_PER_EDGE`` per outline edge, so the
     silhouette is round). Returns extra vertices (M, 3), triangles (K, 3) indexing
-    ``[face; extra]`` with outward normals, and a hair weight per extra vertex.
+    ``[face; extra]`` with outward normals, and a hair weight for every vertex of
+    ``[face; extra]`` (used where vertex colours are drawn: skull, neck, seam).
     """
     n_face = len(face)
     oval = np.array(mm.FACE_OVAL)
@@ -57,17 +79,21 @@ def head_mesh(face: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     frac = np.arange(s) / s
     start = face[oval][:, None] * (1 - frac)[None, :, None] + face[np.roll(oval, -1)][:, None] * frac[None, :, None]
     start = start.reshape(-1, 3)
+    tan = _outline_tangents(face, faces, oval)
+    tan = tan[:, None] * (1 - frac)[None, :, None] + np.roll(tan, -1, axis=0)[:, None] * frac[None, :, None]
+    tan = tan.reshape(-1, 3) / np.linalg.norm(tan.reshape(-1, 3), axis=1, keepdims=True)
     n_mer = len(start)
     pole = np.array([0.0, 0.0, 1.0])
     u = (start - centre) / radii
     u /= np.linalg.norm(u, axis=1, keepdims=True)
     omega = np.arccos(np.clip(u @ pole, -1.0, 1.0))[:, None]
-    offset = start - (centre + radii * u)
+    arc = omega * radii.mean()  # rough length of each meridian
     rings, dirs = [], []
     for k in range(1, RINGS):
         t = k / RINGS
         d = (np.sin((1 - t) * omega) * u + np.sin(t * omega) * pole) / np.sin(omega)
-        rings.append(centre + radii * d + (1.0 - min(t / 0.35, 1.0)) ** 2 * offset)
+        w = float(_smoothstep(0.0, 0.3, np.array(t)))
+        rings.append((1 - w) * (start + t * arc * tan) + w * (centre + radii * d))
         dirs.append(d)
     skull = np.concatenate(rings + [centre[None] + radii * pole])
     dirs_all = np.concatenate(dirs + [pole[None]])
@@ -87,8 +113,8 @@ def head_mesh(face: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a2, b2 = np.roll(a, -1), np.roll(b, -1)
         tris += [np.stack([a, a2, b2], 1), np.stack([a, b2, b], 1)]
     tris.append(np.stack([ring_idx[-1], np.roll(ring_idx[-1], -1), np.full(n_mer, tip)], 1))
-    hair = np.maximum(_smoothstep(0.28, 0.42, -dirs_all[:, 1]),
-                      _smoothstep(-0.2, 0.05, dirs_all[:, 2]) * (1.0 - _smoothstep(0.05, 0.3, dirs_all[:, 1])))
+    outline_dirs = u.reshape(len(oval), s, 3)[:, 0]
+    hair_all = _hair_weight(np.concatenate([face[oval], skull]), np.concatenate([outline_dirs, dirs_all]), eye_y, face_h)
     skull_tris = np.concatenate(tris)
 
     # Neck: an elliptic cylinder from inside the head down out of the picture.
@@ -113,7 +139,10 @@ def head_mesh(face: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ref = np.where(is_neck, np.stack([np.zeros(len(mid)), mid[:, 1], np.full(len(mid), neck_z)], 1), centre)
     flip = np.einsum("ij,ij->i", np.cross(b - a, c - a), mid - ref) < 0
     all_tris[flip] = all_tris[flip][:, [0, 2, 1]]
-    return extra, all_tris.astype(np.int64), np.concatenate([hair, np.zeros(len(neck))])
+    hair = np.zeros(n_face + len(extra))
+    hair[oval] = hair_all[: len(oval)]
+    hair[n_face: n_face + len(skull)] = hair_all[len(oval):]
+    return extra, all_tris.astype(np.int64), hair
 
 
 def _vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -142,7 +171,7 @@ def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppear
            expression: np.ndarray, rotation: np.ndarray | None, translation: np.ndarray | None):
     """World-space vertices, triangles, per-face material, uv and per-vertex colour."""
     face = model.vertices(appearance.identity, expression)
-    extra, extra_tris, hair = head_mesh(face)
+    extra, extra_tris, hair = head_mesh(face, model.skin_faces)
     R, t = _pose(rotation, translation)
     verts = np.concatenate([face, extra]) @ R.T + t
     labels = model.face_labels if model.face_labels is not None else np.zeros(len(model.faces), np.int8)
@@ -150,8 +179,7 @@ def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppear
     material = np.concatenate([np.where(labels == mm.MOUTH_FILL, _MOUTH, _TEXTURED),
                                np.full(len(extra_tris), _VERTEX_COLOR)])
     skin = appearance.recolor(skin_color(model, texture)[None].astype(np.float32))[0]
-    color = np.zeros((len(verts), 3))
-    color[len(face):] = (1.0 - hair[:, None]) * skin + hair[:, None] * np.asarray(appearance.hair_color)
+    color = (1.0 - hair[:, None]) * skin + hair[:, None] * np.asarray(appearance.hair_color)
     uv = np.concatenate([model.uv, np.zeros((len(extra), 2))])
     return verts, faces, material, uv, color
 

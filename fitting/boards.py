@@ -47,7 +47,11 @@ def aruco_dictionary(name: str) -> cv2.aruco.Dictionary:
 
 
 def make_charuco_board(spec: CharucoBoardSpec) -> cv2.aruco.CharucoBoard:
-    """The OpenCV board object (non-legacy pattern, as OpenCV >= 4.6 prints it)."""
+    """The OpenCV board object, in the layout OpenCV >= 4.6 prints.
+
+    Boards printed by older OpenCV differ only when ``squares_y`` is even (see
+    ``setLegacyPattern``); an odd ``squares_y`` (the default 7 x 5) reads the same either way.
+    """
     if not isinstance(spec, CharucoBoardSpec):
         raise TypeError(f"make_charuco_board needs a CharucoBoardSpec, got {type(spec).__name__}")
     return cv2.aruco.CharucoBoard(

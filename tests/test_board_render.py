@@ -156,27 +156,38 @@ def test_noise_free_corners_are_tighter(rig, poses) -> None:
     assert errors.max() < 0.5, f"max corner error {errors.max():.3f} px"
 
 
-def test_chessboard_found_with_matching_corners(rig, poses) -> None:
+def test_chessboard_found_with_matching_corners(rig) -> None:
+    """findChessboardCornersSB finds OpenCV's classic 9x6 board in our order (no flips).
+
+    SB's own corner model errs up to ~0.6 px on 27 px squares seen at 45 degrees;
+    cornerSubPix from the same start lands within ~0.1 px, so the render is not to blame.
+    """
     spec = ChessboardSpec(cols=9, rows=6, square_length_m=0.025)
     assert not spec.order_ambiguous
     rng = np.random.default_rng(4)
-    centred = board_poses(4, np.random.default_rng(5), board_size_m=(spec.width_m, spec.height_m))
+    poses = board_poses(4, np.random.default_rng(5), board_size_m=(spec.width_m, spec.height_m))
     found = tried = 0
-    errors = []
-    for R, t in centred:
+    raw, refined = [], []
+    for R, t in poses:
         for name in ("mid_C00", "mid_L30", "mid_R30", "up_C00", "low_C00"):
             cam = rig[name]
             truth, visible = project_board_corners(spec, R, t, cam)
             if not visible.all() or _obliquity_deg(spec, R, t, cam) > 50:
                 continue
             tried += 1
-            ids, corners = detect_board(spec, render_board_view(spec, R, t, cam, rng))
-            if len(ids):
-                found += 1
-                errors.append(np.linalg.norm(corners - truth[ids], axis=1))  # forward order, no flips
+            gray = render_board_view(spec, R, t, cam, rng)
+            ids, corners = detect_board(spec, gray)
+            if len(ids) == 0:
+                continue
+            found += 1
+            raw.append(np.linalg.norm(corners - truth[ids], axis=1))  # forward order, no flips
+            criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
+            better = cv2.cornerSubPix(gray, corners.astype(np.float32).reshape(-1, 1, 2), (5, 5), (-1, -1), criteria)
+            refined.append(np.linalg.norm(better.reshape(-1, 2) - truth[ids], axis=1))
     assert tried >= 10 and found >= 0.8 * tried, f"found {found} of {tried}"
-    errors = np.concatenate(errors)
-    assert errors.mean() < 0.1 and errors.max() < 0.5, (errors.mean(), errors.max())
+    raw, refined = np.concatenate(raw), np.concatenate(refined)
+    assert raw.mean() < 0.1 and raw.max() < 1.0, (raw.mean(), raw.max())
+    assert refined.mean() < 0.08 and refined.max() < 0.25, (refined.mean(), refined.max())
 
 
 def _edge_truth_u(spec, R, t, cam: Camera, x_board: float, v: float) -> float:
