@@ -40,8 +40,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def canonical_json(data: Any) -> str:
-    """Deterministic JSON (sorted keys, fixed indent) so reruns are byte-identical."""
-    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    """Deterministic JSON (fixed indent, no NaN) so reruns are byte-identical.
+
+    Keys keep insertion order: orders carry meaning (cameras in rig order, the
+    first camera defining the world frame), and dicts are built deterministically.
+    """
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:

@@ -8,6 +8,7 @@ tests and evaluation. Deterministic for a seed: same seed, same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from capture_schema.atomic import atomic_write_bytes, atomic_write_json
-from capture_schema.board import BoardSpec, CharucoBoardSpec, write_board
+from capture_schema.board import BoardSpec, write_board
 from capture_schema.calibration_file import Calibration, write_calibration
 from capture_schema.cameras import Camera
 from capture_schema.layout import (
@@ -28,15 +29,12 @@ from capture_schema.layout import (
     IMAGES_DIR,
 )
 from capture_schema.session import SessionInfo, write_session
-from capture_simulator.board_render import DEFAULT_N_BOARD_POSES, board_poses, render_board_view
+from capture_simulator.board_render import DEFAULT_BOARD, DEFAULT_N_BOARD_POSES, board_poses, render_board_view
 from capture_simulator.render_face import project_landmarks, render_view
 from capture_simulator.rig import default_rig
-from capture_simulator.subjects import sample_subject
+from capture_simulator.subjects import SubjectAppearance, sample_subject
 from fitting.morphable_model import load_default_model, load_default_texture
 
-#: The simulator's board: 7 x 5 squares of 4 cm (28 x 20 cm) fills a head-sized volume at 1 m.
-DEFAULT_BOARD = CharucoBoardSpec(squares_x=7, squares_y=5, square_length_m=0.04, marker_length_m=0.03,
-                                 dictionary="DICT_5X5_100")
 JPEG_QUALITY = 95
 RIG_ID = "sim_rig_01"
 BASE_TIME = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
@@ -104,8 +102,12 @@ def _simulate_subject(args: tuple) -> dict:
     return {"index": index, "appearance": appearance, "images": images, "frames": frames, "landmarks": landmarks}
 
 
+def _appearance_dict(appearance: SubjectAppearance) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(appearance).items()}
+
+
 def _write_session(captures_root: Path, gt_root: Path, rendered: dict, rig: dict[str, Camera], board: BoardSpec,
-                   calib: dict[str, list[bytes]], poses: list, n_subjects: int) -> str:
+                   calib: dict[str, list[bytes]], poses: list) -> str:
     index = rendered["index"]
     session_id = f"sim{index:04d}_s01"
     session_dir = captures_root / session_id
@@ -132,7 +134,7 @@ def _write_session(captures_root: Path, gt_root: Path, rendered: dict, rig: dict
     atomic_write_json(gt / "frames.json", {
         "session_id": session_id,
         "identity_coeffs": np.asarray(appearance.identity).tolist(),
-        "appearance": appearance.to_dict() if hasattr(appearance, "to_dict") else {},
+        "appearance": _appearance_dict(appearance),
         "frames": rendered["frames"],
         "board_poses": [{"R": R.tolist(), "t": t.tolist()} for R, t in poses],
         "landmarks_file": "landmarks_2d.npz",
@@ -172,7 +174,7 @@ def simulate_dataset(
     session_ids = []
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _InlineExecutor() as pool:
         for rendered in pool.map(_simulate_subject, jobs):
-            session_ids.append(_write_session(captures_root, gt_root, rendered, rig, board, calib, poses, n_subjects))
+            session_ids.append(_write_session(captures_root, gt_root, rendered, rig, board, calib, poses))
             if bar is not None:
                 bar.update(1)
     if bar is not None:

@@ -30,6 +30,7 @@ EYE_CORNER_DISTANCE_M = 0.09
 PITCH_UP_DEG = 6.0
 SPURIOUS_TRIANGLES = ({49, 64, 129}, {279, 294, 358})
 TEXTURE_MARGIN_PX = 10
+OUTLINE_UV_INSET = 0.6
 
 
 def detect_photo_landmarks() -> tuple[np.ndarray, np.ndarray]:
@@ -128,16 +129,44 @@ def build_template(photo_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return template, perm
 
 
-def texture_and_uv(photo: np.ndarray, photo_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Face crop of the photo and each landmark's position in it (inner lips nudged off the teeth)."""
+def remove_backdrop(crop: np.ndarray) -> np.ndarray:
+    """Inpaint the photo's grey backdrop and dark collar where they reach into the crop.
+
+    Both are colourless regions touching the crop's border; left in, they show up as
+    grey patches on the cheek in oblique views, where the photo's face edge is thin.
+    """
+    import cv2
+
+    hsv = cv2.cvtColor(crop, cv2.COLOR_RGB2HSV_FULL)
+    colourless = ((hsv[..., 1] < 0.16 * 255) | (hsv[..., 2] < 0.2 * 255)).astype(np.uint8)
+    _, labels = cv2.connectedComponents(colourless, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    mask = np.isin(labels, border[border > 0]).astype(np.uint8)
+    mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
+    return cv2.inpaint(crop, mask, 4, cv2.INPAINT_TELEA)
+
+
+def texture_and_uv(photo: np.ndarray, photo_points: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face crop of the photo and each landmark's position in it.
+
+    Two nudges keep the photo's surroundings out of the skin: inner-lip points move
+    a little into the lips (off the teeth), outline points a little inwards (off the
+    background, collar and ears at the face's edge).
+    """
     xy = photo_points[:, :2].copy()
+    on_oval = np.zeros(len(xy), dtype=bool)
+    on_oval[list(mm.FACE_OVAL)] = True
+    for i in mm.FACE_OVAL:
+        nbrs = np.unique(faces[(faces == i).any(axis=1)])
+        inner = nbrs[~on_oval[nbrs]]
+        xy[i] += OUTLINE_UV_INSET * (photo_points[inner, :2].mean(axis=0) - photo_points[i, :2])
     for inner, outer in ((mm.LIPS_UPPER_INNER, mm.LIPS_UPPER_OUTER), (mm.LIPS_LOWER_INNER, mm.LIPS_LOWER_OUTER)):
         idx_i, idx_o = list(inner[1:-1]), list(outer[1:-1])
         xy[idx_i] += 0.2 * (xy[idx_o] - xy[idx_i])
     x0, y0 = np.floor(xy.min(axis=0)).astype(int) - TEXTURE_MARGIN_PX
     x1, y1 = np.ceil(xy.max(axis=0)).astype(int) + TEXTURE_MARGIN_PX
     x0, y0 = max(x0, 0), max(y0, 0)
-    crop = np.ascontiguousarray(photo[y0:y1, x0:x1])
+    crop = remove_backdrop(np.ascontiguousarray(photo[y0:y1, x0:x1]))
     uv = (xy - np.array([x0, y0])) / np.array([crop.shape[1], crop.shape[0]])
     return crop, uv
 
@@ -159,7 +188,7 @@ def build_arrays() -> dict[str, np.ndarray]:
     normals = modes.vertex_normals(closed, faces[labels == mm.SKIN])
     id_names, id_basis = modes.identity_modes(graph, normals)
     ex_names, ex_basis = modes.expression_modes(graph, normals)
-    texture, uv = texture_and_uv(photo, photo_points)
+    texture, uv = texture_and_uv(photo, photo_points, skin)
     return {
         "template": closed.astype(np.float64),
         "faces": faces.astype(np.int32),
