@@ -30,7 +30,7 @@ EYE_CORNER_DISTANCE_M = 0.09
 PITCH_UP_DEG = 6.0
 SPURIOUS_TRIANGLES = ({49, 64, 129}, {279, 294, 358})
 TEXTURE_MARGIN_PX = 10
-OUTLINE_UV_INSET = 0.6
+OUTLINE_UV_INSET = 0.4
 
 
 def detect_photo_landmarks() -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import dagster as dg
 
-from pipelines.definitions import SESSION_ASSETS
+from pipelines.definitions import SESSION_ASSETS, session_job
 from pipelines.partitions import SESSIONS_PARTITION
 from pipelines.resources import CapturesResource, StorageResource
 
@@ -40,16 +40,19 @@ def run_all_sessions(
     storage: StorageResource,
     session_ids: list[str] | None = None,
     log: Callable[[str], None] = print,
+    log_level: str = "INFO",
 ) -> list[SessionRun]:
     """Materialise ``SESSION_ASSETS`` for each session; invalid sessions are reported, not fatal."""
     found = sync_partitions(instance, captures)
+    job = dg.Definitions(
+        assets=SESSION_ASSETS, jobs=[session_job], resources={"captures": captures, "storage": storage}
+    ).resolve_job_def(session_job.name)
     runs = []
     for sid in session_ids or found:
-        result = dg.materialize(
-            SESSION_ASSETS,
+        result = job.execute_in_process(
             partition_key=sid,
             instance=instance,
-            resources={"captures": captures, "storage": storage},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             raise_on_error=False,
         )
         failed = tuple(sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed))
