@@ -25,7 +25,8 @@ from fitting.morphable_model import MorphableModel
 KEY_LIGHT = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])
 FILL_LIGHT = np.array([0.7, -0.2, -0.8]) / np.linalg.norm([0.7, -0.2, -0.8])
 KEY, FILL, AMBIENT = 0.5, 0.22, 0.36
-MOUTH_COLOR = np.array([0.16, 0.06, 0.06])
+#: Mouth interior from the upper to the lower inner lip: teeth, dark cavity, tongue.
+TEETH_COLOR, CAVITY_COLOR, TONGUE_COLOR = np.array([0.78, 0.74, 0.66]), np.array([0.10, 0.04, 0.04]), np.array([0.42, 0.16, 0.15])
 BACKGROUND_TOP, BACKGROUND_BOTTOM = np.array([0.80, 0.80, 0.82]), np.array([0.64, 0.64, 0.67])
 SKIN_SAMPLE_LANDMARKS = (50, 280, 101, 330, 123, 352, 151, 108, 337, 199, 175, 36, 266)
 RINGS = 10
@@ -181,7 +182,10 @@ def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppear
     skin = appearance.recolor(skin_color(model, texture)[None].astype(np.float32))[0]
     color = (1.0 - hair[:, None]) * skin + hair[:, None] * np.asarray(appearance.hair_color)
     uv = np.concatenate([model.uv, np.zeros((len(extra), 2))])
-    return verts, faces, material, uv, color
+    mouth_v = np.full((len(verts), 1), 0.5)
+    mouth_v[list(mm.LIPS_UPPER_INNER[1:-1])] = 0.0
+    mouth_v[list(mm.LIPS_LOWER_INNER[1:-1])] = 1.0
+    return verts, faces, material, np.concatenate([uv, mouth_v], axis=1), color
 
 
 def _camera_pixels(camera: Camera, verts: np.ndarray, supersample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,8 +240,19 @@ def _shade(raster: Raster, fg: np.ndarray, verts: np.ndarray, faces: np.ndarray,
     textured = mat == _TEXTURED
     if textured.any():
         albedo[textured] = _sample(appearance.recolor(texture), pix[textured, 6:8])
-    albedo[mat == _MOUTH] = MOUTH_COLOR
+    mouth = mat == _MOUTH
+    if mouth.any():
+        albedo[mouth] = _mouth_interior(pix[mouth, 8])
     return albedo * light[:, None]
+
+
+def _mouth_interior(v: np.ndarray) -> np.ndarray:
+    """Interior colour at ``v`` (0 = upper inner lip, 1 = lower): a band of upper teeth,
+    the dark cavity, the tongue near the lower lip."""
+    teeth = 1.0 - _smoothstep(0.18, 0.26, v)
+    tongue = _smoothstep(0.7, 0.85, v)
+    cavity = np.clip(1.0 - teeth - tongue, 0.0, 1.0)
+    return (teeth[:, None] * TEETH_COLOR + cavity[:, None] * CAVITY_COLOR + tongue[:, None] * TONGUE_COLOR).astype(np.float32)
 
 
 def _sample(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -19,6 +19,9 @@ import scipy.sparse.linalg as spla
 
 from fitting import morphable_model as mm
 
+#: Where closed lids meet, as a fraction of the eye opening above the lower lid.
+CLOSE_LINE = 0.3
+
 class FaceGraph:
     """The template's mesh graph and the smooth-fill solver on it."""
 
@@ -154,23 +157,26 @@ def identity_modes(g: FaceGraph, normals: np.ndarray) -> tuple[tuple[str, ...], 
 
 
 def _eye_close_right(g: FaceGraph) -> np.ndarray:
-    """Upper lid onto the lower lid; iris points onto the closed lid line, just behind it."""
+    """Lids meet a third of the way up the opening (the upper lid travels most of the
+    way); iris points go onto that closing line, just behind it, so the eye fill
+    collapses out of sight."""
     p = g.points
     up, lo = mm.RIGHT_EYE_UPPER, mm.RIGHT_EYE_LOWER
     fixed: dict[int, np.ndarray | float] = {}
-    for u, low in zip(up[1:-1], lo[1:-1]):
-        fixed[u] = p[low] - p[u] + np.array([0.0, 0.0, -0.0004])
-    for i in lo:
-        fixed[i] = np.zeros(3)
-    order = np.argsort(p[list(lo), 0])
-    lo_pts = p[list(lo)][order]
+    line = []
+    for u, low in zip(up, lo):
+        meet = p[low] + CLOSE_LINE * (p[u] - p[low])
+        fixed[u], fixed[low] = meet - p[u] + np.array([0.0, 0.0, -0.0004]), meet - p[low]
+        line.append(meet)
+    line_pts = np.array(line)[np.argsort(p[list(lo), 0])]
     for i in mm.RIGHT_IRIS:
-        x = np.clip(p[i, 0], lo_pts[0, 0], lo_pts[-1, 0])
-        target = np.array([x, np.interp(x, lo_pts[:, 0], lo_pts[:, 1]), np.interp(x, lo_pts[:, 0], lo_pts[:, 2]) + 0.002])
+        x = np.clip(p[i, 0], line_pts[0, 0], line_pts[-1, 0])
+        target = np.array([x, np.interp(x, line_pts[:, 0], line_pts[:, 1]),
+                           np.interp(x, line_pts[:, 0], line_pts[:, 2]) + 0.002])
         fixed[i] = target - p[i]
     for i in mm.RIGHT_BROW:
         fixed[i] = np.zeros(3)
-    return g.fill(fixed, g.near(up, 0.018))
+    return g.fill(fixed, g.near(up + lo, 0.018))
 
 
 def _lid_field(g: FaceGraph, lid: tuple[int, ...], other: tuple[int, ...], shift: np.ndarray,

@@ -130,3 +130,16 @@ def test_run_all_sessions(captures_root: Path, tmp_path: Path) -> None:
     assert [r.session_id for r in runs] == sorted(p.name for p in captures_root.iterdir())
     assert all(r.success and not r.failed_checks for r in runs)
     assert set(instance.get_dynamic_partitions(SESSIONS_PARTITION)) == {r.session_id for r in runs}
+
+
+def test_workspace_code_location_loads() -> None:
+    """``dagster dev -w workspace.yaml`` loads the code location the README points at."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    dagster = Path(sys.executable).parent / "dagster"
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr
