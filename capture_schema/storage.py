@@ -76,6 +76,19 @@ class Storage:
         elif self._fs.exists(f"{self._root}/{relpath}"):
             self._fs.rm_file(f"{self._root}/{relpath}")
 
+    def put_directory(self, local_dir: str | os.PathLike[str], relpath: str) -> str:
+        """Publish a finished local folder at ``relpath``, replacing an older one whole."""
+        if self.local_root is not None:
+            import shutil
+
+            from capture_schema.atomic import atomic_directory
+
+            with atomic_directory(self.local_root / relpath) as tmp:
+                shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
+        else:
+            self._fs.put(str(local_dir), f"{self._root}/{relpath}", recursive=True)
+        return self.uri(relpath)
+
     def write_if_changed(self, relpath: str, data: bytes) -> bool:
         """Write only when the content differs, so reruns leave files (and mtimes) alone."""
         if self.exists(relpath) and self.read_bytes(relpath) == data:

@@ -33,8 +33,9 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, width: int, 
               cull_back: bool = True, near: float = 1e-3) -> Raster:
     """Rasterise triangles given pixel positions ``xy`` (V, 2) and camera depths (V,).
 
-    Front faces wind clockwise in the image (y down), i.e. their normals point to
-    the camera when the mesh's normals point outwards; ``cull_back`` drops the rest.
+    A triangle faces the camera when its outward normal (``(v1 - v0) x (v2 - v0)``)
+    points at it, which makes it wind anticlockwise on screen (negative signed area
+    with y down); ``cull_back`` drops the others.
     """
     if len(faces) >= 2**_TRI_BITS:
         raise ValueError("too many triangles for the depth key")

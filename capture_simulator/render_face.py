@@ -1,8 +1,9 @@
 """Render one camera's view of a synthetic subject: textured face, simple head, studio.
 
 The face is the morphable model's mesh with the photo texture recoloured by the
-subject's albedo; the eye fills show the photo's eyes, the mouth fill is dark (so
-an open mouth reads as a mouth). A head is grown from the face's outline back
+subject's albedo; the eye fills show the photo's eyes, the mouth fill shows a band
+of upper teeth over a dark cavity and tongue (so an open mouth reads as a mouth).
+A head is grown from the face's outline back
 over an ellipsoid (skin at the sides and under the jaw, hair on top and at the
 back) and a neck cylinder hangs below it, so the face never floats. Lighting is a
 fixed studio set-up in world space (Lambertian key + fill + ambient on
@@ -26,7 +27,9 @@ KEY_LIGHT = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])
 FILL_LIGHT = np.array([0.7, -0.2, -0.8]) / np.linalg.norm([0.7, -0.2, -0.8])
 KEY, FILL, AMBIENT = 0.5, 0.22, 0.36
 #: Mouth interior from the upper to the lower inner lip: teeth, dark cavity, tongue.
-TEETH_COLOR, CAVITY_COLOR, TONGUE_COLOR = np.array([0.78, 0.74, 0.66]), np.array([0.10, 0.04, 0.04]), np.array([0.42, 0.16, 0.15])
+TEETH_COLOR = np.array([0.78, 0.74, 0.66])
+CAVITY_COLOR = np.array([0.10, 0.04, 0.04])
+TONGUE_COLOR = np.array([0.42, 0.16, 0.15])
 BACKGROUND_TOP, BACKGROUND_BOTTOM = np.array([0.80, 0.80, 0.82]), np.array([0.64, 0.64, 0.67])
 SKIN_SAMPLE_LANDMARKS = (50, 280, 101, 330, 123, 352, 151, 108, 337, 199, 175, 36, 266)
 RINGS = 10
@@ -60,29 +63,20 @@ def _outline_tangents(face: np.ndarray, faces: np.ndarray, oval: np.ndarray) -> 
     return tangents / np.linalg.norm(tangents, axis=1, keepdims=True)
 
 
-def head_mesh(face: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Skull and neck around a face (model frame, before pose).
-
-    The skull's meridians leave the face outline along the face surface's own
-    direction (no crease at the seam), then bend onto an ellipsoid and run to a pole
-    at the back of the head (``MERIDIANS_PER_EDGE`` per outline edge, so the
-    silhouette is round). Returns extra vertices (M, 3), triangles (K, 3) indexing
-    ``[face; extra]`` with outward normals, and a hair weight for every vertex of
-    ``[face; extra]`` (used where vertex colours are drawn: skull, neck, seam).
-    """
-    n_face = len(face)
+def _skull(face: np.ndarray, faces: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Skull vertices, triangles (indices from ``first`` on), hair weights of the outline
+    and skull vertices, and the ellipsoid (``centre``, ``radii``, ``eye_y``, ``face_h``)."""
     oval = np.array(mm.FACE_OVAL)
     eye_y = face[list(mm.OUTER_EYE_CORNERS), 1].mean()
     face_h = face[152, 1] - face[10, 1]
     centre = np.array([0.0, eye_y - 0.03 * face_h, face[9, 2] + 0.62 * face_h])
     radii = np.array([1.12 * np.abs(face[oval, 0]).max(), 0.72 * face_h, 0.6 * face_h])
     s = MERIDIANS_PER_EDGE
-    frac = np.arange(s) / s
-    start = face[oval][:, None] * (1 - frac)[None, :, None] + face[np.roll(oval, -1)][:, None] * frac[None, :, None]
-    start = start.reshape(-1, 3)
+    frac = np.arange(s)[None, :, None] / s
+    start = (face[oval][:, None] * (1 - frac) + face[np.roll(oval, -1)][:, None] * frac).reshape(-1, 3)
     tan = _outline_tangents(face, faces, oval)
-    tan = tan[:, None] * (1 - frac)[None, :, None] + np.roll(tan, -1, axis=0)[:, None] * frac[None, :, None]
-    tan = tan.reshape(-1, 3) / np.linalg.norm(tan.reshape(-1, 3), axis=1, keepdims=True)
+    tan = (tan[:, None] * (1 - frac) + np.roll(tan, -1, axis=0)[:, None] * frac).reshape(-1, 3)
+    tan /= np.linalg.norm(tan, axis=1, keepdims=True)
     n_mer = len(start)
     pole = np.array([0.0, 0.0, 1.0])
     u = (start - centre) / radii
@@ -96,54 +90,69 @@ def head_mesh(face: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
         w = float(_smoothstep(0.0, 0.3, np.array(t)))
         rings.append((1 - w) * (start + t * arc * tan) + w * (centre + radii * d))
         dirs.append(d)
-    skull = np.concatenate(rings + [centre[None] + radii * pole])
-    dirs_all = np.concatenate(dirs + [pole[None]])
-    ring_idx = [n_face + k * n_mer + np.arange(n_mer) for k in range(RINGS - 1)]
-    tip = n_face + (RINGS - 1) * n_mer
-    tris = []
-    # Outline vertex i fans to meridians s*i .. s*i+s (the next outline vertex takes the rest).
+    verts = np.concatenate(rings + [centre[None] + radii * pole])
+    ring_idx = [first + k * n_mer + np.arange(n_mer) for k in range(RINGS - 1)]
+    tip = first + (RINGS - 1) * n_mer
+    # Outline vertex i fans over the first ring's meridians s*i .. s*i + s//2, its
+    # successor over the rest up to s*(i+1); one triangle joins the two.
     r1 = ring_idx[0].reshape(-1, s)
     r1_next = np.roll(ring_idx[0], -s).reshape(-1, s)[:, 0]
     o, o2 = oval, np.roll(oval, -1)
-    half = s // 2
-    for j in range(s):
-        b = r1[:, j + 1] if j + 1 < s else r1_next
-        tris.append(np.stack([o if j < half else o2, r1[:, j], b], 1))
-    tris.append(np.stack([o, r1[:, half], o2], 1))
+    tris = [np.stack([o if j < s // 2 else o2, r1[:, j], r1[:, j + 1] if j + 1 < s else r1_next], 1)
+            for j in range(s)]
+    tris.append(np.stack([o, r1[:, s // 2], o2], 1))
     for a, b in zip(ring_idx[:-1], ring_idx[1:]):
-        a2, b2 = np.roll(a, -1), np.roll(b, -1)
-        tris += [np.stack([a, a2, b2], 1), np.stack([a, b2, b], 1)]
+        tris += [np.stack([a, np.roll(a, -1), np.roll(b, -1)], 1), np.stack([a, np.roll(b, -1), b], 1)]
     tris.append(np.stack([ring_idx[-1], np.roll(ring_idx[-1], -1), np.full(n_mer, tip)], 1))
-    outline_dirs = u.reshape(len(oval), s, 3)[:, 0]
-    hair_all = _hair_weight(np.concatenate([face[oval], skull]), np.concatenate([outline_dirs, dirs_all]), eye_y, face_h)
-    skull_tris = np.concatenate(tris)
+    hair = _hair_weight(np.concatenate([face[oval], verts]),
+                        np.concatenate([u.reshape(len(oval), s, 3)[:, 0]] + dirs + [pole[None]]), eye_y, face_h)
+    shape = {"centre": centre, "radii": radii, "eye_y": eye_y, "face_h": face_h}
+    return verts, np.concatenate(tris), hair, shape
 
-    # Neck: an elliptic cylinder from inside the head down out of the picture.
+
+def _neck(shape: dict, first: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """An elliptic cylinder from inside the head down out of the picture; and its axis z."""
     ang = 2 * np.pi * np.arange(NECK_SEGMENTS) / NECK_SEGMENTS
-    neck_z = centre[2] + 0.05 * face_h
-    ys = centre[1] + np.array([0.45, 1.3, 2.2, 3.2]) * radii[1]
-    neck = np.concatenate([np.stack([0.36 * face_h * np.sin(ang), np.full_like(ang, y),
-                                     neck_z - 0.38 * face_h * np.cos(ang)], 1) for y in ys])
-    base = n_face + len(skull)
-    neck_tris = []
+    face_h, centre = shape["face_h"], shape["centre"]
+    axis_z = centre[2] - 0.05 * face_h
+    ys = centre[1] + np.array([0.45, 1.3, 2.2, 3.2]) * shape["radii"][1]
+    verts = np.concatenate([np.stack([0.36 * face_h * np.sin(ang), np.full_like(ang, y),
+                                      axis_z - 0.38 * face_h * np.cos(ang)], 1) for y in ys])
+    tris = []
     for r in range(len(ys) - 1):
-        a = base + r * NECK_SEGMENTS + np.arange(NECK_SEGMENTS)
+        a = first + r * NECK_SEGMENTS + np.arange(NECK_SEGMENTS)
         b = a + NECK_SEGMENTS
-        neck_tris += [np.stack([a, np.roll(a, -1), np.roll(b, -1)], 1), np.stack([a, np.roll(b, -1), b], 1)]
+        tris += [np.stack([a, np.roll(a, -1), np.roll(b, -1)], 1), np.stack([a, np.roll(b, -1), b], 1)]
+    return verts, np.concatenate(tris), axis_z
+
+
+def head_mesh(face: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skull and neck around a face (model frame, before pose).
+
+    The skull's meridians leave the face outline along the face surface's own
+    direction (no crease at the seam), then bend onto an ellipsoid and run to a pole
+    at the back of the head (``MERIDIANS_PER_EDGE`` per outline edge, so the
+    silhouette is round). Returns extra vertices (M, 3), triangles (K, 3) indexing
+    ``[face; extra]`` with outward normals, and a hair weight for every vertex of
+    ``[face; extra]`` (used where vertex colours are drawn: skull, neck, seam).
+    """
+    n_face = len(face)
+    skull, skull_tris, skull_hair, shape = _skull(face, faces, n_face)
+    neck, neck_tris, neck_z = _neck(shape, n_face + len(skull))
     extra = np.concatenate([skull, neck])
-    all_tris = np.concatenate([skull_tris] + neck_tris)
+    tris = np.concatenate([skull_tris, neck_tris]).astype(np.int64)
     # Orient outwards: away from the skull centre, or from the neck axis.
     pts = np.concatenate([face, extra])
-    a, b, c = pts[all_tris[:, 0]], pts[all_tris[:, 1]], pts[all_tris[:, 2]]
+    a, b, c = pts[tris[:, 0]], pts[tris[:, 1]], pts[tris[:, 2]]
     mid = (a + b + c) / 3.0
-    is_neck = (np.arange(len(all_tris)) >= len(skull_tris))[:, None]
-    ref = np.where(is_neck, np.stack([np.zeros(len(mid)), mid[:, 1], np.full(len(mid), neck_z)], 1), centre)
-    flip = np.einsum("ij,ij->i", np.cross(b - a, c - a), mid - ref) < 0
-    all_tris[flip] = all_tris[flip][:, [0, 2, 1]]
-    hair = np.zeros(n_face + len(extra))
-    hair[oval] = hair_all[: len(oval)]
-    hair[n_face: n_face + len(skull)] = hair_all[len(oval):]
-    return extra, all_tris.astype(np.int64), hair
+    is_neck = (np.arange(len(tris)) >= len(skull_tris))[:, None]
+    axis = np.stack([np.zeros(len(mid)), mid[:, 1], np.full(len(mid), neck_z)], 1)
+    flip = np.einsum("ij,ij->i", np.cross(b - a, c - a), mid - np.where(is_neck, axis, shape["centre"])) < 0
+    tris[flip] = tris[flip][:, [0, 2, 1]]
+    hair = np.zeros(len(pts))
+    hair[list(mm.FACE_OVAL)] = skull_hair[: len(mm.FACE_OVAL)]
+    hair[n_face: n_face + len(skull)] = skull_hair[len(mm.FACE_OVAL):]
+    return extra, tris, hair
 
 
 def _vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -168,9 +177,10 @@ def skin_color(model: MorphableModel, texture: np.ndarray) -> np.ndarray:
     return np.median(texture[px[:, 1], px[:, 0]].astype(np.float64), axis=0) / 255.0
 
 
-def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance,
-           expression: np.ndarray, rotation: np.ndarray | None, translation: np.ndarray | None):
-    """World-space vertices, triangles, per-face material, uv and per-vertex colour."""
+def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance, expression: np.ndarray,
+           rotation: np.ndarray | None, translation: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """World-space vertices, triangles, per-face material, per-vertex surface
+    coordinates (texture u, v and mouth depth 0..1) and per-vertex colour."""
     face = model.vertices(appearance.identity, expression)
     extra, extra_tris, hair = head_mesh(face, model.skin_faces)
     R, t = _pose(rotation, translation)
@@ -209,8 +219,8 @@ def render_view(model: MorphableModel, texture: np.ndarray, appearance: SubjectA
     """One RGB uint8 image (H, W, 3) of the subject from ``camera`` (``supersample``^2 samples a pixel)."""
     if supersample < 1:
         raise ValueError("supersample must be >= 1")
-    verts, faces, material, uv, color = _scene(model, texture, appearance, expression_coeffs,
-                                               head_rotation, head_translation)
+    verts, faces, material, surface, color = _scene(model, texture, appearance, expression_coeffs,
+                                                    head_rotation, head_translation)
     s = int(supersample)
     H, W = camera.height * s, camera.width * s
     xy, depth = _camera_pixels(camera, verts, s)
@@ -218,7 +228,7 @@ def render_view(model: MorphableModel, texture: np.ndarray, appearance: SubjectA
     image = _background(H, W).reshape(-1, 3)
     fg = np.flatnonzero(raster.triangle.ravel() >= 0)
     if fg.size:
-        image[fg] = _shade(raster, fg, verts, faces, material, uv, color, texture, appearance)
+        image[fg] = _shade(raster, fg, verts, faces, material, surface, color, texture, appearance)
     image = image.reshape(H, W, 3)
     if s > 1:
         image = cv2.resize(image, (camera.width, camera.height), interpolation=cv2.INTER_AREA)
@@ -226,11 +236,11 @@ def render_view(model: MorphableModel, texture: np.ndarray, appearance: SubjectA
 
 
 def _shade(raster: Raster, fg: np.ndarray, verts: np.ndarray, faces: np.ndarray, material: np.ndarray,
-           uv: np.ndarray, color: np.ndarray, texture: np.ndarray, appearance: SubjectAppearance) -> np.ndarray:
+           surface: np.ndarray, color: np.ndarray, texture: np.ndarray, appearance: SubjectAppearance) -> np.ndarray:
     """Colour of the foreground pixels ``fg`` (flat indices): albedo x studio lighting."""
     tri = raster.triangle.ravel()[fg]
     bary = raster.barycentric.reshape(-1, 3)[fg]
-    attrs = np.concatenate([_vertex_normals(verts, faces), color, uv], axis=1).astype(np.float32)
+    attrs = np.concatenate([_vertex_normals(verts, faces), color, surface], axis=1).astype(np.float32)
     pix = np.einsum("pk,pkc->pc", bary, attrs[faces[tri]])
     n = pix[:, :3] / np.maximum(np.linalg.norm(pix[:, :3], axis=1, keepdims=True), 1e-12)
     light = (AMBIENT + KEY * np.clip(n @ KEY_LIGHT.astype(np.float32), 0, None)
@@ -252,7 +262,8 @@ def _mouth_interior(v: np.ndarray) -> np.ndarray:
     teeth = 1.0 - _smoothstep(0.18, 0.26, v)
     tongue = _smoothstep(0.7, 0.85, v)
     cavity = np.clip(1.0 - teeth - tongue, 0.0, 1.0)
-    return (teeth[:, None] * TEETH_COLOR + cavity[:, None] * CAVITY_COLOR + tongue[:, None] * TONGUE_COLOR).astype(np.float32)
+    color = teeth[:, None] * TEETH_COLOR + cavity[:, None] * CAVITY_COLOR + tongue[:, None] * TONGUE_COLOR
+    return color.astype(np.float32)
 
 
 def _sample(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:

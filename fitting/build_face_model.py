@@ -2,13 +2,14 @@
 
 Run ``python -m fitting.build_face_model [OUT]`` (default: the packaged asset).
 Steps, all deterministic: mediapipe FaceMesh (static image, refined, 478 points) on
-scikit-image's ``astronaut`` photo; pixel x, y, z (z has x's scale) to metres with
-the outer eye corners 0.09 m apart; undo the photo's head roll and yaw by making
-the landmark cloud as left/right symmetric as possible, then symmetrise it; close
-the photo's parted lips; triangulate (tessellation 3-cliques minus two spurious
-nostril triangles, plus eye and mouth fills); add the hand-designed modes from
-``fitting.face_model_modes``. The npz holds no timestamps, so rebuilding on the
-same platform gives identical bytes.
+scikit-image's ``astronaut`` photo; pixel x, y, z (z has roughly x's scale) to
+metres with the outer eye corners 0.09 m apart; undo the photo's head roll and yaw
+by making the landmark cloud as left/right symmetric as possible, symmetrise it,
+tilt it a little chin-forward; close the photo's parted lips; triangulate
+(tessellation 3-cliques minus two spurious nostril triangles, plus eye and mouth
+fills); add the hand-designed modes of ``fitting.face_model_modes``. The texture
+is the photo's face crop with the backdrop that reaches the face edge inpainted.
+The npz holds no timestamps: rebuilding on one platform gives identical bytes.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment, minimize
 from scipy.spatial.transform import Rotation
 
+from capture_schema.atomic import atomic_write_bytes
 from fitting import face_model_modes as modes
 from fitting import morphable_model as mm
 
 EYE_CORNER_DISTANCE_M = 0.09
-#: Head pitch added to the photo's (degrees, chin forward); see ``build_template``.
+#: Head pitch added to the photo's (degrees, chin forward): the photo's head is a
+#: little tucked; this centres the rig's up (+20) and low (-15) rings on the face.
 PITCH_UP_DEG = 6.0
+#: FaceMesh's relative z is only "roughly" x's scale; 0.85 gave the least FaceMesh
+#: disagreement on oblique renders (0.7-1.2 tried) and keeps depths anthropometric
+#: (nose tip to outer eye corner ~34 mm, to the face outline at the ear ~80 mm).
+DEPTH_SCALE = 0.85
 SPURIOUS_TRIANGLES = ({49, 64, 129}, {279, 294, 358})
 TEXTURE_MARGIN_PX = 10
 OUTLINE_UV_INSET = 0.4
@@ -120,7 +127,7 @@ def _frontalise(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def build_template(photo_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Metric, frontal, symmetric template (478, 3) and its mirror map."""
-    q, perm = _frontalise(photo_points)
+    q, perm = _frontalise(photo_points * np.array([1.0, 1.0, DEPTH_SCALE]))
     q = Rotation.from_euler("x", -PITCH_UP_DEG, degrees=True).apply(q)
     sym = 0.5 * (q + q[perm] * np.array([-1.0, 1.0, 1.0]))
     scale = EYE_CORNER_DISTANCE_M / np.linalg.norm(sym[mm.OUTER_EYE_CORNERS[0]] - sym[mm.OUTER_EYE_CORNERS[1]])
@@ -184,6 +191,7 @@ def build_arrays() -> dict[str, np.ndarray]:
     graph = modes.FaceGraph(template, faces[labels == mm.SKIN], perm)
     closed = template + modes.close_lips(graph)
     closed = 0.5 * (closed + closed[perm] * np.array([-1.0, 1.0, 1.0]))
+    closed -= closed[:468].mean(axis=0) * np.array([0.0, 1.0, 1.0])
     graph = modes.FaceGraph(closed, faces[labels == mm.SKIN], perm)
     normals = modes.vertex_normals(closed, faces[labels == mm.SKIN])
     id_names, id_basis = modes.identity_modes(graph, normals)
@@ -203,26 +211,24 @@ def build_arrays() -> dict[str, np.ndarray]:
     }
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed`` without zip timestamps, written to a temp name then renamed."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An ``np.load``-able compressed npz with fixed zip timestamps (reproducible bytes)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key in sorted(arrays):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, buf.getvalue())
-    tmp.replace(path)
+    return out.getvalue()
 
 
 def build_face_model(out_path: Path | str) -> Path:
-    """Build the model and write it to ``out_path`` (an ``.npz``)."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_npz(out, build_arrays())
-    return out
+    """Build the model and write it (atomically) to ``out_path``, an ``.npz``."""
+    path = atomic_write_bytes(out_path, npz_bytes(build_arrays()))
+    path.chmod(0o644)  # package data: readable like any other source file
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,9 @@ FLAME, ICT-FaceKit) can replace it behind the same ``MorphableModel`` fields.
 Coordinates: metres, OpenCV-like world axes (x towards the subject's left, y down,
 z away from the frontal cameras: the face looks towards -z), template centroid at
 the origin. ``vertices`` = template + identity + expression, then a rigid pose.
+Expression components carry ARKit-like names (``jaw_open``, ``eye_close_left``;
+``left`` is always the subject's left) and ``expression_preset`` maps the 13
+capture expressions onto them. The template's mouth is closed and its eyes open.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ _PRESETS: dict[str, dict[str, float]] = {
     "brows_raised": {"brow_raise_left": 1.0, "brow_raise_right": 1.0},
     "brows_lowered": {"brow_lower_left": 1.0, "brow_lower_right": 1.0},
     "eyes_closed": {"eye_close_left": 1.0, "eye_close_right": 1.0},
-    "wink_left": {"eye_close_left": 1.0, "cheek_raise_left": 0.5, "mouth_corner_up_left": 0.3},
+    "wink_left": {"eye_close_left": 1.0, "cheek_raise_left": 0.3, "mouth_corner_up_left": 0.3},
     "pucker": {"lip_pucker": 1.0},
     "jaw_left": {"jaw_left": 1.0},
     "jaw_right": {"jaw_right": 1.0},
@@ -132,7 +135,8 @@ class MorphableModel:
         if identity is not None:
             verts += np.tensordot(self._coeffs(identity, self.n_identity, "identity"), self.identity_basis, axes=1)
         if expression is not None:
-            verts += np.tensordot(self._coeffs(expression, self.n_expression, "expression"), self.expression_basis, axes=1)
+            coeffs = self._coeffs(expression, self.n_expression, "expression")
+            verts += np.tensordot(coeffs, self.expression_basis, axes=1)
         if rotation is not None:
             verts = verts @ np.asarray(rotation, dtype=np.float64).reshape(3, 3).T
         if translation is not None:
