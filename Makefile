@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/o2a simulate $(DATA)/sim --subjects 4 --size 256 --seed 0
+	$(VENV)/bin/o2a simulate $(DATA)/sim --subjects 3 --size 512 --seed 0
 	$(VENV)/bin/o2a pipeline run --captures $(DATA)/sim/captures \
 		--storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
 	@echo "captures:      $(DATA)/sim/captures"

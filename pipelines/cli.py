@@ -66,6 +66,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from fitting.calibration import CalibrationError, calibrate_folder, write_calibration_outputs
+
+    calib_dir = Path(args.calib_dir)
+    if not calib_dir.is_dir():
+        print(f"o2a calibrate: {calib_dir} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    bars: dict = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            bars[stage] = _progress_bar(total, stage)
+        bars[stage].n = done
+        bars[stage].refresh()
+
+    try:
+        result = calibrate_folder(calib_dir, cameras=args.cameras.split(",") if args.cameras else None, progress=progress)
+        out = write_calibration_outputs(result, Path(args.out))
+    except CalibrationError as exc:
+        print(f"o2a calibrate: calibration impossible: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    finally:
+        for bar in bars.values():
+            bar.close()
+    report = result.report()
+    print(f"rmse {result.rmse_px:.3f} px over {len(result.cameras)} cameras -> {out}")
+    for cam_id, cam in report["cameras"].items():
+        det = cam["detection"]
+        print(f"  {cam_id}: rmse {cam['rmse_px']:.3f} px, {cam['n_observations']} corners, "
+              f"board found in {det.get('n_detected')}/{det.get('n_images')} images")
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from capture_simulator.simulate import simulate_dataset
 
@@ -122,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="file://workspace_data/derived", help="storage root URL")
     p.add_argument("--deep", action="store_true")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("calibrate", help="calibrate a rig from a calibration folder (board.json + <camera>/NNN images)")
+    p.add_argument("calib_dir")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--cameras", help="comma-separated camera ids in rig order (default: every camera folder, sorted)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("simulate", help="write simulated capture sessions plus ground truth")
     p.add_argument("out")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.ingest import session_manifest
 from pipelines.resources import default_resources
 from pipelines.sensors import build_session_sensor
 
 #: Assets computed once per session partition, in dependency order.
-SESSION_ASSETS = [session_manifest]
+SESSION_ASSETS = [session_manifest, camera_calibration]
 
 session_job = dg.define_asset_job(
     "process_session",

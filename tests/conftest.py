@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
+SIM_SIZE = 512
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def sim_dataset(tmp_path_factory: pytest.TempPathFactory):
-    """Two simulated subjects at 128 px: small, but the full 13 x 13 grid and calibration."""
+    """Two simulated subjects at 512 px (the size the board and the face detector need), 10 board poses."""
     from capture_simulator.simulate import simulate_dataset
 
-    return simulate_dataset(tmp_path_factory.mktemp("sim"), n_subjects=2, size=128, seed=7, n_board_poses=8)
+    return simulate_dataset(tmp_path_factory.mktemp("sim"), n_subjects=2, size=SIM_SIZE, seed=7, n_board_poses=10)
 
 
 @pytest.fixture()

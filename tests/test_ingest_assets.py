@@ -12,7 +12,7 @@ import pytest
 
 from capture_schema.ingest import manifest_relpath, quarantine_relpath
 from capture_schema.tables import MANIFEST_SCHEMA
-from conftest import tree_hashes
+from conftest import SIM_SIZE, tree_hashes
 from pipelines.assets.ingest import session_manifest
 from pipelines.definitions import defs
 from pipelines.partitions import SESSIONS_PARTITION
@@ -60,7 +60,7 @@ def test_valid_session_manifest(captures_root: Path, tmp_path: Path) -> None:
     row = table.slice(0, 1).to_pylist()[0]
     raw = (captures_root / key / row["relative_path"]).read_bytes()
     assert row["sha256"] == hashlib.sha256(raw).hexdigest() and row["bytes"] == len(raw)
-    assert (row["width"], row["height"], row["format"]) == (128, 128, "jpeg")
+    assert (row["width"], row["height"], row["format"]) == (SIM_SIZE, SIM_SIZE, "jpeg")
     assert not (storage / quarantine_relpath(key)).exists()
 
     mat = result.asset_materializations_for_node("session_manifest")[0]

@@ -11,7 +11,7 @@ from capture_schema.calibration_file import read_calibration
 from capture_schema.layout import DEFAULT_CAMERAS, DEFAULT_EXPRESSIONS
 from capture_schema.validation import validate_session
 from capture_simulator.simulate import simulate_dataset
-from conftest import tree_hashes
+from conftest import SIM_SIZE, tree_hashes
 from pipelines.cli import main
 
 
@@ -26,13 +26,13 @@ def test_layout_and_ground_truth(sim_dataset) -> None:
         assert list(calib.cameras) == list(DEFAULT_CAMERAS)
         frames = json.loads((gt / "frames.json").read_text())
         assert [f["expression"] for f in frames["frames"]] == list(DEFAULT_EXPRESSIONS)
-        assert len(frames["board_poses"]) == 8
+        assert len(frames["board_poses"]) == 10
         landmarks = np.load(gt / "landmarks_2d.npz")["landmarks"]
         assert landmarks.shape == (13, 13, 478, 2)
         # Projected landmarks of the frontal camera sit inside the image, around its centre.
         frontal = landmarks[0, list(DEFAULT_CAMERAS).index("mid_C00")]
-        assert 0 < frontal.min() and frontal.max() < 128
-        assert abs(frontal.mean(axis=0) - 64).max() < 20
+        assert 0 < frontal.min() and frontal.max() < SIM_SIZE
+        assert abs(frontal.mean(axis=0) - SIM_SIZE / 2).max() < SIM_SIZE / 6
 
 
 def test_subjects_differ(sim_dataset) -> None:

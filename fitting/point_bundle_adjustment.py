@@ -1,0 +1,539 @@
+"""Robust bundle adjustment of a static camera rig and the points it observed.
+
+Given cameras (:class:`capture_schema.cameras.Camera`), an initial guess of the 3D
+points (e.g. :func:`fitting.triangulation.triangulate_points`) and the observations
+``pixels`` ``(C, N, 2)`` (NaN where unseen), :func:`refine_cameras_and_points`
+jointly refines the camera poses (optionally the intrinsics and distortion) and the
+points with pycolmap's Ceres bundle adjuster under a Cauchy loss, and returns new
+``Camera`` objects, the refined points and a :class:`BundleAdjustmentReport`.
+
+How the problem is handed to pycolmap
+-------------------------------------
+* One COLMAP camera per rig camera (``camera_to_colmap``: ``OPENCV`` when ``k3 == 0``,
+  else ``FULL_OPENCV`` with ``k4..k6 = 0``), each in its own trivial rig.
+* The cameras are static, so each camera is one image (one trivial frame) whose
+  keypoints are all of that camera's observations; every point seen by at least two
+  cameras is a 3D point whose track lists those keypoints. ``rec.is_valid()`` is checked.
+* The solve is ``pycolmap.create_default_ceres_bundle_adjuster(options, config, rec)``
+  then ``.solve()`` (not ``pycolmap.bundle_adjustment``, which forces a gauge and
+  filters observations in place).
+
+Robust loss and continuation
+----------------------------
+One Cauchy loss for all residuals. Real keypoints carry gross outliers (wrong
+detections, swapped identities): plain least squares is dragged by them (on the
+aniposelib data its cost is dominated by a few near-infinite two-view points and it
+does not move: median 33.0 -> 33.0 px), soft-L1/Huber do much worse (``PITFALLS.md``). A
+Cauchy loss with a small scale, however, treats every residual of a camera that starts
+far off as an outlier and barely moves it, so the solve is a short continuation: a few
+stages whose scale shrinks geometrically from 64 px to ``loss_scale_px``
+(``loss_schedule``), at most ``max_iterations`` Levenberg-Marquardt iterations each.
+Before every stage after the first, each point is linearly re-triangulated with the
+current cameras and the new position replaces the old one where it has the lower Cauchy
+cost (a point stuck behind a camera, where COLMAP's residual is silently zero, or at a
+near-parallel two-view intersection, gets a fresh start). No observation or point is
+dropped or re-weighted beyond what the loss does.
+
+Intrinsics are held by default (with noisy keypoints and far-off poses, refining them
+from the start lets focal lengths run away). With ``refine_intrinsics=True`` focal
+lengths, principal point and ``k1 k2 p1 p2 (k3)`` are refined in the *last* stage only,
+once the poses have settled; for ``FULL_OPENCV`` cameras the rational terms ``k4..k6``
+are held at 0 by a ``pyceres.SubsetManifold(12, [9, 10, 11])`` set on the camera
+parameter block of the adjuster's ``problem`` (so the result still fits OpenCV's
+five-term model).
+
+Gauge
+-----
+A rig seen only through points is defined up to a similarity (7 DoF). pycolmap's
+``TWO_CAMS_FROM_WORLD`` gauge did not hold scale on an inward-looking rig (it fixes one
+translation coordinate of the second camera *in that camera's own frame*), and holding
+the first camera's pose constant converged worse on the real 12-camera data (p90 26 px
+against 9 px). So the gauge is left free during the solve (Levenberg-Marquardt's
+damping handles the null space; Ceres logs rejected Cholesky steps, silenced unless
+``verbose``) and removed afterwards: the result is mapped by the similarity that best
+aligns the refined camera frames onto the input camera frames (each camera's centre
+and the tips of its three axes at the rig's scale, least squares, Umeyama). The
+output thus lives in the input's world frame and metric scale; only the rig's shape
+changes. ``report.gauge_alignment`` gives that similarity and the RMS camera change.
+
+Errors and reproducibility
+--------------------------
+Errors in the report are computed by this module with the project's own projection
+(OpenCV model, ``Camera.project``) over *every* observation of every point in the
+solve, not by COLMAP. Points behind an observing camera are counted in the report.
+Ceres runs on one thread by default: with several threads its reductions are summed in
+a varying order and, on a problem as far from converged as the real data, the result
+then differs from run to run (centimetres); one thread is bit-reproducible and, on two
+cores, hardly slower.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from capture_schema.cameras import Camera
+from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
+from fitting.triangulation import error_summary, observed_mask, reprojection_errors, triangulate_points
+
+#: FULL_OPENCV parameter indices of the rational terms k4, k5, k6 (held at 0).
+_FULL_OPENCV_RATIONAL = (9, 10, 11)
+#: Parameter indices of cx, cy in COLMAP's OPENCV / FULL_OPENCV models.
+_PRINCIPAL_POINT = (2, 3)
+
+
+@dataclass
+class BundleAdjustmentReport:
+    """What the bundle adjustment did, in numbers (all errors in pixels).
+
+    ``before`` / ``after`` summarise the reprojection errors (``median_px``,
+    ``p90_px``, ``mean_px``, ``n_observations``) over the same observations: every
+    observation of every point that went into the solve (``n_points_used`` points,
+    ``n_observations_used`` observations); ``after["n_observations"]`` is the count
+    the final median is taken over. Points left out (seen by fewer than two cameras,
+    or a non-finite initial position) are counted in ``n_points_skipped`` and their
+    observations in ``n_observations_skipped``; nothing is dropped for having a large
+    error. ``n_points_behind_camera_*`` count points behind at least one camera that
+    observed them (their errors are included). ``points_retriangulated[k]`` is how
+    many points got a fresh linear triangulation before stage ``k + 2``;
+    ``termination`` is Ceres' verdict per stage (``NO_CONVERGENCE`` = the stage
+    used all its iterations). ``gauge_alignment`` is the similarity applied after the
+    solve (``scale``, ``rotation_deg``, ``translation`` in world units) and
+    ``rms_camera_change``, the RMS move of the camera centres and axis tips.
+    """
+
+    n_cameras: int
+    n_points: int
+    n_observations: int
+    n_points_used: int
+    n_observations_used: int
+    n_points_skipped: int
+    n_observations_skipped: int
+    before: dict[str, float | int]
+    after: dict[str, float | int]
+    n_points_behind_camera_before: int
+    n_points_behind_camera_after: int
+    loss: str
+    loss_scale_px: float
+    loss_schedule_px: list[float]
+    refine_intrinsics: bool
+    iterations: int
+    stage_iterations: list[int]
+    points_retriangulated: list[int]
+    termination: list[str]
+    time_s: float
+    solve_time_s: float
+    gauge: str
+    gauge_alignment: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        b, a = self.before, self.after
+        return (
+            f"bundle adjustment over {self.n_cameras} cameras, {self.n_points_used} points, "
+            f"{self.n_observations_used} observations ({self.n_points_skipped} points skipped): "
+            f"median {b['median_px']:.2f} -> {a['median_px']:.2f} px, "
+            f"p90 {b['p90_px']:.2f} -> {a['p90_px']:.2f} px, "
+            f"{self.iterations} iterations, {self.time_s:.1f} s"
+        )
+
+
+def _validate(
+    cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray
+) -> tuple[list[Camera], np.ndarray, np.ndarray]:
+    cameras = list(cameras)
+    if len(cameras) < 2:
+        raise ValueError(f"bundle adjustment needs at least 2 cameras, got {len(cameras)}")
+    for i, cam in enumerate(cameras):
+        if not isinstance(cam, Camera):
+            raise ValueError(f"cameras[{i}] must be a capture_schema.cameras.Camera, got {type(cam).__name__}")
+    uv = np.asarray(pixels, dtype=np.float64)
+    if uv.ndim != 3 or uv.shape[0] != len(cameras) or uv.shape[2] != 2:
+        raise ValueError(
+            f"pixels must have shape (n_cameras={len(cameras)}, n_points, 2) with NaN where a camera did not "
+            f"see a point, got shape {uv.shape}"
+        )
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape != (uv.shape[1], 3):
+        raise ValueError(
+            f"points must have shape (n_points={uv.shape[1]}, 3) matching pixels' second axis, got {pts.shape}"
+        )
+    return cameras, pts, uv
+
+
+def _rig_scale(cameras: Sequence[Camera]) -> float:
+    centres = np.stack([c.center for c in cameras])
+    spread = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).mean())
+    return spread if spread > 1e-9 else 1.0
+
+
+def _camera_frame_points(cameras: Sequence[Camera], scale: float) -> np.ndarray:
+    """Each camera's centre and its x, y, z axis tips at distance ``scale`` (4C, 3)."""
+    out = []
+    for cam in cameras:
+        c = cam.center
+        out.append(c)
+        out.extend(c + scale * cam.R)  # rows of R are the camera axes in world coordinates
+    return np.asarray(out)
+
+
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity ``dst ~ s * R @ src + t`` in least squares (Umeyama 1991)."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - mu_s, dst - mu_d
+    cov = b.T @ a / len(src)
+    U, S, Vt = np.linalg.svd(cov)
+    D = np.eye(3)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        D[2, 2] = -1.0
+    R = U @ D @ Vt
+    var_s = (a * a).sum() / len(src)
+    s = float(np.trace(np.diag(S) @ D) / var_s)
+    t = mu_d - s * R @ mu_s
+    return s, R, t
+
+
+def _apply_similarity(cam: Camera, s: float, Rs: np.ndarray, ts: np.ndarray) -> Camera:
+    """``cam`` expressed in the world ``X' = s Rs X + ts`` (projections unchanged)."""
+    R_new = cam.R @ Rs.T
+    t_new = s * cam.t - R_new @ ts
+    return Camera(
+        width=cam.width,
+        height=cam.height,
+        fx=cam.fx,
+        fy=cam.fy,
+        cx=cam.cx,
+        cy=cam.cy,
+        dist=cam.dist,
+        R=_orthonormalise(R_new),
+        t=t_new,
+    )
+
+
+def _orthonormalise(R: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(R)
+    M = U @ Vt
+    if np.linalg.det(M) < 0:
+        U[:, -1] *= -1
+        M = U @ Vt
+    return M
+
+
+def _behind_count(cameras: Sequence[Camera], points: np.ndarray, seen: np.ndarray) -> int:
+    behind = np.zeros(points.shape[0], dtype=bool)
+    for c, cam in enumerate(cameras):
+        with np.errstate(invalid="ignore"):
+            behind |= seen[c] & (cam.depth(points) <= 0)
+    return int(behind.sum())
+
+
+def default_loss_schedule(loss_scale_px: float, start_px: float = 64.0, stages: int = 4) -> list[float]:
+    """Cauchy scales from ``start_px`` down to ``loss_scale_px``, geometrically spaced."""
+    if start_px <= loss_scale_px or stages <= 1:
+        return [float(loss_scale_px)]
+    return [float(v) for v in np.geomspace(start_px, loss_scale_px, stages)]
+
+
+def refine_cameras_and_points(
+    cameras: Sequence[Camera],
+    points: np.ndarray,
+    pixels: np.ndarray,
+    *,
+    loss_scale_px: float = 2.0,
+    loss_schedule: Sequence[float] | None = None,
+    refine_intrinsics: bool = False,
+    refine_principal_point: bool = False,
+    max_iterations: int = 50,
+    progress: Callable[[str], None] | None = None,
+    verbose: bool = False,
+    num_threads: int = 1,
+    retriangulate: bool = True,
+) -> tuple[list[Camera], np.ndarray, BundleAdjustmentReport]:
+    """Jointly refine camera poses (and optionally intrinsics) and 3D points.
+
+    Args:
+        cameras: the rig, ``C >= 2`` cameras (initial guess).
+        points: ``(N, 3)`` initial 3D points in the cameras' world frame; rows that
+            are not finite, or whose point was seen by fewer than two cameras, are
+            left out of the solve and come back unchanged.
+        pixels: ``(C, N, 2)`` observed distorted pixels, NaN where unseen.
+        loss_scale_px: Cauchy loss scale of the final stage (pixels): residuals well
+            above it count as outliers.
+        loss_schedule: Cauchy scales of the successive stages; when given it replaces
+            the default :func:`default_loss_schedule` (64 px down to
+            ``loss_scale_px`` in 4 stages) and its last entry is the final scale.
+            ``[s]`` runs a single solve.
+        refine_intrinsics: also refine fx, fy and k1 k2 p1 p2 (k3) per camera, in
+            the last stage; k4..k6 of FULL_OPENCV stay 0.
+        refine_principal_point: with ``refine_intrinsics``, refine cx, cy too (off
+            by default, as in COLMAP: from points alone the principal point trades
+            off against the rotation and drifts by tens of pixels).
+        max_iterations: Levenberg-Marquardt iterations per stage.
+        progress: called with one line of text per step (e.g. ``logger.info`` or a
+            CLI's ``tqdm.write``).
+        verbose: let Ceres print its per-iteration log and summary to stdout and
+            keep its warnings.
+        num_threads: Ceres threads; 1 (default) is bit-reproducible, more can be
+            faster on large problems but not reproducible (module docstring).
+        retriangulate: re-triangulate points between stages where that lowers
+            their robust cost (module docstring).
+
+    Returns:
+        ``(cameras, points, report)``: new ``Camera`` objects in the input's world
+        frame and scale (see the module docstring on the gauge), the ``(N, 3)``
+        refined points (unused rows unchanged) and a :class:`BundleAdjustmentReport`.
+
+    Raises:
+        ValueError: fewer than 2 cameras, mismatched shapes, a non-positive loss
+            scale, or no point seen by two cameras.
+        RuntimeError: pycolmap rejected the problem or Ceres returned an unusable solution.
+    """
+    import pycolmap
+
+    t_start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    cameras, pts_in, uv = _validate(cameras, points, pixels)
+    given = [] if loss_schedule is None else [float(v) for v in loss_schedule]
+    if loss_schedule is not None and not given:
+        raise ValueError("loss_schedule must name at least one Cauchy scale (pixels), e.g. [8.0, 2.0]")
+    if not all(np.isfinite(v) and v > 0 for v in [float(loss_scale_px), *given]):
+        raise ValueError(
+            f"loss scales must be positive pixels, got loss_scale_px={loss_scale_px}, loss_schedule={loss_schedule}"
+        )
+    schedule = given or default_loss_schedule(float(loss_scale_px))
+    if int(max_iterations) < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+
+    n_cams, n_points = uv.shape[:2]
+    seen = observed_mask(uv)
+    n_views = seen.sum(axis=0)
+    finite = np.all(np.isfinite(pts_in), axis=1)
+    used = finite & (n_views >= 2)
+    if not used.any():
+        raise ValueError("no point is seen by at least two cameras with a finite initial position: nothing to adjust")
+    used_idx = np.flatnonzero(used)
+    seen_used = seen[:, used_idx]
+
+    errors_before = reprojection_errors(cameras, pts_in, uv)[:, used_idx]
+    before = error_summary(errors_before)
+    behind_before = _behind_count(cameras, pts_in[used_idx], seen_used)
+    say(
+        f"bundle adjustment: {n_cams} cameras, {len(used_idx)} points, {int(seen_used.sum())} observations; "
+        f"before: median {before['median_px']:.2f} px, p90 {before['p90_px']:.2f} px"
+    )
+
+    # --- build the reconstruction -----------------------------------------------
+    rec = pycolmap.Reconstruction()
+    # point2D index of (camera c, used point j) = rank of j among camera c's observations
+    p2d_index = np.cumsum(seen_used, axis=1) - 1
+    for c, cam in enumerate(cameras):
+        model, params = camera_to_colmap(cam)
+        cam_id = c + 1
+        rec.add_camera_with_trivial_rig(
+            pycolmap.Camera(camera_id=cam_id, model=model, width=cam.width, height=cam.height, params=params)
+        )
+        keypoints = uv[c, used_idx][seen_used[c]].reshape(-1, 2)
+        image = pycolmap.Image(name=f"cam{c:03d}", keypoints=keypoints, camera_id=cam_id, image_id=cam_id)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(np.hstack([cam.R, cam.t[:, None]])))
+    point_ids = np.empty(len(used_idx), dtype=np.int64)
+    TrackElement = pycolmap.TrackElement
+    for j, n in enumerate(used_idx):
+        cams_j = np.flatnonzero(seen_used[:, j])
+        track = pycolmap.Track([TrackElement(int(c) + 1, int(p2d_index[c, j])) for c in cams_j])
+        point_ids[j] = rec.add_point3D(pts_in[n], track)
+    if not rec.is_valid():
+        raise RuntimeError(
+            "pycolmap rejected the reconstruction built from the inputs (Reconstruction.is_valid() is False)"
+        )
+    image_ids = sorted(rec.images)
+    say(f"bundle adjustment: reconstruction built in {time.perf_counter() - t_start:.1f} s")
+
+    # --- solve, stage by stage ----------------------------------------------------
+    stage_iterations: list[int] = []
+    terminations: list[str] = []
+    n_retriangulated: list[int] = []
+    t_solve = time.perf_counter()
+    for stage, scale in enumerate(schedule):
+        if stage > 0 and retriangulate:
+            current = _cameras_from_reconstruction(rec, image_ids, cameras)
+            current_pts = _points_from_reconstruction(rec, point_ids)
+            fresh, _ = triangulate_points(current, uv[:, used_idx])
+            better = _cauchy_cost(current, fresh, uv[:, used_idx], scale) < _cauchy_cost(
+                current, current_pts, uv[:, used_idx], scale
+            )
+            for j in np.flatnonzero(better):
+                rec.points3D[int(point_ids[j])].xyz = fresh[j]
+            n_retriangulated.append(int(better.sum()))
+        intrinsics_now = bool(refine_intrinsics) and stage == len(schedule) - 1
+        opts = pycolmap.BundleAdjustmentOptions()
+        opts.print_summary = bool(verbose)
+        opts.refine_focal_length = intrinsics_now
+        opts.refine_principal_point = intrinsics_now and bool(refine_principal_point)
+        opts.refine_extra_params = intrinsics_now
+        opts.refine_rig_from_world = True
+        opts.refine_points3D = True
+        opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        opts.ceres.loss_function_scale = float(scale)
+        opts.ceres.solver_options.max_num_iterations = int(max_iterations)
+        opts.ceres.solver_options.minimizer_progress_to_stdout = bool(verbose)
+        opts.ceres.solver_options.num_threads = int(num_threads)
+        config = pycolmap.BundleAdjustmentConfig()
+        for image_id in image_ids:
+            config.add_image(image_id)
+        adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
+        keep_alive = (
+            _hold_rational_terms(adjuster.problem, rec, hold_principal_point=not refine_principal_point)
+            if intrinsics_now
+            else []
+        )
+        with _quiet_glog(pycolmap, enabled=not verbose):
+            summary = adjuster.solve()
+        del keep_alive
+        ceres_summary = summary.ceres_summary
+        n_iter = int(ceres_summary.num_successful_steps + ceres_summary.num_unsuccessful_steps)
+        stage_iterations.append(n_iter)
+        terminations.append(str(summary.termination_type.name))
+        if not summary.is_solution_usable():
+            raise RuntimeError(
+                f"bundle adjustment stage {stage + 1}/{len(schedule)} (Cauchy {scale:.3g} px) failed: "
+                f"{ceres_summary.message}"
+            )
+        say(
+            f"bundle adjustment: stage {stage + 1}/{len(schedule)} Cauchy {scale:.3g} px: {n_iter} iterations, "
+            f"{summary.termination_type.name}, cost {ceres_summary.initial_cost:.4g} -> {ceres_summary.final_cost:.4g}"
+            + (f" ({n_retriangulated[-1]} points re-triangulated first)" if stage > 0 and retriangulate else "")
+        )
+    solve_time = time.perf_counter() - t_solve
+
+    # --- back to Camera objects, gauge removed -------------------------------------
+    refined = _cameras_from_reconstruction(rec, image_ids, cameras)
+    pts_out = pts_in.copy()
+    pts_out[used_idx] = _points_from_reconstruction(rec, point_ids)
+
+    scale_ref = _rig_scale(cameras)
+    s, Rs, ts = _umeyama(_camera_frame_points(refined, scale_ref), _camera_frame_points(cameras, scale_ref))
+    refined = [_apply_similarity(cam, s, Rs, ts) for cam in refined]
+    pts_out[used_idx] = s * pts_out[used_idx] @ Rs.T + ts
+    moved = _camera_frame_points(refined, scale_ref) - _camera_frame_points(cameras, scale_ref)
+    alignment = {
+        "scale": float(s),
+        "rotation_deg": float(np.degrees(np.arccos(np.clip((np.trace(Rs) - 1) / 2, -1, 1)))),
+        "translation": float(np.linalg.norm(ts)),
+        "rms_camera_change": float(np.sqrt((moved**2).sum(axis=1).mean())),
+    }
+
+    errors_after = reprojection_errors(refined, pts_out, uv)[:, used_idx]
+    after = error_summary(errors_after)
+    behind_after = _behind_count(refined, pts_out[used_idx], seen_used)
+    total = time.perf_counter() - t_start
+    report = BundleAdjustmentReport(
+        n_cameras=n_cams,
+        n_points=n_points,
+        n_observations=int(seen.sum()),
+        n_points_used=int(len(used_idx)),
+        n_observations_used=int(seen_used.sum()),
+        n_points_skipped=int(n_points - len(used_idx)),
+        n_observations_skipped=int(seen.sum() - seen_used.sum()),
+        before=before,
+        after=after,
+        n_points_behind_camera_before=behind_before,
+        n_points_behind_camera_after=behind_after,
+        loss="cauchy",
+        loss_scale_px=float(schedule[-1]),
+        loss_schedule_px=[float(v) for v in schedule],
+        refine_intrinsics=bool(refine_intrinsics),
+        iterations=int(sum(stage_iterations)),
+        stage_iterations=stage_iterations,
+        points_retriangulated=n_retriangulated,
+        termination=terminations,
+        time_s=float(total),
+        solve_time_s=float(solve_time),
+        gauge="free during the solve; similarity-aligned to the input camera frames afterwards",
+        gauge_alignment=alignment,
+    )
+    say("bundle adjustment: " + report.summary())
+    return refined, pts_out, report
+
+
+@contextmanager
+def _quiet_glog(pycolmap: Any, enabled: bool) -> Iterator[None]:
+    """Raise glog's threshold to ERROR for the solve.
+
+    With the gauge free, Levenberg-Marquardt's first trial steps on the damped,
+    rank-deficient system regularly fail their Cholesky factorisation; Ceres
+    rejects the step, raises the damping and goes on, but logs a WARNING each time.
+    """
+    if not enabled:
+        yield
+        return
+    previous = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 2
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = previous
+
+
+def _cameras_from_reconstruction(rec: Any, image_ids: Sequence[int], cameras: Sequence[Camera]) -> list[Camera]:
+    out = []
+    for image_id, cam in zip(image_ids, cameras):
+        image = rec.images[image_id]
+        colmap_cam = rec.cameras[image.camera_id]
+        fx, fy, cx, cy, dist = intrinsics_from_colmap(colmap_cam.model.name, list(colmap_cam.params))
+        pose = image.cam_from_world().matrix()
+        out.append(
+            Camera(
+                width=cam.width, height=cam.height, fx=fx, fy=fy, cx=cx, cy=cy, dist=dist,
+                R=_orthonormalise(pose[:, :3]), t=pose[:, 3],
+            )
+        )
+    return out
+
+
+def _points_from_reconstruction(rec: Any, point_ids: np.ndarray) -> np.ndarray:
+    return np.stack([rec.points3D[int(pid)].xyz for pid in point_ids])
+
+
+def _cauchy_cost(cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray, scale: float) -> np.ndarray:
+    """Per-point Cauchy cost ``sum_c b^2 log(1 + e_c^2 / b^2)`` (inf if not finite)."""
+    err = reprojection_errors(cameras, points, pixels)
+    b2 = float(scale) ** 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        cost = b2 * np.log1p(err**2 / b2)
+        behind = np.zeros(points.shape[0], dtype=bool)
+        for c, cam in enumerate(cameras):
+            behind |= np.isfinite(err[c]) & ~(cam.depth(points) > 0)
+    total = np.nansum(cost, axis=0)
+    total[~np.isfinite(total) | behind | ~np.all(np.isfinite(points), axis=1)] = np.inf
+    return total
+
+
+def _hold_rational_terms(problem: Any, rec: Any, hold_principal_point: bool) -> list[Any]:
+    """Hold k4..k6 (and the principal point if asked) of FULL_OPENCV cameras.
+
+    pycolmap's default adjuster has already set a subset manifold on each refined
+    camera block (holding the principal point unless it is refined); a parameter
+    block has one manifold, so it is replaced by one that also holds the rational
+    terms. Returns the manifolds (kept alive until the solve is over).
+    """
+    import pyceres
+
+    held = sorted(set(_FULL_OPENCV_RATIONAL) | (set(_PRINCIPAL_POINT) if hold_principal_point else set()))
+    manifolds = []
+    for cam_id in sorted(rec.cameras):
+        cam = rec.cameras[cam_id]
+        if cam.model.name != "FULL_OPENCV":
+            continue
+        block = cam.params
+        if not problem.has_parameter_block(block) or problem.is_parameter_block_constant(block):
+            continue
+        manifold = pyceres.SubsetManifold(len(block), held)
+        problem.set_manifold(block, manifold)
+        manifolds.append(manifold)
+    return manifolds

@@ -1,0 +1,110 @@
+"""``camera_calibration``: the rig's cameras for a session, from its board captures.
+
+Thin by design: the work is ``fitting.calibration``. Sessions that share one
+calibration folder (same content hash) share one result under
+``calibrations/<hash>/``; each session gets a small pointer file
+``calibration_by_session/<session_id>.json`` naming the result it uses.
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from capture_schema.atomic import canonical_json
+from capture_schema.ingest import quarantine_relpath
+from capture_schema.session import read_session
+from pipelines.assets.ingest import session_manifest
+from pipelines.partitions import sessions_partitions
+from pipelines.resources import CapturesResource, StorageResource
+
+
+
+class CalibrationConfig(dg.Config):
+    """Acceptance threshold for a calibration."""
+
+    max_rmse_px: float = 1.0
+    """The ``rmse_within_threshold`` check fails above this overall reprojection RMSE (pixels)."""
+
+
+def calibration_relpath(input_hash: str) -> str:
+    return f"calibrations/{input_hash[:16]}"
+
+
+def session_pointer_relpath(session_id: str) -> str:
+    return f"calibration_by_session/{session_id}.json"
+
+
+def _camera_table(calibration) -> str:
+    lines = ["| camera | rmse px | observations | fx | fy |", "|---|---|---|---|---|"]
+    for cam_id, cam in calibration.cameras.items():
+        lines.append(f"| {cam_id} | {calibration.camera_rmse_px.get(cam_id, 0.0):.3f} | "
+                     f"{calibration.n_observations.get(cam_id, 0)} | {cam.fx:.1f} | {cam.fy:.1f} |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=sessions_partitions,
+    deps=[session_manifest],
+    group_name="calibration",
+    kinds={"pycolmap", "opencv"},
+    check_specs=[dg.AssetCheckSpec("rmse_within_threshold", asset="camera_calibration", blocking=True,
+                                   description="overall reprojection RMSE is at most max_rmse_px")],
+)
+def camera_calibration(
+    context: dg.AssetExecutionContext, config: CalibrationConfig, captures: CapturesResource, storage: StorageResource
+) -> dg.MaterializeResult:
+    """Calibrated cameras (calibration.json, COLMAP model, transforms.json) for the session's rig."""
+    from capture_schema.calibration_file import Calibration
+    from fitting.calibration import calibrate_folder, calibration_input_hash, write_calibration_outputs
+
+    session_id = context.partition_key
+    store = storage.storage()
+    if store.exists(quarantine_relpath(session_id)):
+        raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(quarantine_relpath(session_id))}); "
+                         "fix it and re-materialise session_manifest first")
+    session_dir = captures.session_dir(session_id)
+    info, problems = read_session(session_dir)
+    if info is None:
+        raise dg.Failure(f"session {session_id}: {problems[0].message}")
+    calib_dir = (session_dir / info.calibration).resolve()
+    input_hash = calibration_input_hash(calib_dir)
+    target = calibration_relpath(input_hash)
+    reused = store.exists(f"{target}/calibration.json")
+    if reused:
+        context.log.info(f"reusing calibration {target} (same board captures as an earlier session)")
+    else:
+        context.log.info(f"calibrating {calib_dir}")
+        def progress(stage: str, done: int, total: int) -> None:
+            if done == total:
+                context.log.info(f"{stage}: {done}/{total}")
+
+        result = calibrate_folder(calib_dir, cameras=info.cameras, progress=progress)
+        context.log.info(f"calibrated: rmse {result.rmse_px:.3f} px, timings {result.report()['timings_s']}")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "calibration"
+            write_calibration_outputs(result, out)
+            store.put_directory(out, target)
+    calibration = Calibration.from_dict(json.loads(store.read_bytes(f"{target}/calibration.json")))
+    store.write_if_changed(session_pointer_relpath(session_id), canonical_json(
+        {"session_id": session_id, "calibration_hash": input_hash, "calibration": target}).encode())
+    passed = calibration.rmse_px <= config.max_rmse_px
+    check = dg.AssetCheckResult(
+        check_name="rmse_within_threshold",
+        passed=passed,
+        metadata={"rmse_px": calibration.rmse_px, "max_rmse_px": config.max_rmse_px,
+                  "worst_camera": max(calibration.camera_rmse_px, key=calibration.camera_rmse_px.get, default="")},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "rmse_px": round(calibration.rmse_px, 4),
+            "cameras": len(calibration.cameras),
+            "reused": reused,
+            "calibration_hash": input_hash[:16],
+            "per_camera": dg.MetadataValue.md(_camera_table(calibration)),
+            "calibration_json": dg.MetadataValue.path(store.uri(f"{target}/calibration.json")),
+        },
+        check_results=[check],
+        data_version=dg.DataVersion(input_hash[:16]),
+    )
