@@ -82,7 +82,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         bars[stage].refresh()
 
     try:
-        result = calibrate_folder(calib_dir, cameras=args.cameras.split(",") if args.cameras else None, progress=progress)
+        result = calibrate_folder(calib_dir, cameras=args.cameras.split(",") if args.cameras else None,
+                                  progress=progress, subpix_half_window=args.subpix_window,
+                                  loss_scale_px=args.loss_scale)
         out = write_calibration_outputs(result, Path(args.out))
     except CalibrationError as exc:
         print(f"o2a calibrate: calibration impossible: {exc}", file=sys.stderr)
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("calib_dir")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--cameras", help="comma-separated camera ids in rig order (default: every camera folder, sorted)")
+    p.add_argument("--subpix-window", type=int, default=None,
+                   help="chessboard cornerSubPix half-window in px (default: sized to the squares, at most 11)")
+    p.add_argument("--loss-scale", type=float, default=1.0, help="Cauchy loss scale of the bundle adjustment, px")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("simulate", help="write simulated capture sessions plus ground truth")

@@ -11,8 +11,16 @@ initial RMSE, the solver's termination and timings.
 per camera holding that camera's inlier corner detections of every board moment,
 linked to the board corners in world coordinates; a camera does not move, so
 that is geometrically exact), ``transforms.json`` and ``calibration_report.json``
-(detections, residual statistics, solver summary, input hash) in a temporary
-sibling folder and renames it into place: a failure leaves nothing half written.
+(detections, residual statistics, lens-model coverage warnings, solver summary)
+in a temporary sibling folder and renames it into place: a failure leaves nothing
+half written. All four are byte-identical when re-run on the same input.
+
+Known limit, measured on the simulator: with boards held at the head position the
+corners cover only the central ~50 % of each image, so the five distortion terms
+are fitted there and extrapolated outside (k3 reached +-100s, moving the image
+corner by tens of pixels while the head volume still projects within 0.02 px).
+The report's ``corner_radius_fraction``, ``distortion_at_image_corner_px`` and
+``warnings`` say so per camera.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import numpy as np
 from capture_schema.atomic import atomic_directory, atomic_write_json
 from capture_schema.board import BoardSpec, board_to_dict
 from capture_schema.calibration_file import Calibration, write_calibration
+from capture_schema.cameras import Camera
 from capture_schema.converters import write_colmap_model, write_transforms
 from capture_schema.layout import BOARD_FILE
 from fitting.boards import board_object_points
@@ -55,6 +64,8 @@ __all__ = [
 #: observations, is not trusted: the result is refused with an error naming it.
 MAX_CAMERA_RMSE_PX = 2.0
 MAX_OUTLIER_FRACTION = 0.2
+#: Below this corner_radius_fraction the report warns that the lens model is extrapolated.
+COVERAGE_WARNING = 0.7
 
 CALIBRATION_FILE = "calibration.json"
 COLMAP_DIR = "colmap"
@@ -82,17 +93,30 @@ class CalibrationResult:
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
-    def cameras(self):
+    def cameras(self) -> dict[str, Camera]:
         return self.calibration.cameras
 
     @property
     def rmse_px(self) -> float:
         return self.calibration.rmse_px
 
-    def report(self) -> dict:
-        """JSON-ready summary: detection counts, residual statistics, solver, timings."""
+    def report(self, timings: bool = True) -> dict:
+        """JSON-ready summary: detection counts, residual statistics, lens-model coverage, solver.
+
+        ``timings=False`` leaves out ``timings_s`` (wall-clock seconds per stage), which is
+        how ``calibration_report.json`` is written: derived files are byte-identical on reruns.
+        """
         cams = {}
+        warnings = []
         for cam_id, det in self.detections.items():
+            coverage = _coverage(self.residuals[cam_id].observed, det.image_size)
+            corner_shift = _distortion_at_image_corner(self.cameras[cam_id])
+            if coverage is not None and coverage < COVERAGE_WARNING:
+                warnings.append(
+                    f"camera {cam_id!r}: board corners reach only {coverage:.0%} of the way to the image corners; "
+                    f"the lens model is extrapolated beyond (it moves the image corner by {corner_shift:.1f} px): "
+                    "trust these cameras inside the board-covered region, or shoot boards nearer the image edges"
+                )
             norms = self.residuals[cam_id].norms
             cams[cam_id] = {
                 "detection": det.summary(),
@@ -106,7 +130,9 @@ class CalibrationResult:
                 "n_outliers": int(self.n_outliers[cam_id]),
                 # How far from the image centre the corners reach (1 = image corner): the lens model
                 # is fitted inside this radius and only extrapolated beyond it.
-                "corner_radius_fraction": _coverage(self.residuals[cam_id].observed, det.image_size),
+                "corner_radius_fraction": coverage,
+                # How far the fitted distortion moves the image corner (pixels), for spotting wild k2/k3.
+                "distortion_at_image_corner_px": round(corner_shift, 3),
             }
         return {
             "board": board_to_dict(self.board),
@@ -120,13 +146,20 @@ class CalibrationResult:
             "n_board_moments": len(self.board_poses),
             "n_reordered_views": self.n_reordered_views,
             "solver": self.solver,
-            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+            "warnings": warnings,
             "cameras": cams,
-        }
+        } | ({"timings_s": {k: round(v, 3) for k, v in self.timings_s.items()}} if timings else {})
 
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def _distortion_at_image_corner(cam: Camera) -> float:
+    """Pixels between where the pinhole model and the full lens model put the image corner's ray."""
+    xy = np.array([(0.0 - cam.cx) / cam.fx, (0.0 - cam.cy) / cam.fy])
+    shift = cam.distort_normalized(xy) - xy
+    return float(np.hypot(shift[0] * cam.fx, shift[1] * cam.fy))
 
 
 def _coverage(pixels: np.ndarray, size: tuple[int, int] | None) -> float | None:
@@ -237,7 +270,9 @@ def _colmap_points(result: CalibrationResult) -> tuple[np.ndarray, dict[str, np.
     obj = board_object_points(result.board)
     keys = list(result.board_poses)
     row = {key: i * len(obj) for i, key in enumerate(keys)}
-    points = np.concatenate([obj @ T[:3, :3].T + T[:3, 3] for T in result.board_poses.values()]) if keys else np.zeros((0, 3))
+    points = np.zeros((0, 3))
+    if keys:
+        points = np.concatenate([obj @ T[:3, :3].T + T[:3, 3] for T in result.board_poses.values()])
     observations = {}
     for cam_id, res in result.residuals.items():
         uv = np.full((len(points), 2), np.nan)
@@ -261,5 +296,5 @@ def write_calibration_outputs(result: CalibrationResult, out_dir: str | os.PathL
         write_calibration(tmp / CALIBRATION_FILE, result.calibration)
         write_colmap_model(result.cameras, tmp / COLMAP_DIR, points3d=points, observations=observations)
         write_transforms(tmp / TRANSFORMS_FILE, result.cameras)
-        atomic_write_json(tmp / REPORT_FILE, result.report())
+        atomic_write_json(tmp / REPORT_FILE, result.report(timings=False))
     return out_dir

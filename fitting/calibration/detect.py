@@ -130,6 +130,8 @@ def frame_sort_key(key: str) -> tuple:
 
 def load_board(calib_dir: str | os.PathLike[str]) -> BoardSpec:
     """``board.json`` of a calibration folder; a malformed one becomes a ``CalibrationError``."""
+    if not Path(calib_dir).is_dir():
+        raise CalibrationError(f"calibration folder {str(calib_dir)!r} does not exist")
     path = Path(calib_dir) / BOARD_FILE
     if not path.is_file():
         raise CalibrationError(f"calibration folder {str(calib_dir)!r} has no {BOARD_FILE}", field="")
@@ -208,6 +210,11 @@ class _Detector:
                 return None
             return ViewDetection(ids.reshape(-1).astype(np.int64), corners.reshape(-1, 2).astype(np.float64))
         return detect_chessboard(self.spec, gray, self.subpix_half_window)
+
+
+def detect_image(spec: BoardSpec, gray: np.ndarray, subpix_half_window: int | None = None) -> ViewDetection | None:
+    """The board in one gray image (the detector ``detect_folder`` uses), or None."""
+    return _Detector(spec, subpix_half_window)(np.asarray(gray))
 
 
 def _min_grid_spacing(corners: np.ndarray, cols: int, rows: int) -> float:

@@ -79,10 +79,11 @@ def consensus_pose(
     inliers = agree[best]
     mean = mean_pose([candidates[i] for i in np.flatnonzero(inliers)], w[inliers])
     # One re-centring step: membership judged against the mean, not the seed hypothesis.
-    again = np.array(
-        [rotation_angle_deg(T[:3, :3], mean[:3, :3]) <= rot_tol_deg and np.linalg.norm(T[:3, 3] - mean[:3, 3]) <= trans_tol
-         for T in candidates]
-    )
+    again = np.array([
+        rotation_angle_deg(T[:3, :3], mean[:3, :3]) <= rot_tol_deg
+        and np.linalg.norm(T[:3, 3] - mean[:3, 3]) <= trans_tol
+        for T in candidates
+    ])
     if again.any() and w[again].sum() >= w[inliers].sum():
         inliers = again
         mean = mean_pose([candidates[i] for i in np.flatnonzero(inliers)], w[inliers])

@@ -18,15 +18,19 @@ pycolmap features used (4.2), following PITFALLS.md:
   (the board pose), holding one ``Image`` per camera that saw that moment, whose
   keypoints are the detected corners linked to the corner points (``Track``s);
   the first camera always has images (checked before), otherwise COLMAP would
-  silently hold every ``sensor_from_rig`` constant;
+  silently hold every ``sensor_from_rig`` constant. A moment the first camera
+  did not see is still a frame of the rig (its images come from other sensors);
+  pycolmap accepts that (``Reconstruction.is_valid()``);
 * cameras are ``FULL_OPENCV`` (fx fy cx cy k1 k2 p1 p2 k3 k4 k5 k6): the 5-term
   OpenCV model has no COLMAP twin, so k4..k6 are held at 0 with
   ``pyceres.SubsetManifold(12, [9, 10, 11])`` set on each camera's parameter block
   through ``create_default_ceres_bundle_adjuster(...).problem`` (the params array
   is a view into the reconstruction, so it *is* the Ceres block). A manifold
-  pycolmap already put there is never clobbered: we only ever set one where
-  ``has_manifold`` is False, and otherwise merge with the indices pycolmap's
-  options hold constant;
+  pycolmap already put there (a ``SubsetManifold`` for intrinsics its options
+  keep fixed) is not clobbered: ours then also holds the indices those options
+  fix (checked by the tests). Ceres keeps only raw pointers to manifolds, so the
+  Python objects (and the ``problem`` wrapper) are kept alive until ``solve()``
+  returns: letting them go earlier segfaulted inside the solve;
 * ``refine_principal_point=True``, ``print_summary=False``, Cauchy loss with a
   1 px scale: quadratic (maximum likelihood) for corner noise of a few tenths of
   a pixel, while a mis-detected corner several pixels off weighs ~1/(1+r^2).
@@ -39,7 +43,8 @@ converted cameras (and checked against COLMAP's own mean error by the tests).
 Error figures: an observation is an *inlier* when its reprojection error (2D
 norm) is at most ``OUTLIER_THRESHOLD_PX`` (3 x the Cauchy scale, where the loss
 weighs it <= 0.1). ``loss_scale_px`` can be raised to make the loss effectively
-least squares (the tests do so to reproduce ``cv2.stereoCalibrate`` exactly). Per-camera ``rmse_px`` = sqrt(mean |r|^2) over that camera's
+least squares (the tests do so to reproduce ``cv2.stereoCalibrate`` exactly).
+Per-camera ``rmse_px`` = sqrt(mean |r|^2) over that camera's
 inliers, the same definition as OpenCV's calibration RMS; ``rmse_all_px`` keeps
 every observation, and outliers are counted, so nothing is hidden.
 """
