@@ -78,6 +78,7 @@ import numpy as np
 
 from capture_schema.cameras import Camera
 from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
+from fitting.geometry import project_to_so3, umeyama
 from fitting.triangulation import error_summary, observed_mask, reprojection_errors, triangulate_points
 
 #: FULL_OPENCV parameter indices of the rational terms k4, k5, k6 (held at 0).
@@ -183,22 +184,6 @@ def _camera_frame_points(cameras: Sequence[Camera], scale: float) -> np.ndarray:
     return np.asarray(out)
 
 
-def _umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity ``dst ~ s * R @ src + t`` in least squares (Umeyama 1991)."""
-    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    U, S, Vt = np.linalg.svd(cov)
-    D = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        D[2, 2] = -1.0
-    R = U @ D @ Vt
-    var_s = (a * a).sum() / len(src)
-    s = float(np.trace(np.diag(S) @ D) / var_s)
-    t = mu_d - s * R @ mu_s
-    return s, R, t
-
-
 def _apply_similarity(cam: Camera, s: float, Rs: np.ndarray, ts: np.ndarray) -> Camera:
     """``cam`` expressed in the world ``X' = s Rs X + ts`` (projections unchanged)."""
     R_new = cam.R @ Rs.T
@@ -211,18 +196,9 @@ def _apply_similarity(cam: Camera, s: float, Rs: np.ndarray, ts: np.ndarray) -> 
         cx=cam.cx,
         cy=cam.cy,
         dist=cam.dist,
-        R=_orthonormalise(R_new),
+        R=project_to_so3(R_new),
         t=t_new,
     )
-
-
-def _orthonormalise(R: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(R)
-    M = U @ Vt
-    if np.linalg.det(M) < 0:
-        U[:, -1] *= -1
-        M = U @ Vt
-    return M
 
 
 def _behind_count(cameras: Sequence[Camera], points: np.ndarray, seen: np.ndarray) -> int:
@@ -417,7 +393,7 @@ def refine_cameras_and_points(
     pts_out[used_idx] = _points_from_reconstruction(rec, point_ids)
 
     scale_ref = _rig_scale(cameras)
-    s, Rs, ts = _umeyama(_camera_frame_points(refined, scale_ref), _camera_frame_points(cameras, scale_ref))
+    s, Rs, ts = umeyama(_camera_frame_points(refined, scale_ref), _camera_frame_points(cameras, scale_ref))
     refined = [_apply_similarity(cam, s, Rs, ts) for cam in refined]
     pts_out[used_idx] = s * pts_out[used_idx] @ Rs.T + ts
     moved = _camera_frame_points(refined, scale_ref) - _camera_frame_points(cameras, scale_ref)
@@ -490,7 +466,7 @@ def _cameras_from_reconstruction(rec: Any, image_ids: Sequence[int], cameras: Se
         out.append(
             Camera(
                 width=cam.width, height=cam.height, fx=fx, fy=fy, cx=cx, cy=cy, dist=dist,
-                R=_orthonormalise(pose[:, :3]), t=pose[:, 3],
+                R=project_to_so3(pose[:, :3]), t=pose[:, 3],
             )
         )
     return out

@@ -38,7 +38,7 @@ from fitting.calibration import (
     write_calibration_outputs,
 )
 from fitting.calibration.detect import ViewDetection, detect_folder, detect_image
-from fitting.calibration.geometry import rotation_angle_deg, to_h, umeyama
+from fitting.geometry import rotation_angle_deg, to_h, umeyama
 from fitting.calibration.initialize import InitialRig, initialize_rig
 from fitting.calibration.refine import refine_rig, residuals_for
 

@@ -14,7 +14,7 @@ basin, so the start is built from independent, robust pieces:
 2. Each usable view's board pose by PnP with those intrinsics.
 3. Relative camera poses: for every pair of cameras the board poses at shared
    moments each give one hypothesis; the best-supported agreeing set is averaged
-   (``geometry.consensus_pose``), so a bad view cannot drag a pose away. Poses are
+   (``fitting.geometry.consensus_pose``), so a bad view cannot drag a pose away. Poses are
    chained along a maximum spanning tree of the co-visibility graph (edge weight =
    shared moments), from the first camera, which defines the world frame.
 4. Board poses in the world: per moment, the same consensus over every camera's
@@ -47,7 +47,7 @@ from fitting.calibration.detect import (
     frame_sort_key,
 )
 from fitting.calibration.errors import CalibrationError
-from fitting.calibration.geometry import consensus_pose, inv_h, to_h
+from fitting.geometry import consensus_pose, inv_h, to_h
 
 #: A view needs this many corners, not all on one line, to give a board pose.
 MIN_POSE_CORNERS = 6

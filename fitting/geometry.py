@@ -1,4 +1,4 @@
-"""Small rigid-geometry helpers shared by initialisation, refinement and evaluation.
+"""Small rigid-geometry helpers: poses, rotation averaging, similarity alignment (Umeyama).
 
 Poses are 4x4 homogeneous matrices ``T_a_b`` mapping points from frame ``b`` to
 frame ``a`` (``x_a = T_a_b @ x_b``), so chains read left to right:
