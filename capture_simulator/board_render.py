@@ -29,6 +29,10 @@ from fitting.boards import BoardTexture, board_object_points, board_texture
 #: and stays in view under tilt and a few cm of offset.
 DEFAULT_BOARD = CharucoBoardSpec(7, 5, 0.04, 0.03, "DICT_5X5_100")
 
+#: How far (x, y, z, metres) board centres stray from the target: enough for corners to
+#: reach towards the image edges and for distances to vary.
+DEFAULT_POSE_SPREAD_M = (0.10, 0.08, 0.10)
+
 #: Simulated sessions shoot this many board poses unless told otherwise.
 DEFAULT_N_BOARD_POSES = 12
 
@@ -72,12 +76,15 @@ def board_poses(
     rng: np.random.Generator,
     target: np.ndarray = np.zeros(3),
     board_size_m: tuple[float, float] = (DEFAULT_BOARD.width_m, DEFAULT_BOARD.height_m),
+    spread_m: tuple[float, float, float] = DEFAULT_POSE_SPREAD_M,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Board-to-world ``(R, t)`` poses centred near ``target``, facing every part of the rig.
 
     Tilts follow ``FACING_SCHEDULE_DEG`` (up to 50 degrees off frontal) with a few
     degrees of jitter, a random in-plane roll of up to 20 degrees (so corners are not
-    always axis-aligned) and a few centimetres of position jitter (more in depth).
+    always axis-aligned) and positions spread by up to ``spread_m`` around the target,
+    so corners reach towards the image edges (distortion and principal point need
+    that coverage) and distances vary (focal length against distance).
     ``board_size_m`` (the pattern's width, height) only centres the pattern on the target.
     """
     if n_poses < 1:
@@ -90,7 +97,7 @@ def board_poses(
         az += rng.uniform(-5.0, 5.0)
         el += rng.uniform(-5.0, 5.0)
         R = _facing_rotation(az, el, rng.uniform(-20.0, 20.0))
-        centre = target + rng.uniform([-0.03, -0.03, -0.05], [0.03, 0.03, 0.05])
+        centre = target + rng.uniform(-np.asarray(spread_m), np.asarray(spread_m))
         poses.append((R, centre - R @ half))
     return poses
 

@@ -1,6 +1,6 @@
 """Rig calibration (fitting.calibration) against a simulated rig's truth and real OpenCV data.
 
-Simulated rig: the simulator's 13 cameras at 768 px (f ~ 1650 px) and 16 board poses,
+Simulated rig: the simulator's 13 cameras at 768 px (f ~ 1650 px) and 20 board poses,
 rendered once per module (two spawned processes, one per half of the cameras; the
 board poses depend only on the seed, so both halves see the same moments). The
 estimated world is aligned to the true one by a similarity fitted on a head-sized
@@ -43,7 +43,7 @@ from fitting.calibration.initialize import InitialRig, initialize_rig
 from fitting.calibration.refine import refine_rig, residuals_for
 
 SIZE = 768
-N_POSES = 16
+N_POSES = 20
 SEED = 0
 DATA = Path(__file__).resolve().parent / "data"
 STEREO = DATA / "opencv_stereo_chessboard"
@@ -191,6 +191,32 @@ def test_simulated_rig_matches_truth(sim, sim_result) -> None:
     assert sim_result.solver["termination"] == "CONVERGENCE"
 
 
+def test_simulated_rig_with_0_3_px_corner_noise_meets_the_bars(sim) -> None:
+    """The issue's premise: ~0.3 px corner noise. Extra Gaussian noise on the detected corners
+    (on top of the renderer's ~0.07 px) brings the corner RMS to ~0.3 px; the bars must hold."""
+    folder, truth, poses = sim
+    det = detect_folder(folder, list(truth))
+    rng = np.random.default_rng(1)
+    sigma = 0.29 / np.sqrt(2)  # per axis, so the 2D RMS of the added noise is 0.29 px
+    for cam_det in det.cameras.values():
+        for key, view in list(cam_det.views.items()):
+            cam_det.views[key] = ViewDetection(view.ids, view.corners + rng.normal(0, sigma, view.corners.shape))
+    errors = []
+    for cam_id, cam_det in det.cameras.items():
+        for key, view in cam_det.views.items():
+            true_px, _ = project_board_corners(DEFAULT_BOARD, *poses[int(key)], truth[cam_id])
+            errors.append(np.linalg.norm(view.corners - true_px[view.ids], axis=1))
+    corner_rms = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
+    assert 0.25 < corner_rms < 0.35
+    refined = refine_rig(initialize_rig(det))
+    m = compare_to_truth(refined.cameras, truth)
+    print(f"\ncorner rms {corner_rms:.3f} px: {_fmt(m)}")
+    assert m["proj_mean_px"] <= 0.5 and m["proj_max_px"] <= 1.5, _fmt(m)
+    assert m["centre_max_mm"] <= 3.0, _fmt(m)
+    assert m["focal_max_pct"] <= 0.5, _fmt(m)
+    assert m["scale_pct"] <= 0.5, _fmt(m)
+
+
 def test_bundle_adjustment_from_truth_lands_on_the_same_rig(sim, sim_result) -> None:
     """Started from the true rig, the adjustment reaches our solution: it is the global optimum."""
     folder, truth, poses = sim
@@ -216,8 +242,11 @@ def test_world_frame_residuals_and_colmap_agree(sim_result) -> None:
     first = next(iter(sim_result.cameras.values()))
     assert np.allclose(first.R, np.eye(3)) and np.allclose(first.t, 0.0)
     norms = np.concatenate([r.norms for r in sim_result.residuals.values()])
+    ids = np.concatenate([r.ids for r in sim_result.residuals.values()])
     # Our numpy residuals (5-term OpenCV model) equal COLMAP's FULL_OPENCV ones: k4..k6 stayed 0.
-    assert norms.mean() == pytest.approx(sim_result.solver["colmap_mean_error_px"], rel=1e-4)
+    # COLMAP's figure is the mean over points (one per board corner) of each track's mean error.
+    per_corner = [norms[ids == i].mean() for i in np.unique(ids)]
+    assert np.mean(per_corner) == pytest.approx(sim_result.solver["colmap_mean_error_px"], rel=1e-4)
     assert sim_result.rmse_px < 0.15
     for cam_id, det in sim_result.detections.items():
         assert det.n_detected >= 6 and det.n_unreadable == 0, cam_id
