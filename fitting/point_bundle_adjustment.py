@@ -69,6 +69,7 @@ cores, hardly slower.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -79,7 +80,7 @@ import numpy as np
 from capture_schema.cameras import Camera
 from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
 from fitting.geometry import project_to_so3, umeyama
-from fitting.triangulation import error_summary, observed_mask, reprojection_errors, triangulate_points
+from fitting.triangulation import check_observations, error_summary, observed_mask, reprojection_errors, triangulate_points
 
 #: FULL_OPENCV parameter indices of the rational terms k4, k5, k6 (held at 0).
 _FULL_OPENCV_RATIONAL = (9, 10, 11)
@@ -148,24 +149,13 @@ class BundleAdjustmentReport:
 def _validate(
     cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray
 ) -> tuple[list[Camera], np.ndarray, np.ndarray]:
-    cameras = list(cameras)
-    if len(cameras) < 2:
-        raise ValueError(f"bundle adjustment needs at least 2 cameras, got {len(cameras)}")
-    for i, cam in enumerate(cameras):
-        if not isinstance(cam, Camera):
-            raise ValueError(f"cameras[{i}] must be a capture_schema.cameras.Camera, got {type(cam).__name__}")
-    uv = np.asarray(pixels, dtype=np.float64)
-    if uv.ndim != 3 or uv.shape[0] != len(cameras) or uv.shape[2] != 2:
-        raise ValueError(
-            f"pixels must have shape (n_cameras={len(cameras)}, n_points, 2) with NaN where a camera did not "
-            f"see a point, got shape {uv.shape}"
-        )
+    uv = check_observations(cameras, pixels, what="bundle adjustment")
     pts = np.asarray(points, dtype=np.float64)
     if pts.shape != (uv.shape[1], 3):
         raise ValueError(
             f"points must have shape (n_points={uv.shape[1]}, 3) matching pixels' second axis, got {pts.shape}"
         )
-    return cameras, pts, uv
+    return list(cameras), pts, uv
 
 
 def _rig_scale(cameras: Sequence[Camera]) -> float:
@@ -187,18 +177,7 @@ def _camera_frame_points(cameras: Sequence[Camera], scale: float) -> np.ndarray:
 def _apply_similarity(cam: Camera, s: float, Rs: np.ndarray, ts: np.ndarray) -> Camera:
     """``cam`` expressed in the world ``X' = s Rs X + ts`` (projections unchanged)."""
     R_new = cam.R @ Rs.T
-    t_new = s * cam.t - R_new @ ts
-    return Camera(
-        width=cam.width,
-        height=cam.height,
-        fx=cam.fx,
-        fy=cam.fy,
-        cx=cam.cx,
-        cy=cam.cy,
-        dist=cam.dist,
-        R=project_to_so3(R_new),
-        t=t_new,
-    )
+    return dataclasses.replace(cam, R=project_to_so3(R_new), t=s * cam.t - R_new @ ts)
 
 
 def _behind_count(cameras: Sequence[Camera], points: np.ndarray, seen: np.ndarray) -> int:

@@ -60,10 +60,11 @@ def undistort_points(camera: Camera, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_inputs(cameras: Sequence[Camera], pixels: np.ndarray) -> np.ndarray:
+def check_observations(cameras: Sequence[Camera], pixels: np.ndarray, what: str = "triangulation") -> np.ndarray:
+    """``pixels`` as a float (C, N, 2) array, or a ValueError saying what shape was expected."""
     cameras = list(cameras)
     if len(cameras) < 2:
-        raise ValueError(f"triangulation needs at least 2 cameras, got {len(cameras)}")
+        raise ValueError(f"{what} needs at least 2 cameras, got {len(cameras)}")
     for i, cam in enumerate(cameras):
         if not isinstance(cam, Camera):
             raise ValueError(f"cameras[{i}] must be a capture_schema.cameras.Camera, got {type(cam).__name__}")
@@ -88,7 +89,7 @@ def triangulate_points(cameras: Sequence[Camera], pixels: np.ndarray) -> tuple[n
     Returns ``points (N, 3)`` (NaN for points seen by fewer than two cameras) and
     ``n_views (N,)``, the number of cameras that saw each point.
     """
-    uv = _check_inputs(cameras, pixels)
+    uv = check_observations(cameras, pixels)
     n_cams, n_points = uv.shape[:2]
     seen = observed_mask(uv)
     n_views = seen.sum(axis=0)
@@ -130,7 +131,7 @@ def reprojection_errors(cameras: Sequence[Camera], points: np.ndarray, pixels: n
     a camera are projected anyway (OpenCV's model is defined there), so their
     error is large rather than missing.
     """
-    uv = _check_inputs(cameras, pixels)
+    uv = check_observations(cameras, pixels)
     pts = np.asarray(points, dtype=np.float64)
     if pts.shape != (uv.shape[1], 3):
         raise ValueError(f"points must have shape (n_points={uv.shape[1]}, 3) to match pixels, got {pts.shape}")

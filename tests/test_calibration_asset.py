@@ -103,3 +103,17 @@ def test_cli_calibrate(captures_root: Path, tmp_path: Path, capsys) -> None:
     assert main(["calibrate", str(broken), "--out", str(tmp_path / "out2")]) == 1
     assert "squares_y" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+def test_impossible_calibration_fails_with_a_clear_message(captures_root: Path, tmp_path: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    key = sorted(p.name for p in captures_root.iterdir())[0]
+    instance.add_dynamic_partitions(SESSIONS_PARTITION, [key])
+    calib = captures_root / key / "calibration"
+    for shot in sorted((calib / "mid_L30").iterdir())[2:]:
+        shot.unlink()  # two board views left: too few for this camera
+    result = _run(instance, captures_root, tmp_path / "derived", key)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    message = str(failure.step_failure_data.error.message)
+    assert "calibration impossible" in message and "mid_L30" in message

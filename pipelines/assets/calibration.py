@@ -1,14 +1,16 @@
 """``camera_calibration``: the rig's cameras for a session, from its board captures.
 
 Thin by design: the work is ``fitting.calibration``. Sessions that share one
-calibration folder (same content hash) share one result under
-``calibrations/<hash>/``; each session gets a small pointer file
-``calibration_by_session/<session_id>.json`` naming the result it uses.
+calibration folder (same content hash and the same camera order, which fixes the
+world frame) share one result under ``calibrations/<key>/``; each session gets a
+small pointer file ``calibration_by_session/<session_id>.json`` naming the result.
 """
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import dagster as dg
 
@@ -28,8 +30,13 @@ class CalibrationConfig(dg.Config):
     """The ``rmse_within_threshold`` check fails above this overall reprojection RMSE (pixels)."""
 
 
-def calibration_relpath(input_hash: str) -> str:
-    return f"calibrations/{input_hash[:16]}"
+def calibration_key(input_hash: str, cameras: Sequence[str]) -> str:
+    """Board captures plus camera order: the first camera defines the world frame."""
+    return hashlib.sha256(f"{input_hash}\n{','.join(cameras)}".encode()).hexdigest()[:16]
+
+
+def calibration_relpath(key: str) -> str:
+    return f"calibrations/{key}"
 
 
 def session_pointer_relpath(session_id: str) -> str:
@@ -57,7 +64,12 @@ def camera_calibration(
 ) -> dg.MaterializeResult:
     """Calibrated cameras (calibration.json, COLMAP model, transforms.json) for the session's rig."""
     from capture_schema.calibration_file import Calibration
-    from fitting.calibration import calibrate_folder, calibration_input_hash, write_calibration_outputs
+    from fitting.calibration import (
+        CalibrationError,
+        calibrate_folder,
+        calibration_input_hash,
+        write_calibration_outputs,
+    )
 
     session_id = context.partition_key
     store = storage.storage()
@@ -69,8 +81,10 @@ def camera_calibration(
     if info is None:
         raise dg.Failure(f"session {session_id}: {problems[0].message}")
     calib_dir = (session_dir / info.calibration).resolve()
-    input_hash = calibration_input_hash(calib_dir)
-    target = calibration_relpath(input_hash)
+    if not calib_dir.is_dir():
+        raise dg.Failure(f"session {session_id}: calibration folder {calib_dir} not found")
+    key = calibration_key(calibration_input_hash(calib_dir), info.cameras)
+    target = calibration_relpath(key)
     reused = store.exists(f"{target}/calibration.json")
     if reused:
         context.log.info(f"reusing calibration {target} (same board captures as an earlier session)")
@@ -80,7 +94,11 @@ def camera_calibration(
             if done == total:
                 context.log.info(f"{stage}: {done}/{total}")
 
-        result = calibrate_folder(calib_dir, cameras=info.cameras, progress=progress)
+        try:
+            result = calibrate_folder(calib_dir, cameras=info.cameras, progress=progress)
+        except CalibrationError as exc:
+            raise dg.Failure(f"session {session_id}: calibration impossible: {exc}",
+                             metadata={"calibration_folder": dg.MetadataValue.path(str(calib_dir))}) from None
         context.log.info(f"calibrated: rmse {result.rmse_px:.3f} px, timings {result.report()['timings_s']}")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "calibration"
@@ -88,7 +106,7 @@ def camera_calibration(
             store.put_directory(out, target)
     calibration = Calibration.from_dict(json.loads(store.read_bytes(f"{target}/calibration.json")))
     store.write_if_changed(session_pointer_relpath(session_id), canonical_json(
-        {"session_id": session_id, "calibration_hash": input_hash, "calibration": target}).encode())
+        {"session_id": session_id, "calibration_key": key, "calibration": target}).encode())
     passed = calibration.rmse_px <= config.max_rmse_px
     check = dg.AssetCheckResult(
         check_name="rmse_within_threshold",
@@ -101,10 +119,10 @@ def camera_calibration(
             "rmse_px": round(calibration.rmse_px, 4),
             "cameras": len(calibration.cameras),
             "reused": reused,
-            "calibration_hash": input_hash[:16],
+            "calibration_key": key,
             "per_camera": dg.MetadataValue.md(_camera_table(calibration)),
             "calibration_json": dg.MetadataValue.path(store.uri(f"{target}/calibration.json")),
         },
         check_results=[check],
-        data_version=dg.DataVersion(input_hash[:16]),
+        data_version=dg.DataVersion(key),
     )
