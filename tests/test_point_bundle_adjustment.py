@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from capture_schema.cameras import Camera, look_at
+from conftest import SHARED_DATA
 from fitting.point_bundle_adjustment import refine_cameras_and_points
 from fitting.triangulation import (
     error_summary,
@@ -39,7 +40,7 @@ from fitting.triangulation import (
     undistort_points,
 )
 
-MOUSE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "aniposelib_multicam" / "mouse-outdoor"
+MOUSE_DIR = SHARED_DATA / "aniposelib_multicam" / "mouse-outdoor"
 REAL_SUBSAMPLE = 20_000
 
 
