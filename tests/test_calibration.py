@@ -292,6 +292,16 @@ def test_outputs_written_atomically_and_readable(sim_result, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib_out"]  # no temp leftovers
 
 
+def test_rerun_writes_byte_identical_outputs(sim, sim_result, tmp_path) -> None:
+    folder, truth, _ = sim
+    first = write_calibration_outputs(sim_result, tmp_path / "first")
+    second = write_calibration_outputs(calibrate_folder(folder, cameras=list(truth)), tmp_path / "second")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+
+
 def test_input_hash(sim, tmp_path) -> None:
     folder, truth, _ = sim
     names = list(truth)[:3]
