@@ -79,13 +79,15 @@ import numpy as np
 
 from capture_schema.cameras import Camera
 from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
+from fitting.colmap_solver import hold_rational_terms
 from fitting.geometry import project_to_so3, umeyama
-from fitting.triangulation import check_observations, error_summary, observed_mask, reprojection_errors, triangulate_points
-
-#: FULL_OPENCV parameter indices of the rational terms k4, k5, k6 (held at 0).
-_FULL_OPENCV_RATIONAL = (9, 10, 11)
-#: Parameter indices of cx, cy in COLMAP's OPENCV / FULL_OPENCV models.
-_PRINCIPAL_POINT = (2, 3)
+from fitting.triangulation import (
+    check_observations,
+    error_summary,
+    observed_mask,
+    reprojection_errors,
+    triangulate_points,
+)
 
 
 @dataclass
@@ -343,7 +345,7 @@ def refine_cameras_and_points(
             config.add_image(image_id)
         adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
         keep_alive = (
-            _hold_rational_terms(adjuster.problem, rec, hold_principal_point=not refine_principal_point)
+            hold_rational_terms(adjuster.problem, rec, opts)
             if intrinsics_now
             else []
         )
@@ -467,28 +469,3 @@ def _cauchy_cost(cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarr
     total = np.nansum(cost, axis=0)
     total[~np.isfinite(total) | behind | ~np.all(np.isfinite(points), axis=1)] = np.inf
     return total
-
-
-def _hold_rational_terms(problem: Any, rec: Any, hold_principal_point: bool) -> list[Any]:
-    """Hold k4..k6 (and the principal point if asked) of FULL_OPENCV cameras.
-
-    pycolmap's default adjuster has already set a subset manifold on each refined
-    camera block (holding the principal point unless it is refined); a parameter
-    block has one manifold, so it is replaced by one that also holds the rational
-    terms. Returns the manifolds (kept alive until the solve is over).
-    """
-    import pyceres
-
-    held = sorted(set(_FULL_OPENCV_RATIONAL) | (set(_PRINCIPAL_POINT) if hold_principal_point else set()))
-    manifolds = []
-    for cam_id in sorted(rec.cameras):
-        cam = rec.cameras[cam_id]
-        if cam.model.name != "FULL_OPENCV":
-            continue
-        block = cam.params
-        if not problem.has_parameter_block(block) or problem.is_parameter_block_constant(block):
-            continue
-        manifold = pyceres.SubsetManifold(len(block), held)
-        problem.set_manifold(block, manifold)
-        manifolds.append(manifold)
-    return manifolds

@@ -553,7 +553,7 @@ def test_rational_terms_held_without_clobbering_pycolmaps_manifold() -> None:
     """k4..k6 stay 0 and a principal point pycolmap holds constant stays constant too."""
     import pycolmap
 
-    from fitting.calibration.refine import _hold_rational_terms
+    from fitting.colmap_solver import hold_rational_terms
 
     rec = pycolmap.Reconstruction()
     rec.add_camera(pycolmap.Camera(camera_id=1, model="FULL_OPENCV", width=640, height=480,
@@ -587,7 +587,7 @@ def test_rational_terms_held_without_clobbering_pycolmaps_manifold() -> None:
     problem, params = adjuster.problem, rec.cameras[1].params
     assert problem.has_parameter_block(params) and problem.has_manifold(params)
     assert problem.parameter_block_tangent_size(params) == 10  # pycolmap holds cx, cy
-    manifolds = _hold_rational_terms(problem, rec, options)
+    manifolds = hold_rational_terms(problem, rec, options)
     assert problem.parameter_block_tangent_size(params) == 7
     assert adjuster.solve().is_solution_usable()
     del manifolds

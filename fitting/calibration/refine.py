@@ -60,14 +60,13 @@ from fitting.boards import board_object_points
 from fitting.calibration.detect import ProgressCallback
 from fitting.calibration.errors import CalibrationError
 from fitting.calibration.initialize import InitialRig
+from fitting.colmap_solver import FULL_OPENCV_RATIONAL, hold_rational_terms
 
 #: Cauchy loss scale in pixels.
 LOSS_SCALE_PX = 1.0
 #: Observations farther than this many loss scales count as outliers in the reported RMSE.
 OUTLIER_THRESHOLD_SCALES = 3.0
 OUTLIER_THRESHOLD_PX = OUTLIER_THRESHOLD_SCALES * LOSS_SCALE_PX
-#: FULL_OPENCV parameter indices of k4, k5, k6 (held at 0).
-RATIONAL_TERMS = [9, 10, 11]
 MAX_ITERATIONS = 500
 
 
@@ -145,34 +144,6 @@ def residuals_for(
 
 def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(values**2))) if values.size else float("nan")
-
-
-def _hold_rational_terms(problem, rec, options) -> list:
-    """k4..k6 constant on every camera's params block, never clobbering a pycolmap manifold.
-
-    Returns the manifold objects: Ceres keeps only raw pointers to them, so the
-    caller must hold these (and ``problem``) alive until the solve is over.
-    """
-    import pyceres
-
-    manifolds = []
-    for camera_id in rec.cameras:
-        params = rec.cameras[camera_id].params
-        if not problem.has_parameter_block(params) or problem.is_parameter_block_constant(params):
-            continue
-        constant = set(RATIONAL_TERMS)
-        if problem.has_manifold(params):
-            # pycolmap set a SubsetManifold for intrinsics its options keep fixed; merge with it.
-            if not options.refine_focal_length:
-                constant |= {0, 1}
-            if not options.refine_principal_point:
-                constant |= {2, 3}
-            if not options.refine_extra_params:
-                constant |= set(range(4, 12))
-        manifold = pyceres.SubsetManifold(12, sorted(constant))
-        problem.set_manifold(params, manifold)
-        manifolds.append(manifold)
-    return manifolds
 
 
 def refine_rig(
@@ -258,7 +229,7 @@ def refine_rig(
     solver.parameter_tolerance = 1e-12
     adjuster = pycolmap.create_default_ceres_bundle_adjuster(options, config, rec)
     problem = adjuster.problem
-    manifolds = _hold_rational_terms(problem, rec, options)
+    manifolds = hold_rational_terms(problem, rec, options)
     summary = adjuster.solve()
     del manifolds, problem  # only now may Python free them
     if not summary.is_solution_usable():
@@ -269,8 +240,8 @@ def refine_rig(
     for cam in order:
         col = rec.cameras[colmap_id[cam]]
         p = np.asarray(col.params, dtype=np.float64)
-        if np.any(p[RATIONAL_TERMS] != 0.0):
-            raise RuntimeError(f"k4..k6 of camera {cam!r} moved during refinement: {p[RATIONAL_TERMS]}")
+        if np.any(p[list(FULL_OPENCV_RATIONAL)] != 0.0):
+            raise RuntimeError(f"k4..k6 of camera {cam!r} moved during refinement: {p[list(FULL_OPENCV_RATIONAL)]}")
         T = np.eye(4) if cam == ref else _matrix(rig.sensor_from_rig(col.sensor_id))
         cameras[cam] = Camera(col.width, col.height, p[0], p[1], p[2], p[3], tuple(p[4:9]), T[:3, :3], T[:3, 3])
     board_poses = {}
