@@ -58,12 +58,11 @@ changes. ``report.gauge_alignment`` gives that similarity and the RMS camera cha
 
 Errors and reproducibility
 --------------------------
-Errors in the report are computed by this module with the project's own projection
-(OpenCV model, ``Camera.project``) over *every* observation of every point in the
-solve, not by COLMAP. Points behind an observing camera are counted in the report.
-Ceres runs on one thread by default: with several threads its reductions are summed in
-a varying order and, on a problem as far from converged as the real data, the result
-then differs from run to run (centimetres); one thread is bit-reproducible and, on two
+The report's errors are the project's own, over *every* observation of every point
+in the solve, not COLMAP's (:mod:`fitting.point_bundle_adjustment_report`). Ceres runs
+on one thread by default: with several threads its reductions are summed in a varying
+order and, on a problem as far from converged as the real data, the result then
+differs from run to run (centimetres); one thread is bit-reproducible and, on two
 cores, hardly slower.
 """
 
@@ -72,7 +71,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -81,113 +79,10 @@ from capture_schema.cameras import Camera
 from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
 from fitting.colmap_solver import hold_rational_terms
 from fitting.geometry import project_to_so3, umeyama
-from fitting.triangulation import (
-    check_observations,
-    error_summary,
-    observed_mask,
-    reprojection_errors,
-    triangulate_points,
-)
+from fitting.point_bundle_adjustment_report import BundleAdjustmentReport, assemble_report, measure_fit
+from fitting.triangulation import check_observations, observed_mask, reprojection_errors, triangulate_points
 
-
-@dataclass
-class BundleAdjustmentReport:
-    """What the bundle adjustment did, in numbers (all errors in pixels).
-
-    ``before`` / ``after`` summarise the reprojection errors (``median_px``,
-    ``p90_px``, ``mean_px``, ``n_observations``) over the same observations: every
-    observation of every point that went into the solve (``n_points_used`` points,
-    ``n_observations_used`` observations); ``after["n_observations"]`` is the count
-    the final median is taken over. Points left out (seen by fewer than two cameras,
-    or a non-finite initial position) are counted in ``n_points_skipped`` and their
-    observations in ``n_observations_skipped``; nothing is dropped for having a large
-    error. ``n_points_behind_camera_*`` count points behind at least one camera that
-    observed them (their errors are included). ``points_retriangulated[k]`` is how
-    many points got a fresh linear triangulation before stage ``k + 2``;
-    ``termination`` is Ceres' verdict per stage (``NO_CONVERGENCE`` = the stage
-    used all its iterations). ``gauge_alignment`` is the similarity applied after the
-    solve (``scale``, ``rotation_deg``, ``translation`` in world units) and
-    ``rms_camera_change``, the RMS move of the camera centres and axis tips.
-    """
-
-    n_cameras: int
-    n_points: int
-    n_observations: int
-    n_points_used: int
-    n_observations_used: int
-    n_points_skipped: int
-    n_observations_skipped: int
-    before: dict[str, float | int]
-    after: dict[str, float | int]
-    n_points_behind_camera_before: int
-    n_points_behind_camera_after: int
-    loss: str
-    loss_scale_px: float
-    loss_schedule_px: list[float]
-    refine_intrinsics: bool
-    iterations: int
-    stage_iterations: list[int]
-    points_retriangulated: list[int]
-    termination: list[str]
-    time_s: float
-    solve_time_s: float
-    gauge: str
-    gauge_alignment: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        b, a = self.before, self.after
-        return (
-            f"bundle adjustment over {self.n_cameras} cameras, {self.n_points_used} points, "
-            f"{self.n_observations_used} observations ({self.n_points_skipped} points skipped): "
-            f"median {b['median_px']:.2f} -> {a['median_px']:.2f} px, "
-            f"p90 {b['p90_px']:.2f} -> {a['p90_px']:.2f} px, "
-            f"{self.iterations} iterations, {self.time_s:.1f} s"
-        )
-
-
-def _validate(
-    cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray
-) -> tuple[list[Camera], np.ndarray, np.ndarray]:
-    uv = check_observations(cameras, pixels, what="bundle adjustment")
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.shape != (uv.shape[1], 3):
-        raise ValueError(
-            f"points must have shape (n_points={uv.shape[1]}, 3) matching pixels' second axis, got {pts.shape}"
-        )
-    return list(cameras), pts, uv
-
-
-def _rig_scale(cameras: Sequence[Camera]) -> float:
-    centres = np.stack([c.center for c in cameras])
-    spread = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).mean())
-    return spread if spread > 1e-9 else 1.0
-
-
-def _camera_frame_points(cameras: Sequence[Camera], scale: float) -> np.ndarray:
-    """Each camera's centre and its x, y, z axis tips at distance ``scale`` (4C, 3)."""
-    out = []
-    for cam in cameras:
-        c = cam.center
-        out.append(c)
-        out.extend(c + scale * cam.R)  # rows of R are the camera axes in world coordinates
-    return np.asarray(out)
-
-
-def _apply_similarity(cam: Camera, s: float, Rs: np.ndarray, ts: np.ndarray) -> Camera:
-    """``cam`` expressed in the world ``X' = s Rs X + ts`` (projections unchanged)."""
-    R_new = cam.R @ Rs.T
-    return dataclasses.replace(cam, R=project_to_so3(R_new), t=s * cam.t - R_new @ ts)
-
-
-def _behind_count(cameras: Sequence[Camera], points: np.ndarray, seen: np.ndarray) -> int:
-    behind = np.zeros(points.shape[0], dtype=bool)
-    for c, cam in enumerate(cameras):
-        with np.errstate(invalid="ignore"):
-            behind |= seen[c] & (cam.depth(points) <= 0)
-    return int(behind.sum())
+__all__ = ["BundleAdjustmentReport", "default_loss_schedule", "refine_cameras_and_points"]
 
 
 def default_loss_schedule(loss_scale_px: float, start_px: float = 64.0, stages: int = 4) -> list[float]:
@@ -256,6 +151,73 @@ def refine_cameras_and_points(
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
     cameras, pts_in, uv = _validate(cameras, points, pixels)
+    schedule = _checked_schedule(loss_scale_px, loss_schedule)
+    if int(max_iterations) < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+
+    seen = observed_mask(uv)
+    used_idx = _usable_points(pts_in, seen)
+    uv_used, seen_used = uv[:, used_idx], seen[:, used_idx]
+    before = measure_fit(cameras, pts_in, uv, used_idx)
+    say(
+        f"bundle adjustment: {len(cameras)} cameras, {len(used_idx)} points, {int(seen_used.sum())} observations; "
+        f"before: median {before[0]['median_px']:.2f} px, p90 {before[0]['p90_px']:.2f} px"
+    )
+
+    rec, image_ids, point_ids = _build_reconstruction(pycolmap, cameras, pts_in[used_idx], uv_used, seen_used)
+    say(f"bundle adjustment: reconstruction built in {time.perf_counter() - t_start:.1f} s")
+
+    stage_iterations: list[int] = []
+    terminations: list[str] = []
+    n_retriangulated: list[int] = []
+    t_solve = time.perf_counter()
+    for stage, scale in enumerate(schedule):
+        note = ""
+        if stage > 0 and retriangulate:
+            n_retriangulated.append(_retriangulate(rec, image_ids, point_ids, cameras, uv_used, scale))
+            note = f" ({n_retriangulated[-1]} points re-triangulated first)"
+        label = f"{stage + 1}/{len(schedule)}"
+        n_iter, termination, cost = _solve_stage(
+            pycolmap, rec, image_ids, scale, label,
+            refine_intrinsics=bool(refine_intrinsics) and stage == len(schedule) - 1,
+            refine_principal_point=bool(refine_principal_point),
+            max_iterations=int(max_iterations), verbose=bool(verbose), num_threads=int(num_threads),
+        )
+        stage_iterations.append(n_iter)
+        terminations.append(termination)
+        say(
+            f"bundle adjustment: stage {label} Cauchy {scale:.3g} px: {n_iter} iterations, "
+            f"{termination}, cost {cost[0]:.4g} -> {cost[1]:.4g}" + note
+        )
+    solve_time = time.perf_counter() - t_solve
+
+    refined, pts_used, alignment = _align_to_input(*_read_back(rec, image_ids, point_ids, cameras), cameras)
+    pts_out = pts_in.copy()
+    pts_out[used_idx] = pts_used
+    after = measure_fit(refined, pts_out, uv, used_idx)
+    report = assemble_report(
+        seen, used_idx, before=before, after=after, schedule=schedule, refine_intrinsics=refine_intrinsics,
+        stage_iterations=stage_iterations, points_retriangulated=n_retriangulated, termination=terminations,
+        time_s=time.perf_counter() - t_start, solve_time_s=solve_time, gauge_alignment=alignment,
+    )
+    say("bundle adjustment: " + report.summary())
+    return refined, pts_out, report
+
+
+def _validate(
+    cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray
+) -> tuple[list[Camera], np.ndarray, np.ndarray]:
+    uv = check_observations(cameras, pixels, what="bundle adjustment")
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape != (uv.shape[1], 3):
+        raise ValueError(
+            f"points must have shape (n_points={uv.shape[1]}, 3) matching pixels' second axis, got {pts.shape}"
+        )
+    return list(cameras), pts, uv
+
+
+def _checked_schedule(loss_scale_px: float, loss_schedule: Sequence[float] | None) -> list[float]:
+    """The Cauchy scales to run: ``loss_schedule`` if given, else the default continuation."""
     given = [] if loss_schedule is None else [float(v) for v in loss_schedule]
     if loss_schedule is not None and not given:
         raise ValueError("loss_schedule must name at least one Cauchy scale (pixels), e.g. [8.0, 2.0]")
@@ -263,159 +225,99 @@ def refine_cameras_and_points(
         raise ValueError(
             f"loss scales must be positive pixels, got loss_scale_px={loss_scale_px}, loss_schedule={loss_schedule}"
         )
-    schedule = given or default_loss_schedule(float(loss_scale_px))
-    if int(max_iterations) < 1:
-        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+    return given or default_loss_schedule(float(loss_scale_px))
 
-    n_cams, n_points = uv.shape[:2]
-    seen = observed_mask(uv)
-    n_views = seen.sum(axis=0)
-    finite = np.all(np.isfinite(pts_in), axis=1)
-    used = finite & (n_views >= 2)
+
+def _usable_points(points: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Indices of the points with a finite start seen by at least two cameras."""
+    used = np.all(np.isfinite(points), axis=1) & (seen.sum(axis=0) >= 2)
     if not used.any():
         raise ValueError("no point is seen by at least two cameras with a finite initial position: nothing to adjust")
-    used_idx = np.flatnonzero(used)
-    seen_used = seen[:, used_idx]
+    return np.flatnonzero(used)
 
-    errors_before = reprojection_errors(cameras, pts_in, uv)[:, used_idx]
-    before = error_summary(errors_before)
-    behind_before = _behind_count(cameras, pts_in[used_idx], seen_used)
-    say(
-        f"bundle adjustment: {n_cams} cameras, {len(used_idx)} points, {int(seen_used.sum())} observations; "
-        f"before: median {before['median_px']:.2f} px, p90 {before['p90_px']:.2f} px"
-    )
 
-    # --- build the reconstruction -----------------------------------------------
+def _build_reconstruction(
+    pycolmap: Any, cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray, seen: np.ndarray
+) -> tuple[Any, list[int], np.ndarray]:
+    """One trivial rig/frame/image per camera, one 3D point per column of ``pixels``.
+
+    Returns ``(rec, image_ids, point_ids)``, ids in camera and point order.
+    """
     rec = pycolmap.Reconstruction()
-    # point2D index of (camera c, used point j) = rank of j among camera c's observations
-    p2d_index = np.cumsum(seen_used, axis=1) - 1
+    # point2D index of (camera c, point j) = rank of j among camera c's observations
+    p2d_index = np.cumsum(seen, axis=1) - 1
     for c, cam in enumerate(cameras):
         model, params = camera_to_colmap(cam)
         cam_id = c + 1
         rec.add_camera_with_trivial_rig(
             pycolmap.Camera(camera_id=cam_id, model=model, width=cam.width, height=cam.height, params=params)
         )
-        keypoints = uv[c, used_idx][seen_used[c]].reshape(-1, 2)
+        keypoints = pixels[c][seen[c]].reshape(-1, 2)
         image = pycolmap.Image(name=f"cam{c:03d}", keypoints=keypoints, camera_id=cam_id, image_id=cam_id)
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(np.hstack([cam.R, cam.t[:, None]])))
-    point_ids = np.empty(len(used_idx), dtype=np.int64)
+    point_ids = np.empty(len(points), dtype=np.int64)
     TrackElement = pycolmap.TrackElement
-    for j, n in enumerate(used_idx):
-        cams_j = np.flatnonzero(seen_used[:, j])
+    for j, xyz in enumerate(points):
+        cams_j = np.flatnonzero(seen[:, j])
         track = pycolmap.Track([TrackElement(int(c) + 1, int(p2d_index[c, j])) for c in cams_j])
-        point_ids[j] = rec.add_point3D(pts_in[n], track)
+        point_ids[j] = rec.add_point3D(xyz, track)
     if not rec.is_valid():
         raise RuntimeError(
             "pycolmap rejected the reconstruction built from the inputs (Reconstruction.is_valid() is False)"
         )
-    image_ids = sorted(rec.images)
-    say(f"bundle adjustment: reconstruction built in {time.perf_counter() - t_start:.1f} s")
+    return rec, sorted(rec.images), point_ids
 
-    # --- solve, stage by stage ----------------------------------------------------
-    stage_iterations: list[int] = []
-    terminations: list[str] = []
-    n_retriangulated: list[int] = []
-    t_solve = time.perf_counter()
-    for stage, scale in enumerate(schedule):
-        if stage > 0 and retriangulate:
-            current = _cameras_from_reconstruction(rec, image_ids, cameras)
-            current_pts = _points_from_reconstruction(rec, point_ids)
-            fresh, _ = triangulate_points(current, uv[:, used_idx])
-            better = _cauchy_cost(current, fresh, uv[:, used_idx], scale) < _cauchy_cost(
-                current, current_pts, uv[:, used_idx], scale
-            )
-            for j in np.flatnonzero(better):
-                rec.points3D[int(point_ids[j])].xyz = fresh[j]
-            n_retriangulated.append(int(better.sum()))
-        intrinsics_now = bool(refine_intrinsics) and stage == len(schedule) - 1
-        opts = pycolmap.BundleAdjustmentOptions()
-        opts.print_summary = bool(verbose)
-        opts.refine_focal_length = intrinsics_now
-        opts.refine_principal_point = intrinsics_now and bool(refine_principal_point)
-        opts.refine_extra_params = intrinsics_now
-        opts.refine_rig_from_world = True
-        opts.refine_points3D = True
-        opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
-        opts.ceres.loss_function_scale = float(scale)
-        opts.ceres.solver_options.max_num_iterations = int(max_iterations)
-        opts.ceres.solver_options.minimizer_progress_to_stdout = bool(verbose)
-        opts.ceres.solver_options.num_threads = int(num_threads)
-        config = pycolmap.BundleAdjustmentConfig()
-        for image_id in image_ids:
-            config.add_image(image_id)
-        adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
-        keep_alive = (
-            hold_rational_terms(adjuster.problem, rec, opts)
-            if intrinsics_now
-            else []
+
+def _retriangulate(
+    rec: Any, image_ids: Sequence[int], point_ids: np.ndarray, cameras: Sequence[Camera], pixels: np.ndarray,
+    scale: float,
+) -> int:
+    """Re-triangulate the points where that lowers their Cauchy cost (module docstring); returns how many."""
+    current, current_pts = _read_back(rec, image_ids, point_ids, cameras)
+    fresh, _ = triangulate_points(current, pixels)
+    better = _cauchy_cost(current, fresh, pixels, scale) < _cauchy_cost(current, current_pts, pixels, scale)
+    for j in np.flatnonzero(better):
+        rec.points3D[int(point_ids[j])].xyz = fresh[j]
+    return int(better.sum())
+
+
+def _solve_stage(
+    pycolmap: Any, rec: Any, image_ids: Sequence[int], scale: float, label: str, *, refine_intrinsics: bool,
+    refine_principal_point: bool, max_iterations: int, verbose: bool, num_threads: int,
+) -> tuple[int, str, tuple[float, float]]:
+    """One Levenberg-Marquardt solve of ``rec`` (in place) under a Cauchy loss of ``scale`` px.
+
+    Poses and points are always refined, intrinsics only with ``refine_intrinsics``
+    (``k4..k6`` held). Returns the iterations, Ceres' termination and the initial and
+    final cost; raises if the solution is unusable (``label`` names the stage).
+    """
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.print_summary = verbose
+    opts.refine_focal_length = refine_intrinsics
+    opts.refine_principal_point = refine_intrinsics and refine_principal_point
+    opts.refine_extra_params = refine_intrinsics
+    opts.refine_rig_from_world = True
+    opts.refine_points3D = True
+    opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+    opts.ceres.loss_function_scale = float(scale)
+    opts.ceres.solver_options.max_num_iterations = max_iterations
+    opts.ceres.solver_options.minimizer_progress_to_stdout = verbose
+    opts.ceres.solver_options.num_threads = num_threads
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in image_ids:
+        config.add_image(image_id)
+    adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
+    keep_alive = hold_rational_terms(adjuster.problem, rec, opts) if refine_intrinsics else []
+    with _quiet_glog(pycolmap, enabled=not verbose):
+        summary = adjuster.solve()
+    del keep_alive
+    ceres_summary = summary.ceres_summary
+    if not summary.is_solution_usable():
+        raise RuntimeError(
+            f"bundle adjustment stage {label} (Cauchy {scale:.3g} px) failed: {ceres_summary.message}"
         )
-        with _quiet_glog(pycolmap, enabled=not verbose):
-            summary = adjuster.solve()
-        del keep_alive
-        ceres_summary = summary.ceres_summary
-        n_iter = int(ceres_summary.num_successful_steps + ceres_summary.num_unsuccessful_steps)
-        stage_iterations.append(n_iter)
-        terminations.append(str(summary.termination_type.name))
-        if not summary.is_solution_usable():
-            raise RuntimeError(
-                f"bundle adjustment stage {stage + 1}/{len(schedule)} (Cauchy {scale:.3g} px) failed: "
-                f"{ceres_summary.message}"
-            )
-        say(
-            f"bundle adjustment: stage {stage + 1}/{len(schedule)} Cauchy {scale:.3g} px: {n_iter} iterations, "
-            f"{summary.termination_type.name}, cost {ceres_summary.initial_cost:.4g} -> {ceres_summary.final_cost:.4g}"
-            + (f" ({n_retriangulated[-1]} points re-triangulated first)" if stage > 0 and retriangulate else "")
-        )
-    solve_time = time.perf_counter() - t_solve
-
-    # --- back to Camera objects, gauge removed -------------------------------------
-    refined = _cameras_from_reconstruction(rec, image_ids, cameras)
-    pts_out = pts_in.copy()
-    pts_out[used_idx] = _points_from_reconstruction(rec, point_ids)
-
-    scale_ref = _rig_scale(cameras)
-    s, Rs, ts = umeyama(_camera_frame_points(refined, scale_ref), _camera_frame_points(cameras, scale_ref))
-    refined = [_apply_similarity(cam, s, Rs, ts) for cam in refined]
-    pts_out[used_idx] = s * pts_out[used_idx] @ Rs.T + ts
-    moved = _camera_frame_points(refined, scale_ref) - _camera_frame_points(cameras, scale_ref)
-    alignment = {
-        "scale": float(s),
-        "rotation_deg": float(np.degrees(np.arccos(np.clip((np.trace(Rs) - 1) / 2, -1, 1)))),
-        "translation": float(np.linalg.norm(ts)),
-        "rms_camera_change": float(np.sqrt((moved**2).sum(axis=1).mean())),
-    }
-
-    errors_after = reprojection_errors(refined, pts_out, uv)[:, used_idx]
-    after = error_summary(errors_after)
-    behind_after = _behind_count(refined, pts_out[used_idx], seen_used)
-    total = time.perf_counter() - t_start
-    report = BundleAdjustmentReport(
-        n_cameras=n_cams,
-        n_points=n_points,
-        n_observations=int(seen.sum()),
-        n_points_used=int(len(used_idx)),
-        n_observations_used=int(seen_used.sum()),
-        n_points_skipped=int(n_points - len(used_idx)),
-        n_observations_skipped=int(seen.sum() - seen_used.sum()),
-        before=before,
-        after=after,
-        n_points_behind_camera_before=behind_before,
-        n_points_behind_camera_after=behind_after,
-        loss="cauchy",
-        loss_scale_px=float(schedule[-1]),
-        loss_schedule_px=[float(v) for v in schedule],
-        refine_intrinsics=bool(refine_intrinsics),
-        iterations=int(sum(stage_iterations)),
-        stage_iterations=stage_iterations,
-        points_retriangulated=n_retriangulated,
-        termination=terminations,
-        time_s=float(total),
-        solve_time_s=float(solve_time),
-        gauge="free during the solve; similarity-aligned to the input camera frames afterwards",
-        gauge_alignment=alignment,
-    )
-    say("bundle adjustment: " + report.summary())
-    return refined, pts_out, report
+    n_iter = int(ceres_summary.num_successful_steps + ceres_summary.num_unsuccessful_steps)
+    return n_iter, str(summary.termination_type.name), (ceres_summary.initial_cost, ceres_summary.final_cost)
 
 
 @contextmanager
@@ -437,7 +339,10 @@ def _quiet_glog(pycolmap: Any, enabled: bool) -> Iterator[None]:
         pycolmap.logging.minloglevel = previous
 
 
-def _cameras_from_reconstruction(rec: Any, image_ids: Sequence[int], cameras: Sequence[Camera]) -> list[Camera]:
+def _read_back(
+    rec: Any, image_ids: Sequence[int], point_ids: np.ndarray, cameras: Sequence[Camera]
+) -> tuple[list[Camera], np.ndarray]:
+    """The solve's current cameras (sizes from ``cameras``) and points, in ``rec``'s gauge."""
     out = []
     for image_id, cam in zip(image_ids, cameras):
         image = rec.images[image_id]
@@ -450,11 +355,7 @@ def _cameras_from_reconstruction(rec: Any, image_ids: Sequence[int], cameras: Se
                 R=project_to_so3(pose[:, :3]), t=pose[:, 3],
             )
         )
-    return out
-
-
-def _points_from_reconstruction(rec: Any, point_ids: np.ndarray) -> np.ndarray:
-    return np.stack([rec.points3D[int(pid)].xyz for pid in point_ids])
+    return out, np.stack([rec.points3D[int(pid)].xyz for pid in point_ids])
 
 
 def _cauchy_cost(cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarray, scale: float) -> np.ndarray:
@@ -469,3 +370,46 @@ def _cauchy_cost(cameras: Sequence[Camera], points: np.ndarray, pixels: np.ndarr
     total = np.nansum(cost, axis=0)
     total[~np.isfinite(total) | behind | ~np.all(np.isfinite(points), axis=1)] = np.inf
     return total
+
+
+def _align_to_input(
+    refined: Sequence[Camera], points: np.ndarray, cameras: Sequence[Camera]
+) -> tuple[list[Camera], np.ndarray, dict[str, float]]:
+    """Remove the free gauge: map the solve's cameras and points by the similarity that best
+    aligns the refined camera frames onto the input ones (module docstring).
+
+    Returns the mapped cameras and points and the report's ``gauge_alignment``.
+    """
+    scale_ref = _rig_scale(cameras)
+    s, Rs, ts = umeyama(_camera_frame_points(refined, scale_ref), _camera_frame_points(cameras, scale_ref))
+    aligned = [_apply_similarity(cam, s, Rs, ts) for cam in refined]
+    moved = _camera_frame_points(aligned, scale_ref) - _camera_frame_points(cameras, scale_ref)
+    alignment = {
+        "scale": float(s),
+        "rotation_deg": float(np.degrees(np.arccos(np.clip((np.trace(Rs) - 1) / 2, -1, 1)))),
+        "translation": float(np.linalg.norm(ts)),
+        "rms_camera_change": float(np.sqrt((moved**2).sum(axis=1).mean())),
+    }
+    return aligned, s * points @ Rs.T + ts, alignment
+
+
+def _rig_scale(cameras: Sequence[Camera]) -> float:
+    centres = np.stack([c.center for c in cameras])
+    spread = float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).mean())
+    return spread if spread > 1e-9 else 1.0
+
+
+def _camera_frame_points(cameras: Sequence[Camera], scale: float) -> np.ndarray:
+    """Each camera's centre and its x, y, z axis tips at distance ``scale`` (4C, 3)."""
+    out = []
+    for cam in cameras:
+        c = cam.center
+        out.append(c)
+        out.extend(c + scale * cam.R)  # rows of R are the camera axes in world coordinates
+    return np.asarray(out)
+
+
+def _apply_similarity(cam: Camera, s: float, Rs: np.ndarray, ts: np.ndarray) -> Camera:
+    """``cam`` expressed in the world ``X' = s Rs X + ts`` (projections unchanged)."""
+    R_new = cam.R @ Rs.T
+    return dataclasses.replace(cam, R=project_to_so3(R_new), t=s * cam.t - R_new @ ts)
