@@ -11,7 +11,6 @@ A session on disk::
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 SESSION_FILE = "session.json"
 IMAGES_DIR = "images"
@@ -65,19 +64,3 @@ def is_valid_id(value: object) -> bool:
 def sample_key(session_id: str, expression: str, camera_id: str) -> str:
     """The key of one image everywhere downstream: ``{session_id}/{expression}/{camera_id}``."""
     return f"{session_id}/{expression}/{camera_id}"
-
-
-def session_file(session_dir: Path) -> Path:
-    return Path(session_dir) / SESSION_FILE
-
-
-def image_dir(session_dir: Path, expression: str) -> Path:
-    return Path(session_dir) / IMAGES_DIR / expression
-
-
-def calibration_dir(session_dir: Path, relative: str = DEFAULT_CALIBRATION_DIR) -> Path:
-    return Path(session_dir) / relative
-
-
-def board_file(calib_dir: Path) -> Path:
-    return Path(calib_dir) / BOARD_FILE

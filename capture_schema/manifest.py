@@ -64,8 +64,3 @@ def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd", write_statistics=True)
     return sink.getvalue()
-
-
-def read_parquet_bytes(data: bytes, schema: pa.Schema) -> pa.Table:
-    table = pq.read_table(io.BytesIO(data))
-    return table.cast(schema)

@@ -46,7 +46,15 @@ PROBLEM_DESCRIPTIONS: dict[ProblemCode, str] = {
     ProblemCode.CALIBRATION_BOARD_INVALID: "calibration board.json is absent or invalid",
 }
 
-#: Codes the Dagster "grid" check owns; the rest belong to the image-integrity check or the session file.
+# Which check reports which codes (the Dagster asset checks of ``session_manifest``).
+SESSION_FILE_CODES = frozenset(
+    {
+        ProblemCode.SESSION_FILE_MISSING,
+        ProblemCode.SESSION_FILE_INVALID,
+        ProblemCode.SESSION_FIELD_MISSING,
+        ProblemCode.SESSION_FIELD_INVALID,
+    }
+)
 GRID_CODES = frozenset(
     {
         ProblemCode.IMAGE_MISSING,
@@ -57,6 +65,9 @@ GRID_CODES = frozenset(
     }
 )
 IMAGE_INTEGRITY_CODES = frozenset({ProblemCode.IMAGE_CORRUPT, ProblemCode.DUPLICATE_IMAGE})
+CALIBRATION_CODES = frozenset(
+    {ProblemCode.CALIBRATION_MISSING, ProblemCode.CALIBRATION_CAMERA_EMPTY, ProblemCode.CALIBRATION_BOARD_INVALID}
+)
 
 
 @dataclass(frozen=True, order=True)

@@ -34,7 +34,3 @@ PROBLEMS_SCHEMA = pa.schema(
     ],
     metadata={"description": "validation problems; codes are capture_schema.problems.ProblemCode values"},
 )
-
-
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()

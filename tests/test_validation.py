@@ -165,3 +165,11 @@ def test_console_script_prints_no_traceback(session_copy: Path) -> None:
     assert proc.returncode == 1
     assert "session_file_invalid" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_every_code_belongs_to_exactly_one_check() -> None:
+    from capture_schema.problems import CALIBRATION_CODES, GRID_CODES, IMAGE_INTEGRITY_CODES, SESSION_FILE_CODES
+
+    groups = [SESSION_FILE_CODES, GRID_CODES, IMAGE_INTEGRITY_CODES, CALIBRATION_CODES]
+    assert sum(len(g) for g in groups) == len(ProblemCode)
+    assert frozenset().union(*groups) == set(ProblemCode)

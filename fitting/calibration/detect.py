@@ -32,7 +32,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -320,8 +320,3 @@ def detect_folder(
                 views[key] = view
         out[cam] = CameraDetections(cam, size, views, len(frames), skipped)
     return FolderDetections(spec, out)
-
-
-def detection_summary(detections: Mapping[str, CameraDetections]) -> dict[str, dict]:
-    """Per-camera detection counts, JSON-ready."""
-    return {cam: det.summary() for cam, det in detections.items()}

@@ -11,17 +11,16 @@ import hashlib
 import dagster as dg
 
 from capture_schema.ingest import IngestResult, ingest_session
-from capture_schema.problems import GRID_CODES, IMAGE_INTEGRITY_CODES, Problem, ProblemCode
+from capture_schema.problems import (
+    CALIBRATION_CODES,
+    GRID_CODES,
+    IMAGE_INTEGRITY_CODES,
+    SESSION_FILE_CODES,
+    Problem,
+)
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, StorageResource
 
-SESSION_FILE_CODES = frozenset(
-    {ProblemCode.SESSION_FILE_MISSING, ProblemCode.SESSION_FILE_INVALID,
-     ProblemCode.SESSION_FIELD_MISSING, ProblemCode.SESSION_FIELD_INVALID}
-)
-CALIBRATION_CODES = frozenset(
-    {ProblemCode.CALIBRATION_MISSING, ProblemCode.CALIBRATION_CAMERA_EMPTY, ProblemCode.CALIBRATION_BOARD_INVALID}
-)
 PREVIEW_ROWS = 8
 
 CHECKS = {
