@@ -13,7 +13,7 @@ from typing import Callable
 import dagster as dg
 
 from pipelines.definitions import SESSION_ASSETS, session_job
-from pipelines.partitions import SESSIONS_PARTITION
+from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, StorageResource
 
 
@@ -27,8 +27,7 @@ class SessionRun:
 def sync_partitions(instance: dg.DagsterInstance, captures: CapturesResource) -> list[str]:
     """Add a partition for every valid session folder; return all session ids found."""
     good, _bad = captures.scan()
-    known = set(instance.get_dynamic_partitions(SESSIONS_PARTITION))
-    new = [sid for sid in good if sid not in known]
+    new = unregistered_sessions(instance, good)
     if new:
         instance.add_dynamic_partitions(SESSIONS_PARTITION, new)
     return good

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.partitions import SESSIONS_PARTITION, sessions_partitions
+from pipelines.partitions import sessions_partitions, unregistered_sessions
 from pipelines.resources import CapturesResource
 
 
@@ -37,8 +37,7 @@ def build_session_sensor(job_name: str) -> dg.SensorDefinition:
         good, bad = captures.scan()
         for name in bad:
             context.log.warning(f"session folder {name!r} is not a valid id ([A-Za-z0-9_-]); rename it to ingest it")
-        known = set(context.instance.get_dynamic_partitions(SESSIONS_PARTITION))
-        new = [sid for sid in good if sid not in known]
+        new = unregistered_sessions(context.instance, good)
         runs = [
             dg.RunRequest(partition_key=sid, run_key=f"{sid}:{session_fingerprint(captures.session_dir(sid))}")
             for sid in good
