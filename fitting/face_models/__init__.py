@@ -1,0 +1,1 @@
+"""Morphable face models behind one interface (``base.FaceModel``): built-in, ICT-FaceKit, FLAME."""
