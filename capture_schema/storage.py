@@ -7,7 +7,9 @@ on close, which gives the same guarantee there.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from capture_schema.atomic import atomic_write_bytes
@@ -88,6 +90,22 @@ class Storage:
         else:
             self._fs.put(str(local_dir), f"{self._root}/{relpath}", recursive=True)
         return self.uri(relpath)
+
+    @contextmanager
+    def local_directory(self, relpath: str) -> Iterator[Path]:
+        """A local folder with ``relpath``'s files: the folder itself when local, a temporary copy otherwise."""
+        if self.local_root is not None:
+            path = self.local_root / relpath
+            if not path.is_dir():
+                raise FileNotFoundError(f"{self.uri(relpath)} does not exist")
+            yield path
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(relpath).name
+            self._fs.get(f"{self._root}/{relpath}", str(target), recursive=True)
+            yield target
 
     def write_if_changed(self, relpath: str, data: bytes) -> bool:
         """Write only when the content differs, so reruns leave files (and mtimes) alone."""

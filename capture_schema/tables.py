@@ -34,3 +34,46 @@ PROBLEMS_SCHEMA = pa.schema(
     ],
     metadata={"description": "validation problems; codes are capture_schema.problems.ProblemCode values"},
 )
+
+#: One row per image of a session's grid: what the face-landmark detector found there.
+LANDMARK_SUMMARY_SCHEMA = pa.schema(
+    [
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("expression", pa.string(), nullable=False),
+        pa.field("camera_id", pa.string(), nullable=False),
+        pa.field("detected", pa.bool_(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+        pa.field("mirror_nme", pa.float32(), nullable=False),
+        pa.field("n_landmarks", pa.int16(), nullable=False),
+        pa.field("bbox_x0", pa.float32(), nullable=False),
+        pa.field("bbox_y0", pa.float32(), nullable=False),
+        pa.field("bbox_x1", pa.float32(), nullable=False),
+        pa.field("bbox_y1", pa.float32(), nullable=False),
+        pa.field("eye_distance_px", pa.float32(), nullable=False),
+    ],
+    metadata={
+        "description": "face landmarks per image; pixel coordinates in the OpenCV convention (pixel centre at "
+        "integer coordinates); bbox_* and eye_distance_px (outer eye corners, mediapipe ids 33 and 263) are NaN "
+        "and n_landmarks 0 where no face was detected; mirror_nme is NaN where the mirrored cross-check did not run"
+    },
+)
+
+#: One row per image of a session's grid: how well the fitted face model explains its landmarks.
+FACE_FIT_VIEWS_SCHEMA = pa.schema(
+    [
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("expression", pa.string(), nullable=False),
+        pa.field("camera_id", pa.string(), nullable=False),
+        pa.field("view_status", pa.string(), nullable=False),
+        pa.field("frame_status", pa.string(), nullable=False),
+        pa.field("rmse_px", pa.float32(), nullable=False),
+        pa.field("median_px", pa.float32(), nullable=False),
+        pa.field("n_landmarks", pa.int16(), nullable=False),
+    ],
+    metadata={
+        "description": "landmark reprojection error of the fitted 3DMM per view; view_status is used, not_detected, "
+        "outlier (detection contradicted the other views and was left out) or frame_not_fitted; frame_status is "
+        "fitted, too_few_views (fitted from fewer views than configured) or not_fitted; errors are NaN where the "
+        "view has no detection"
+    },
+)

@@ -114,6 +114,110 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _detect_session_with_bar(session_dir: Path, workers: int | None, mirror: bool):
+    from fitting.landmarks import detect_session
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or _progress_bar(total, "landmarks")
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return detect_session(session_dir, workers=workers, mirror=mirror, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_landmarks(args: argparse.Namespace) -> int:
+    from capture_schema.atomic import atomic_write_json, atomic_write_bytes
+    from capture_schema.manifest import parquet_bytes
+    from fitting.landmarks import LandmarkInputError, detect_image_file, landmark_summary_table, write_landmarks_zarr
+
+    source, out = Path(args.source), Path(args.out)
+    try:
+        if source.is_file():
+            found = detect_image_file(source, mirror=not args.no_mirror)
+            if not found.detected:
+                print(f"o2a landmarks: no face found in {source}", file=sys.stderr)
+                return EXIT_INVALID
+            atomic_write_json(out, {"image_size": list(found.image_size),
+                                    "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in found.landmarks],
+                                    "confidence": round(float(found.confidence), 4)})
+            print(f"478 landmarks (confidence {found.confidence:.2f}) -> {out}")
+            return EXIT_OK
+        if not source.is_dir():
+            print(f"o2a landmarks: {source} is neither an image nor a session folder", file=sys.stderr)
+            return EXIT_USAGE
+        found = _detect_session_with_bar(source, args.workers, not args.no_mirror)
+    except LandmarkInputError as exc:
+        print(f"o2a landmarks: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    write_landmarks_zarr(found, out / "landmarks.zarr")
+    atomic_write_bytes(out / "summary.parquet", parquet_bytes(landmark_summary_table(found)))
+    n, total = int(found.detected.sum()), found.detected.size
+    print(f"{found.session_id}: face found in {n}/{total} images -> {out}/landmarks.zarr, {out}/summary.parquet")
+    for e, c in zip(*(~found.detected).nonzero()):
+        print(f"  no face: {found.expressions[e]}/{found.cameras[c]}")
+    return EXIT_OK if n else EXIT_INVALID
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from capture_schema.atomic import atomic_write_bytes
+    from capture_schema.calibration_file import read_calibration
+    from capture_schema.manifest import parquet_bytes
+    from fitting.face_models import load_face_model
+    from fitting.fit_overlay import draw_fit_overlay
+    from fitting.landmarks import (LandmarkInputError, read_image_rgb, read_landmarks_zarr, session_image_path,
+                                   write_landmarks_zarr)
+    from fitting.session_fit import FitInputError, fit_session, fit_views_table, overlay_view, write_session_fit
+
+    session_dir, out = Path(args.session_dir), Path(args.out)
+    if not session_dir.is_dir():
+        print(f"o2a fit: {session_dir} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        calibration = read_calibration(Path(args.calibration))
+        model = load_face_model(args.model, args.model_path, args.embedding)
+        if args.landmarks:
+            landmarks = read_landmarks_zarr(args.landmarks)
+        else:
+            landmarks = _detect_session_with_bar(session_dir, args.workers, True)
+            write_landmarks_zarr(landmarks, out / "landmarks.zarr")
+        result = fit_session(model, landmarks, calibration)
+    except (OSError, ValueError, LandmarkInputError, FitInputError) as exc:
+        print(f"o2a fit: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    fit = result.fit
+    write_session_fit(result, out / "fit.zarr")
+    atomic_write_bytes(out / "views.parquet", parquet_bytes(fit_views_table(result)))
+    e, c = overlay_view(result, calibration.cameras)
+    image_path = session_image_path(session_dir, result.expressions[e], result.cameras[c])
+    if image_path is not None:
+        overlay = draw_fit_overlay(read_image_rgb(image_path), calibration.cameras[result.cameras[c]],
+                                   fit.vertices[e], model.faces, landmarks.landmarks[e, c][fit.landmark_ids],
+                                   fit.projected[e, c])
+        ok, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        atomic_write_bytes(out / "overlay.png", png.tobytes())
+    used = fit.view_status == "used"
+    print(f"{result.session_id}: {model.name} fitted to {int(used.sum())} views of "
+          f"{int((fit.frame_status != 'not_fitted').sum())}/{len(fit.frame_status)} frames; "
+          f"median view RMSE {np.median(fit.view_rmse_px[used]) if used.any() else float('nan'):.2f} px -> {out}")
+    for status in ("outlier", "not_detected"):
+        views = [f"{result.expressions[i]}/{result.cameras[j]}" for i, j in zip(*(fit.view_status == status).nonzero())]
+        if views:
+            print(f"  {status}: {', '.join(views)}")
+    if result.flagged_frames:
+        print(f"  frames seen by fewer than 2 views: {', '.join(result.flagged_frames)}")
+    return EXIT_OK if used.any() else EXIT_INVALID
+
+
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -174,6 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("landmarks", help="mediapipe face landmarks of one image (JSON) or a whole session (zarr)")
+    p.add_argument("source", help="an image file or a session folder")
+    p.add_argument("--out", required=True, help="JSON file for an image; output folder for a session")
+    p.add_argument("--workers", type=int, default=None, help="detector processes (default: one per core, <= 4)")
+    p.add_argument("--no-mirror", action="store_true", help="skip the mirrored second pass (no confidence)")
+    p.set_defaults(func=cmd_landmarks)
+
+    p = sub.add_parser("fit", help="fit the morphable model to a session (landmarks detected unless given)")
+    p.add_argument("session_dir")
+    p.add_argument("--calibration", required=True, help="calibration.json of the session's rig")
+    p.add_argument("--out", required=True, help="output folder: fit.zarr, views.parquet, overlay.png")
+    p.add_argument("--landmarks", help="landmarks.zarr from `o2a landmarks` (default: detect now)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--model", default="builtin", choices=("builtin", "ict", "flame"))
+    p.add_argument("--model-path", help="ICT-FaceKit npz folder or FLAME .pkl")
+    p.add_argument("--embedding", help="FLAME mediapipe landmark embedding .npz")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("pipeline", help="run the Dagster pipeline")
     psub = p.add_subparsers(dest="pipeline_command", required=True)

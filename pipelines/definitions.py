@@ -5,12 +5,14 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.assets.calibration import camera_calibration
+from pipelines.assets.face_fits import face_fits
 from pipelines.assets.ingest import session_manifest
+from pipelines.assets.landmarks import face_landmarks
 from pipelines.resources import default_resources
 from pipelines.sensors import build_session_sensor
 
 #: Assets computed once per session partition, in dependency order.
-SESSION_ASSETS = [session_manifest, camera_calibration]
+SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fits]
 
 session_job = dg.define_asset_job(
     "process_session",

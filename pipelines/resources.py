@@ -52,4 +52,24 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "captures": CapturesResource(root=os.environ.get("O2A_CAPTURES_ROOT", DEFAULT_CAPTURES_ROOT)),
         "storage": StorageResource(url=os.environ.get("O2A_STORAGE_URL", DEFAULT_STORAGE_URL)),
+        "face_model": FaceModelResource(kind=os.environ.get("O2A_FACE_MODEL", "builtin"),
+                                        path=os.environ.get("O2A_FACE_MODEL_PATH", ""),
+                                        embedding=os.environ.get("O2A_FACE_MODEL_EMBEDDING", "")),
     }
+
+
+class FaceModelResource(dg.ConfigurableResource):
+    """Which morphable model the fitting uses: ``builtin`` (default), ``ict`` or ``flame``.
+
+    Licensed models are read from ``path`` (the ICT-FaceKit npz folder, or a FLAME
+    ``.pkl`` plus its mediapipe ``embedding`` npz) and never copied anywhere.
+    """
+
+    kind: str = "builtin"
+    path: str = ""
+    embedding: str = ""
+
+    def load(self):
+        from fitting.face_models import load_face_model
+
+        return load_face_model(self.kind, self.path or None, self.embedding or None)

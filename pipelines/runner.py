@@ -14,7 +14,7 @@ import dagster as dg
 
 from pipelines.definitions import SESSION_ASSETS, session_job
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
-from pipelines.resources import CapturesResource, StorageResource
+from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,13 @@ def run_all_sessions(
     session_ids: list[str] | None = None,
     log: Callable[[str], None] = print,
     log_level: str = "INFO",
+    face_model: FaceModelResource | None = None,
 ) -> list[SessionRun]:
     """Materialise ``SESSION_ASSETS`` for each session; invalid sessions are reported, not fatal."""
     found = sync_partitions(instance, captures)
     job = dg.Definitions(
-        assets=SESSION_ASSETS, jobs=[session_job], resources={"captures": captures, "storage": storage}
+        assets=SESSION_ASSETS, jobs=[session_job], resources={"captures": captures, "storage": storage,
+                                                      "face_model": face_model or FaceModelResource()}
     ).resolve_job_def(session_job.name)
     runs = []
     for sid in session_ids or found:

@@ -39,3 +39,27 @@ def tree_hashes(root: Path) -> dict[str, str]:
         elif path.is_file():
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture(scope="session")
+def sim_landmarks(sim_dataset):
+    """mediapipe landmarks of the first simulated session (detected once per test run)."""
+    from fitting.landmarks import detect_session
+
+    return detect_session(sim_dataset.captures_root / sim_dataset.session_ids[0], workers=2)
+
+
+def sim_ground_truth(sim_dataset, index: int = 0) -> dict:
+    """The simulator's truth for one session: cameras, 2D landmarks, per-frame model parameters."""
+    import json
+
+    import numpy as np
+
+    from capture_schema.calibration_file import read_calibration
+
+    gt = sim_dataset.ground_truth_root / sim_dataset.session_ids[index]
+    frames = json.loads((gt / "frames.json").read_text())
+    with np.load(gt / "landmarks_2d.npz") as data:
+        landmarks = data["landmarks"].astype(np.float64)
+    return {"calibration": read_calibration(gt / "calibration.json"), "landmarks_2d": landmarks,
+            "identity": np.asarray(frames["identity_coeffs"]), "frames": frames["frames"]}

@@ -1,1 +1,36 @@
-"""Morphable face models behind one interface (``base.FaceModel``): built-in, ICT-FaceKit, FLAME."""
+"""Morphable face models behind one interface (``base.FaceModel``): built-in, ICT-FaceKit, FLAME.
+
+``load_face_model`` is the one place a configuration (CLI flags, the Dagster
+resource) turns into a model, so every step of a run uses the same one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fitting.face_models.base import FaceModel
+
+FACE_MODEL_KINDS = ("builtin", "ict", "flame")
+
+
+def load_face_model(kind: str = "builtin", path: str | os.PathLike[str] | None = None,
+                    embedding: str | os.PathLike[str] | None = None) -> FaceModel:
+    """``builtin``; ``ict`` with ``path`` = the folder of packaged ICT-FaceKit npz files;
+    ``flame`` with ``path`` = the model pickle and ``embedding`` = its mediapipe embedding npz."""
+    if kind == "builtin":
+        from fitting.face_models.builtin import builtin_face_model
+
+        return builtin_face_model()
+    if kind not in FACE_MODEL_KINDS:
+        raise ValueError(f"unknown face model {kind!r}; expected one of {', '.join(FACE_MODEL_KINDS)}")
+    if not path:
+        what = "the folder holding the ICT-FaceKit npz files" if kind == "ict" else "the FLAME model .pkl"
+        raise ValueError(f"face model {kind!r} needs a path: {what} (CLI --model-path, env O2A_FACE_MODEL_PATH)")
+    if kind == "ict":
+        from fitting.face_models.ict import load_ict_model
+
+        return load_ict_model(path)
+    from fitting.face_models.flame import load_flame_model
+
+    return load_flame_model(path, embedding_path=embedding)
+

@@ -43,6 +43,17 @@ def session_pointer_relpath(session_id: str) -> str:
     return f"calibration_by_session/{session_id}.json"
 
 
+def read_session_calibration(store, session_id: str):
+    """The ``Calibration`` that ``camera_calibration`` chose for a session (via its pointer file)."""
+    from capture_schema.calibration_file import Calibration
+
+    pointer = session_pointer_relpath(session_id)
+    if not store.exists(pointer):
+        raise dg.Failure(f"session {session_id} has no calibration yet: materialise camera_calibration first")
+    target = json.loads(store.read_bytes(pointer))["calibration"]
+    return Calibration.from_dict(json.loads(store.read_bytes(f"{target}/calibration.json")))
+
+
 def _camera_table(calibration) -> str:
     lines = ["| camera | rmse px | observations | fx | fy |", "|---|---|---|---|---|"]
     for cam_id, cam in calibration.cameras.items():

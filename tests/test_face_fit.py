@@ -1,0 +1,121 @@
+"""Multi-view 3DMM fitting: a real photo, simulated sessions against the truth, degraded inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import sim_ground_truth
+from fitting.face_fit import (FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FRAME_OK, VIEW_NOT_DETECTED, VIEW_OUTLIER,
+                              VIEW_USED, fit_frames)
+from fitting.face_models.builtin import builtin_face_model
+from fitting.session_fit import (fit_session, fit_single_image, fit_views_table, read_session_fit,
+                                 write_session_fit)
+
+#: mediapipe errs ~1.5 px on frontal simulator views and more off-axis (PITFALLS); a fit
+#: pools 150+ views, so it must land below the issue's 2 px at 512 px.
+MEAN_REPROJECTION_PX = 2.0
+#: 1 px at 1 m through f ~1100 px is ~0.9 mm; the fit's ~1.6 px landmark error plus depth
+#: uncertainty puts the mesh within a few mm. 3 mm is about 2.5 % of the face width.
+MEAN_VERTEX_MM = 3.0
+
+
+@pytest.fixture(scope="module")
+def model():
+    return builtin_face_model()
+
+
+def _true_vertices(model, truth: dict) -> np.ndarray:
+    return np.stack([model.vertices(truth["identity"], np.asarray(f["expression_coeffs"]),
+                                    np.asarray(f["head_rotation"]), np.asarray(f["head_translation"]))
+                     for f in truth["frames"]])
+
+
+def test_single_view_fit_of_a_real_photo(model) -> None:
+    from skimage import data
+
+    from fitting.landmarks import FaceMeshDetector
+
+    image = data.astronaut()
+    with FaceMeshDetector() as detector:
+        found = detector.detect(image)
+    assert found.detected and np.isfinite(found.landmarks).all() and found.landmarks.shape == (478, 2)
+    fit = fit_single_image(model, found.landmarks, found.image_size)
+    rmse = float(fit.view_rmse_px[0, 0])
+    eye_px = np.linalg.norm(found.landmarks[33] - found.landmarks[263])
+    print(f"astronaut: single-view RMSE {rmse:.2f} px ({100 * rmse / eye_px:.1f} % of the eye-corner distance)")
+    # The built-in template *is* mediapipe's mesh of this photo, so only the nominal lens and the
+    # detector's own 2D/3D inconsistency remain: well under 2 px (~3 % of the 61 px eye distance).
+    assert rmse < 2.0
+    assert fit.frame_status[0] == FRAME_OK or fit.frame_status[0] == FRAME_FEW_VIEWS
+
+
+def test_session_fit_matches_the_simulators_truth(model, sim_dataset, sim_landmarks) -> None:
+    truth = sim_ground_truth(sim_dataset)
+    result = fit_session(model, sim_landmarks, truth["calibration"])
+    fit = result.fit
+    assert list(fit.frame_status) == [FRAME_OK] * 13
+    reproj = np.linalg.norm(fit.projected - truth["landmarks_2d"], axis=-1)
+    vertex_mm = 1000 * np.linalg.norm(fit.vertices - _true_vertices(model, truth), axis=-1)
+    print(f"mean landmark reprojection vs truth {reproj.mean():.2f} px; posed vertices "
+          f"{vertex_mm.mean():.2f} mm mean, {np.percentile(vertex_mm, 95):.2f} mm p95")
+    assert reproj.mean() < MEAN_REPROJECTION_PX
+    assert vertex_mm.mean() < MEAN_VERTEX_MM
+    # The identity is recovered as a shape: the fitted neutral face is much nearer the true one
+    # than the model's mean face is.
+    true_shape = model.vertices(truth["identity"])
+    fitted_gap = np.linalg.norm(model.vertices(fit.identity) - true_shape, axis=1).mean()
+    mean_gap = np.linalg.norm(model.vertices() - true_shape, axis=1).mean()
+    print(f"identity shape error {1000 * fitted_gap:.2f} mm (mean face: {1000 * mean_gap:.2f} mm)")
+    assert fitted_gap < 0.5 * mean_gap
+
+
+def test_views_without_a_face_and_frames_with_too_few_views(model, sim_dataset, sim_landmarks) -> None:
+    truth = sim_ground_truth(sim_dataset)
+    lm = dataclasses.replace(sim_landmarks, landmarks=sim_landmarks.landmarks.copy(),
+                             detected=sim_landmarks.detected.copy())
+    lm.detected[0, 0] = False  # neutral/mid_C00: no face found
+    lm.landmarks[0, 0] = np.nan
+    lm.detected[1, 1:] = False  # smile: only one view left
+    lm.detected[2, :] = False  # mouth_open: no view at all
+    lm.landmarks[3, 2] += 40.0  # surprise/mid_R30: a detection that contradicts the other views
+    fit = fit_session(model, lm, truth["calibration"]).fit
+    assert fit.view_status[0, 0] == VIEW_NOT_DETECTED and np.isnan(fit.view_rmse_px[0, 0])
+    assert (fit.view_status[0, 1:] != VIEW_NOT_DETECTED).all()
+    assert fit.frame_status[1] == FRAME_FEW_VIEWS and fit.n_views[1] == 1
+    assert np.isfinite(fit.vertices[1]).all()
+    assert fit.frame_status[2] == FRAME_NOT_FITTED and np.isnan(fit.vertices[2]).all()
+    assert fit.view_status[3, 2] == VIEW_OUTLIER
+    assert fit.frame_status[4:].tolist() == [FRAME_OK] * 9
+    table = fit_views_table(dataclasses.replace(fit_session(model, lm, truth["calibration"])))
+    rows = table.to_pylist()
+    assert len(rows) == 169
+    assert rows[0]["view_status"] == VIEW_NOT_DETECTED and rows[13 * 2]["frame_status"] == FRAME_NOT_FITTED
+
+
+def test_fit_rejects_observations_of_the_wrong_shape(model, sim_dataset) -> None:
+    cams = list(sim_ground_truth(sim_dataset)["calibration"].cameras.values())
+    with pytest.raises(ValueError, match="observations must be"):
+        fit_frames(model, cams, np.zeros((13, 12, 478, 2)))
+
+
+def test_fit_store_round_trip_and_determinism(model, sim_dataset, sim_landmarks, tmp_path) -> None:
+    from conftest import tree_hashes
+
+    truth = sim_ground_truth(sim_dataset)
+    result = fit_session(model, sim_landmarks, truth["calibration"])
+    write_session_fit(result, tmp_path / "a.zarr")
+    write_session_fit(result, tmp_path / "b.zarr")
+    assert tree_hashes(tmp_path / "a.zarr") == tree_hashes(tmp_path / "b.zarr")
+    back = read_session_fit(tmp_path / "a.zarr")
+    assert back.expressions == result.expressions and back.cameras == result.cameras
+    np.testing.assert_array_equal(back.fit.vertices, result.fit.vertices)
+    np.testing.assert_array_equal(back.fit.identity, result.fit.identity)
+    np.testing.assert_array_equal(back.fit.view_status, result.fit.view_status)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "b.zarr"]  # no temp dirs left
+    # Fitting is deterministic too: the same landmarks give the same numbers.
+    again = fit_session(model, sim_landmarks, truth["calibration"])
+    np.testing.assert_array_equal(again.fit.vertices, result.fit.vertices)
+    assert np.all([VIEW_USED in row for row in result.fit.view_status])
