@@ -143,7 +143,7 @@ def ict_to_model_frame(points_cm: np.ndarray) -> np.ndarray:
 def triangulate_quads(quads: np.ndarray) -> np.ndarray:
     """(F, 4) quads -> triangles (0, 1, 2) and (0, 2, 3), same winding; drops degenerate ones."""
     quads = np.asarray(quads, dtype=np.int64).reshape(-1, 4)
-    tris = np.stack([quads[:, [0, 2, 1]], quads[:, [0, 3, 2]]], axis=1).reshape(-1, 3)
+    tris = np.stack([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]], axis=1).reshape(-1, 3)
     ok = (tris[:, 0] != tris[:, 1]) & (tris[:, 1] != tris[:, 2]) & (tris[:, 0] != tris[:, 2])
     return tris[ok]
 
