@@ -31,6 +31,7 @@ from capture_schema.cameras import Camera
 from fitting.camera_torch import CameraBatch, axis_angle_to_matrix
 from fitting.face_models.base import FaceModel
 from fitting.geometry import consensus_pose, inv_h, to_h
+from fitting import morphable_model as mm
 from fitting.morphable_model import FACE_OVAL, LEFT_IRIS, OUTER_EYE_CORNERS, RIGHT_IRIS
 
 #: Per-view status codes of ``FrameFit.view_status``.
@@ -41,6 +42,17 @@ FRAME_OK, FRAME_FEW_VIEWS, FRAME_NOT_FITTED = "fitted", "too_few_views", "not_fi
 # Parameter units chosen so one unit of each moves landmarks by a similar number of pixels
 # (L-BFGS converges several times faster on a problem scaled like this).
 _TRANSLATION_UNIT_M = 0.005
+#: Residuals are measured in "reference pixels": pixels of a face whose outer eye corners are
+#: this far apart (a head filling a 512 px frame at ~1 m), so the weights, the robust scale and
+#: the priors mean the same at any resolution and framing.
+REFERENCE_EYE_PX = 60.0
+#: Landmarks on visible features (eyes, brows, lips, nose); the rest of mediapipe's mesh
+#: (cheeks, forehead) is regressed from the face's overall shape rather than seen.
+NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 64, 294, 48, 278, 115, 344, 220, 440)
+FEATURE_LANDMARKS = tuple(sorted(set(
+    mm.RIGHT_EYE_UPPER + mm.RIGHT_EYE_LOWER + mm.LEFT_EYE_UPPER + mm.LEFT_EYE_LOWER + mm.RIGHT_BROW + mm.LEFT_BROW
+    + mm.LIPS_UPPER_OUTER + mm.LIPS_LOWER_OUTER + mm.LIPS_UPPER_INNER + mm.LIPS_LOWER_INNER + NOSE
+    + RIGHT_IRIS + LEFT_IRIS + FACE_OVAL)))
 _ROTATION_UNIT_RAD = 0.05
 
 
@@ -48,16 +60,18 @@ _ROTATION_UNIT_RAD = 0.05
 class FitConfig:
     """Weights and schedule of the fit; the defaults suit 13 views at 512 px and up."""
 
-    robust_scale_px: float = 3.0
-    contour_weight: float = 0.3
+    robust_scale_px: float = 2.0
+    contour_weight: float = 0.1
     iris_weight: float = 0.5
-    identity_prior: float = 20.0  # px^2 of cost per unit^2 of coefficient
-    expression_prior: float = 5.0
+    interior_weight: float = 0.1
+    identity_prior: float = 150.0  # cost (reference px^2) per unit^2 of coefficient
+    expression_prior: float = 20.0
     min_views: int = 2
     outlier_nme: float = 0.12  # median residual / eye-corner distance that marks a view wrong
     pose_iterations: int = 15
     iterations: int = 40
     min_confidence_weight: float = 0.2
+    reweight_views: bool = True
 
 
 @dataclass
@@ -82,6 +96,7 @@ class FrameFit:
 def landmark_weights(landmark_ids: np.ndarray, config: FitConfig) -> np.ndarray:
     """Per-landmark weights: the outline and the irises (gaze is not in the model) count less."""
     w = np.ones(len(landmark_ids))
+    w[~np.isin(landmark_ids, FEATURE_LANDMARKS)] = config.interior_weight
     w[np.isin(landmark_ids, FACE_OVAL)] = config.contour_weight
     w[np.isin(landmark_ids, RIGHT_IRIS + LEFT_IRIS)] = config.iris_weight
     return w
@@ -121,12 +136,13 @@ class _Problem:
     """Tensors and parameters of one batched fit (float64 for a stable L-BFGS)."""
 
     def __init__(self, model: FaceModel, cameras: Sequence[Camera], obs: np.ndarray, weights: np.ndarray,
-                 poses: list[np.ndarray], config: FitConfig) -> None:
+                 poses: list[np.ndarray], pixel_scale: np.ndarray, config: FitConfig) -> None:
         self.model, self.config = model, config
         dt = torch.float64
         self.cams = CameraBatch.from_cameras(cameras, dtype=dt)
         self.obs = torch.as_tensor(np.nan_to_num(obs), dtype=dt)  # (E, C, L, 2)
         self.weights = torch.as_tensor(weights, dtype=dt)  # (E, C, L)
+        self.inv_scale2 = torch.as_tensor(1.0 / pixel_scale**2, dtype=dt)[:, None, None]  # (E, 1, 1)
         E = obs.shape[0]
         with torch.no_grad():
             mean_pts = model.landmarks_torch(torch.zeros(1, model.n_identity, dtype=dt),
@@ -154,7 +170,7 @@ class _Problem:
 
     def loss(self) -> torch.Tensor:
         s2 = self.config.robust_scale_px**2
-        r2 = ((self.project() - self.obs) ** 2).sum(-1)
+        r2 = ((self.project() - self.obs) ** 2).sum(-1) * self.inv_scale2
         data = (self.weights * s2 * torch.log1p(r2 / s2)).sum()
         prior = self.config.identity_prior * (self.identity**2).sum()
         prior = prior + self.config.expression_prior * (self.expression**2).sum()
@@ -206,20 +222,35 @@ def fit_frames(model: FaceModel, cameras: Sequence[Camera], observations: np.nda
     lw = landmark_weights(ids, config)
     use = detected[frame_ids]
     problem = _Problem(model, cameras, obs[frame_ids], view_w[frame_ids, :, None] * use[..., None] * lw,
-                       [poses[e] for e in frame_ids], config)
+                       [poses[e] for e in frame_ids], _pixel_scale(obs_all)[frame_ids], config)
     problem.solve([problem.rvec, problem.position], config.pose_iterations)
     problem.solve([problem.identity, problem.expression, problem.rvec, problem.position], config.iterations)
 
-    outliers = _outlier_views(problem, obs[frame_ids], use, ids)
-    if outliers.any():
+    outliers, scale = _outlier_views(problem, obs[frame_ids], use, ids)
+    if outliers.any() or config.reweight_views:
         keep = use & ~outliers
-        problem.weights = problem.weights * torch.as_tensor(keep[..., None], dtype=torch.float64)
+        view_scale = np.ones_like(scale)
+        if config.reweight_views and keep.any():
+            # Views differ in how well the detector works (frontal ~1.5 px, 60 degrees 6-9 px):
+            # weight each by its inverse residual variance, relative to the typical view.
+            ref = np.median(scale[keep])
+            view_scale = (ref / np.maximum(scale, ref)) ** 2
+        problem.weights = problem.weights * torch.as_tensor((keep * view_scale)[..., None], dtype=torch.float64)
         problem.solve([problem.identity, problem.expression, problem.rvec, problem.position], config.iterations)
         sub = status[frame_ids]
         sub[outliers] = VIEW_OUTLIER
         status[frame_ids] = sub
     _fill_result(result, problem, frame_ids, obs, status, config)
     return result
+
+
+def _pixel_scale(obs_all: np.ndarray) -> np.ndarray:
+    """Per frame: detected pixels per reference pixel (median outer-eye-corner distance / 60 px)."""
+    eye = np.linalg.norm(obs_all[:, :, OUTER_EYE_CORNERS[0]] - obs_all[:, :, OUTER_EYE_CORNERS[1]], axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scale = np.nanmedian(eye, axis=1) / REFERENCE_EYE_PX
+    return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
 
 
 def _outlier_views(problem: _Problem, obs: np.ndarray, use: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -235,10 +266,11 @@ def _outlier_views(problem: _Problem, obs: np.ndarray, use: np.ndarray, ids: np.
     else:  # no eye corners embedded: fall back to the landmark spread
         scale = np.linalg.norm(pix.std(axis=2), axis=-1) * 1.5
     bad = use & (med > problem.config.outlier_nme * scale)
+    residual_scale = np.where(use, np.nan_to_num(med, nan=np.inf), np.inf)
     # Never drop a frame's last two views: a consistent pair is better than nothing.
     keep_some = (use & ~bad).sum(axis=1) < min(2, problem.config.min_views)
     bad[keep_some] = False
-    return bad
+    return bad, residual_scale
 
 
 def _empty_result(model: FaceModel, E: int, C: int, ids: np.ndarray, status: np.ndarray) -> FrameFit:

@@ -102,13 +102,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from capture_simulator.face_source import load_face_source
     from capture_simulator.simulate import simulate_dataset
 
     if args.subjects < 1 or args.size < 64:
         print("o2a simulate: --subjects must be >= 1 and --size >= 64", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        source = load_face_source(args.face_model, args.face_model_path)
+    except (OSError, ValueError) as exc:
+        print(f"o2a simulate: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     out = simulate_dataset(Path(args.out), n_subjects=args.subjects, size=args.size, seed=args.seed,
-                           progress=not args.quiet)
+                           progress=not args.quiet, face_source=source)
     print(f"captures: {out.captures_root}")
     print(f"ground truth: {out.ground_truth_root}")
     return EXIT_OK
@@ -277,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--face-model", default="builtin", choices=("builtin", "ict"),
+                   help="model that shapes the subjects and holds the ground truth")
+    p.add_argument("--face-model-path", help="ICT-FaceKit npz folder (with --face-model ict)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("landmarks", help="mediapipe face landmarks of one image (JSON) or a whole session (zarr)")

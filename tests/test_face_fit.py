@@ -119,3 +119,17 @@ def test_fit_store_round_trip_and_determinism(model, sim_dataset, sim_landmarks,
     again = fit_session(model, sim_landmarks, truth["calibration"])
     np.testing.assert_array_equal(again.fit.vertices, result.fit.vertices)
     assert np.all([VIEW_USED in row for row in result.fit.view_status])
+
+
+def test_fit_is_the_same_at_any_resolution(model, sim_dataset) -> None:
+    """Weights, robust scale and priors are in reference pixels: doubling the image size
+    (cameras and detections alike) must not change the fitted face."""
+    truth = sim_ground_truth(sim_dataset)
+    cams = list(truth["calibration"].cameras.values())
+    obs = truth["landmarks_2d"][:3] + np.random.default_rng(1).normal(0.0, 1.5, (3, 13, 478, 2))
+    big = [dataclasses.replace(c, width=2 * c.width, height=2 * c.height, fx=2 * c.fx, fy=2 * c.fy,
+                               cx=2 * c.cx + 0.5, cy=2 * c.cy + 0.5) for c in cams]
+    small_fit = fit_frames(model, cams, obs)
+    big_fit = fit_frames(model, big, 2 * obs + 0.5)
+    assert np.abs(big_fit.vertices - small_fit.vertices).max() < 2e-4  # 0.2 mm
+    np.testing.assert_allclose(big_fit.view_rmse_px, 2 * small_fit.view_rmse_px, rtol=0.05)
