@@ -32,6 +32,8 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/calibration.py
+	$(PY) benchmarks/fitting.py
 
 clean:
 	rm -rf $(DATA)
