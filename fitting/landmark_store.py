@@ -2,11 +2,13 @@
 
 Layout (one group)::
 
-    landmarks   (E, C, 478, 2) float32, NaN where no face   one chunk per expression
-    detected    (E, C) bool                                 one chunk
-    confidence  (E, C) float32                              one chunk
-    mirror_nme  (E, C) float32, NaN where not computed      one chunk
-    image_size  (E, C, 2) int32 (width, height)             one chunk
+    landmarks   (E, C, 478, 2) float32, NaN where no face
+    detected    (E, C) bool
+    confidence  (E, C) float32
+    mirror_nme  (E, C) float32, NaN where not computed
+    image_size  (E, C, 2) int32 (width, height)
+
+(one chunk per expression, written by ``capture_schema.array_store``).
 
 The group attributes name the session, the grid order, the pixel convention and
 the detector. The store is built in a temporary sibling folder and renamed into
@@ -20,9 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from capture_schema.atomic import atomic_directory
+from capture_schema.array_store import read_array_group, write_array_group
 from fitting.landmarks import N_LANDMARKS, SessionLandmarks
 
 FORMAT = "o2a.landmarks/1"
@@ -36,9 +36,6 @@ class LandmarkStoreError(ValueError):
 
 def write_landmarks_zarr(landmarks: SessionLandmarks, path: str | os.PathLike[str]) -> None:
     """Write (or atomically replace) the store at ``path``."""
-    import zarr
-
-    n_expr, n_cam = len(landmarks.expressions), len(landmarks.cameras)
     attributes = {
         "format": FORMAT,
         "session_id": landmarks.session_id,
@@ -49,33 +46,21 @@ def write_landmarks_zarr(landmarks: SessionLandmarks, path: str | os.PathLike[st
         "detector": landmarks.detector,
         "mirror": bool(landmarks.mirror),
     }
-    chunks = {"landmarks": (1, n_cam, N_LANDMARKS, 2), "detected": (n_expr, n_cam), "confidence": (n_expr, n_cam),
-              "mirror_nme": (n_expr, n_cam), "image_size": (n_expr, n_cam, 2)}
-    fill = {"landmarks": np.nan, "detected": False, "confidence": 0.0, "mirror_nme": np.nan, "image_size": 0}
-    with atomic_directory(path) as tmp:
-        group = zarr.create_group(store=str(tmp), zarr_format=3, attributes=attributes, overwrite=True)
-        for name in _ARRAYS:
-            data = getattr(landmarks, name)
-            array = group.create_array(name, shape=data.shape, chunks=chunks[name], dtype=data.dtype,
-                                       fill_value=fill[name], write_data=True)
-            array[...] = data
+    write_array_group(path, {name: getattr(landmarks, name) for name in _ARRAYS}, attributes)
 
 
 def read_landmarks_zarr(path: str | os.PathLike[str]) -> SessionLandmarks:
     """Read a store written by ``write_landmarks_zarr``."""
-    import zarr
-
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise LandmarkStoreError(f"{path}: no landmark store here (zarr.json missing); run landmark detection first")
     try:
-        group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
-        attrs = dict(group.attrs)
+        arrays, attrs = read_array_group(path)
         if attrs.get("format") != FORMAT:
             raise LandmarkStoreError(f"{path}: not a landmark store (format {attrs.get('format')!r}, expected {FORMAT!r})")
-        arrays = {name: group[name][...] for name in _ARRAYS}
         return SessionLandmarks(attrs["session_id"], tuple(attrs["expressions"]), tuple(attrs["cameras"]),
-                                mirror=bool(attrs["mirror"]), detector=str(attrs["detector"]), **arrays)
+                                mirror=bool(attrs["mirror"]), detector=str(attrs["detector"]),
+                                **{name: arrays[name] for name in _ARRAYS})
     except LandmarkStoreError:
         raise
     except (KeyError, ValueError, TypeError, OSError) as exc:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 #: A nominal lens for photographs without calibration: focal length = the longer image side (~53 deg).
 NOMINAL_FOCAL_PER_SIDE = 1.0
+FIT_FORMAT = "o2a.face_fit/1"
 
 
 @dataclass
@@ -121,6 +122,7 @@ def write_session_fit(session_fit: SessionFit, path: str | os.PathLike[str]) -> 
         "n_views": fit.n_views.astype(np.int16),
     }
     attrs = {
+        "format": FIT_FORMAT,
         "session_id": session_fit.session_id,
         "expressions": list(session_fit.expressions),
         "cameras": list(session_fit.cameras),
@@ -135,6 +137,8 @@ def write_session_fit(session_fit: SessionFit, path: str | os.PathLike[str]) -> 
 def read_session_fit(path: str | os.PathLike[str]) -> SessionFit:
     """Inverse of ``write_session_fit``."""
     arrays, attrs = read_array_group(path)
+    if attrs.get("format") != FIT_FORMAT:
+        raise ValueError(f"{path} is not a face-fit store (format {attrs.get('format')!r}, expected {FIT_FORMAT!r})")
     fit = FrameFit(
         model_name=attrs["model"],
         identity=arrays["identity"],
