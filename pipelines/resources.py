@@ -1,7 +1,8 @@
 """Where captures come from and where derived artefacts go, as Dagster resources.
 
-Both are configured per deployment (``O2A_CAPTURES_ROOT``, ``O2A_STORAGE_URL``),
-never hard-coded; the defaults point under ``./workspace_data``.
+All are configured per deployment (``O2A_CAPTURES_ROOT``, ``O2A_STORAGE_URL``,
+``O2A_FACE_MODEL*``), never hard-coded; the defaults point under ``./workspace_data``
+and use the built-in face model.
 """
 
 from __future__ import annotations
@@ -48,16 +49,6 @@ class StorageResource(dg.ConfigurableResource):
         return Storage(self.url)
 
 
-def default_resources() -> dict[str, dg.ConfigurableResource]:
-    return {
-        "captures": CapturesResource(root=os.environ.get("O2A_CAPTURES_ROOT", DEFAULT_CAPTURES_ROOT)),
-        "storage": StorageResource(url=os.environ.get("O2A_STORAGE_URL", DEFAULT_STORAGE_URL)),
-        "face_model": FaceModelResource(kind=os.environ.get("O2A_FACE_MODEL", "builtin"),
-                                        path=os.environ.get("O2A_FACE_MODEL_PATH", ""),
-                                        embedding=os.environ.get("O2A_FACE_MODEL_EMBEDDING", "")),
-    }
-
-
 class FaceModelResource(dg.ConfigurableResource):
     """Which morphable model the fitting uses: ``builtin`` (default), ``ict`` or ``flame``.
 
@@ -73,3 +64,14 @@ class FaceModelResource(dg.ConfigurableResource):
         from fitting.face_models import load_face_model
 
         return load_face_model(self.kind, self.path or None, self.embedding or None)
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    return {
+        "captures": CapturesResource(root=os.environ.get("O2A_CAPTURES_ROOT", DEFAULT_CAPTURES_ROOT)),
+        "storage": StorageResource(url=os.environ.get("O2A_STORAGE_URL", DEFAULT_STORAGE_URL)),
+        "face_model": FaceModelResource(kind=os.environ.get("O2A_FACE_MODEL", "builtin"),
+                                        path=os.environ.get("O2A_FACE_MODEL_PATH", ""),
+                                        embedding=os.environ.get("O2A_FACE_MODEL_EMBEDDING", "")),
+    }
+

@@ -14,7 +14,7 @@ import dagster as dg
 
 from pipelines.definitions import SESSION_ASSETS, session_job
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
-from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
+from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def run_all_sessions(
     found = sync_partitions(instance, captures)
     job = dg.Definitions(
         assets=SESSION_ASSETS, jobs=[session_job], resources={"captures": captures, "storage": storage,
-                                                      "face_model": face_model or FaceModelResource()}
+                                                      "face_model": face_model or default_resources()["face_model"]}
     ).resolve_job_def(session_job.name)
     runs = []
     for sid in session_ids or found:

@@ -55,17 +55,23 @@ def face_fits(
     """Identity, per-frame expression and head pose, posed vertices, and per-view reprojection error."""
     from fitting.fit_overlay import draw_fit_overlay
     from fitting.landmarks import read_image_rgb, read_landmarks_zarr, session_image_path
-    from fitting.session_fit import fit_session, fit_views_table, overlay_view, write_session_fit
+    from fitting.session_fit import FitInputError, fit_session, fit_views_table, overlay_view, write_session_fit
 
     session_id = context.partition_key
     store = storage.storage()
     calibration = read_session_calibration(store, session_id)
     with store.local_directory(f"{landmarks_relpath(session_id)}/landmarks.zarr") as path:
         landmarks = read_landmarks_zarr(path)
-    model = face_model.load()
+    try:
+        model = face_model.load()
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
     context.log.info(f"fitting {model.name} ({model.n_identity} identity, {model.n_expression} expression "
                      f"coefficients) to {int(landmarks.detected.sum())} views")
-    result = fit_session(model, landmarks, calibration)
+    try:
+        result = fit_session(model, landmarks, calibration)
+    except FitInputError as exc:
+        raise dg.Failure(f"session {session_id}: {exc}") from None
     fit = result.fit
     e, c = overlay_view(result, calibration.cameras)
     image = read_image_rgb(session_image_path(captures.session_dir(session_id), result.expressions[e],
