@@ -66,6 +66,16 @@ def test_landmark_and_fit_assets_materialise_with_checks(sim_dataset, tmp_path: 
         "used", "outlier", "not_detected", "frame_not_fitted"}
     assert (storage / "face_fits" / key / "overlay.png").stat().st_size > 1000
 
+    # A face model that cannot be loaded fails the step with the reason, not a traceback.
+    broken = dg.materialize(
+        [face_fits], partition_key=key, instance=instance, raise_on_error=False,
+        resources={"captures": CapturesResource(root=str(sim_dataset.captures_root)),
+                   "storage": StorageResource(url=f"file://{storage}"),
+                   "face_model": FaceModelResource(kind="ict", path=str(tmp_path / "no_ict_here"))})
+    assert not broken.success
+    failure = next(e for e in broken.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "could not be loaded" in failure.step_failure_data.error.message
+
     # A threshold no fit can meet fails the blocking check (and so stops downstream assets).
     strict = _materialize(instance, sim_dataset, tmp_path / "strict", key, max_rmse_px=0.01)
     checks = {e.check_name: e.passed for e in strict.get_asset_check_evaluations()}
