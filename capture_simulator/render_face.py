@@ -178,10 +178,11 @@ def skin_color(model: MorphableModel, texture: np.ndarray) -> np.ndarray:
 
 
 def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance, expression: np.ndarray,
-           rotation: np.ndarray | None, translation: np.ndarray | None) -> tuple[np.ndarray, ...]:
+           rotation: np.ndarray | None, translation: np.ndarray | None,
+           shape: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """World-space vertices, triangles, per-face material, per-vertex surface
     coordinates (texture u, v and mouth depth 0..1) and per-vertex colour."""
-    face = model.vertices(appearance.identity, expression)
+    face = _face(model, appearance, expression, shape)
     extra, extra_tris, hair = head_mesh(face, model.skin_faces)
     R, t = _pose(rotation, translation)
     verts = np.concatenate([face, extra]) @ R.T + t
@@ -196,6 +197,18 @@ def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppear
     mouth_v[list(mm.LIPS_UPPER_INNER[1:-1])] = 0.0
     mouth_v[list(mm.LIPS_LOWER_INNER[1:-1])] = 1.0
     return verts, faces, material, np.concatenate([uv, mouth_v], axis=1), color
+
+
+def _face(model: MorphableModel, appearance: SubjectAppearance, expression: np.ndarray | None,
+          shape: np.ndarray | None) -> np.ndarray:
+    """The unposed face (478, 3): ``shape`` where given (another model drives the
+    positions, see ``face_source``), else the model's own vertices."""
+    if shape is None:
+        return model.vertices(appearance.identity, expression)
+    shape = np.asarray(shape, dtype=np.float64)
+    if shape.shape != model.template.shape:
+        raise ValueError(f"shape must be {model.template.shape} like the model's template, got {shape.shape}")
+    return shape
 
 
 def _camera_pixels(camera: Camera, verts: np.ndarray, supersample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,12 +228,17 @@ def _background(height: int, width: int) -> np.ndarray:
 
 def render_view(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance,
                 expression_coeffs: np.ndarray, head_rotation: np.ndarray | None,
-                head_translation: np.ndarray | None, camera: Camera, supersample: int = 2) -> np.ndarray:
-    """One RGB uint8 image (H, W, 3) of the subject from ``camera`` (``supersample``^2 samples a pixel)."""
+                head_translation: np.ndarray | None, camera: Camera, supersample: int = 2,
+                shape: np.ndarray | None = None) -> np.ndarray:
+    """One RGB uint8 image (H, W, 3) of the subject from ``camera`` (``supersample``^2 samples a pixel).
+
+    ``shape`` (478, 3), unposed model frame, replaces ``model.vertices(identity, expression)``
+    (``expression_coeffs`` is then unused): the topology, uv and labels stay the model's.
+    """
     if supersample < 1:
         raise ValueError("supersample must be >= 1")
     verts, faces, material, surface, color = _scene(model, texture, appearance, expression_coeffs,
-                                                    head_rotation, head_translation)
+                                                    head_rotation, head_translation, shape)
     s = int(supersample)
     H, W = camera.height * s, camera.width * s
     xy, depth = _camera_pixels(camera, verts, s)
@@ -278,18 +296,21 @@ def _sample(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
 
 def project_landmarks(model: MorphableModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
                       head_rotation: np.ndarray | None, head_translation: np.ndarray | None,
-                      camera: Camera) -> np.ndarray:
-    """Ground-truth 2D landmarks (478, 2) in ``camera``'s distorted pixel coordinates."""
+                      camera: Camera, shape: np.ndarray | None = None) -> np.ndarray:
+    """Ground-truth 2D landmarks (478, 2) in ``camera``'s distorted pixel coordinates
+    (of ``shape`` where given, as in ``render_view``)."""
     R, t = _pose(head_rotation, head_translation)
-    return camera.project(model.vertices(appearance.identity, expression_coeffs, R, t))
+    if shape is None:
+        return camera.project(model.vertices(appearance.identity, expression_coeffs, R, t))
+    return camera.project(_face(model, appearance, None, shape) @ R.T + t)
 
 
 def landmark_visibility(model: MorphableModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
                         head_rotation: np.ndarray | None, head_translation: np.ndarray | None,
-                        camera: Camera, tolerance_m: float = 0.004) -> np.ndarray:
+                        camera: Camera, tolerance_m: float = 0.004, shape: np.ndarray | None = None) -> np.ndarray:
     """Which landmarks (478,) are unoccluded in ``camera``: depth within ``tolerance_m`` of the z-buffer."""
     verts, faces, _, _, _ = _scene(model, np.zeros((1, 1, 3), np.uint8), appearance, expression_coeffs,
-                                   head_rotation, head_translation)
+                                   head_rotation, head_translation, shape)
     xy, depth = _camera_pixels(camera, verts, 1)
     raster = rasterize(xy, depth, faces, camera.width, camera.height)
     n = model.template.shape[0]

@@ -4,6 +4,13 @@
 pipeline step runs on it unchanged; ``OUT/ground_truth/<session_id>/`` holds what
 no real capture has (true cameras, morphable-model parameters, 2D landmarks) for
 tests and evaluation. Deterministic for a seed: same seed, same bytes.
+
+A ``FaceSource`` (``capture_simulator.face_source``) says which model shapes the
+subjects: the built-in one (default) or ICT-FaceKit. ``frames.json`` names it
+(``face_model``) and holds identity and per-frame expression coefficients in that
+model's spaces, with the head pose mapping its model frame to the world, so
+``face_source.model.vertices(identity, expression, R, t)`` is the true mesh;
+``landmarks_2d.npz`` holds the projected 478 points of the drawn face.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from capture_schema.layout import (
 )
 from capture_schema.session import SessionInfo, write_session
 from capture_simulator.board_render import DEFAULT_BOARD, DEFAULT_N_BOARD_POSES, board_poses, render_board_view
+from capture_simulator.face_source import BuiltinFaceSource, FaceSource
 from capture_simulator.render_face import project_landmarks, render_view
 from capture_simulator.rig import default_rig
-from capture_simulator.subjects import SubjectAppearance, sample_subject
+from capture_simulator.subjects import SubjectAppearance
 from fitting.morphable_model import load_default_model, load_default_texture
 
 JPEG_QUALITY = 95
@@ -83,23 +91,26 @@ def render_calibration_captures(
 
 def _simulate_subject(args: tuple) -> dict:
     """Render one session's 13 x 13 grid; returns encoded images and ground truth (picklable)."""
-    index, seed, rig = args
-    model, texture = load_default_model(), load_default_texture()
+    index, seed, rig, source = args
+    source = source or BuiltinFaceSource()
+    model, texture = load_default_model(), load_default_texture()  # the drawn topology, uv and texture
     rng = np.random.default_rng([seed, 2, index])
-    appearance = sample_subject(rng, model)
+    appearance = source.sample_subject(rng)
     images: dict[tuple[str, str], bytes] = {}
     frames = []
     landmarks = np.zeros((len(DEFAULT_EXPRESSIONS), len(rig), 478, 2))
     for e, expression in enumerate(DEFAULT_EXPRESSIONS):
-        coeffs = model.expression_preset(expression)
-        R, t = _head_pose(rng)
+        coeffs = source.expression_coeffs(expression)
+        shape = source.render_shape(appearance.identity, coeffs)
+        R, t = source.posed(*_head_pose(rng))
         frames.append({"expression": expression, "expression_coeffs": coeffs.tolist(),
                        "head_rotation": R.tolist(), "head_translation": t.tolist()})
         for c, (cam_id, camera) in enumerate(rig.items()):
-            image = render_view(model, texture, appearance, coeffs, R, t, camera)
+            image = render_view(model, texture, appearance, coeffs, R, t, camera, shape=shape)
             images[(expression, cam_id)] = _encode_jpeg_rgb(image)
-            landmarks[e, c] = project_landmarks(model, appearance, coeffs, R, t, camera)
-    return {"index": index, "appearance": appearance, "images": images, "frames": frames, "landmarks": landmarks}
+            landmarks[e, c] = project_landmarks(model, appearance, coeffs, R, t, camera, shape=shape)
+    return {"index": index, "appearance": appearance, "images": images, "frames": frames, "landmarks": landmarks,
+            "face_model": source.name}
 
 
 def _appearance_dict(appearance: SubjectAppearance) -> dict:
@@ -133,6 +144,7 @@ def _write_session(captures_root: Path, gt_root: Path, rendered: dict, rig: dict
     appearance = rendered["appearance"]
     atomic_write_json(gt / "frames.json", {
         "session_id": session_id,
+        "face_model": rendered["face_model"],
         "identity_coeffs": np.asarray(appearance.identity).tolist(),
         "appearance": _appearance_dict(appearance),
         "frames": rendered["frames"],
@@ -156,8 +168,12 @@ def simulate_dataset(
     n_board_poses: int = DEFAULT_N_BOARD_POSES,
     workers: int | None = None,
     progress: bool = False,
+    face_source: FaceSource | None = None,
 ) -> SimulatedDataset:
-    """Simulate ``n_subjects`` sessions (one rig, one shared board capture) under ``out``."""
+    """Simulate ``n_subjects`` sessions (one rig, one shared board capture) under ``out``.
+
+    ``face_source`` shapes the subjects (None: the built-in model, see the module docstring).
+    """
     if n_subjects < 1:
         raise ValueError("n_subjects must be >= 1")
     out = Path(out)
@@ -165,7 +181,7 @@ def simulate_dataset(
     rig = default_rig(size=size, seed=seed)
     calib, poses = render_calibration_captures(rig, board, n_board_poses, seed)
     workers = workers or min(os.cpu_count() or 1, n_subjects, 4)
-    jobs = [(i, seed, rig) for i in range(n_subjects)]
+    jobs = [(i, seed, rig, face_source) for i in range(n_subjects)]
     bar = None
     if progress:
         from tqdm import tqdm
