@@ -77,3 +77,19 @@ FACE_FIT_VIEWS_SCHEMA = pa.schema(
         "view has no detection"
     },
 )
+
+#: One row per sample of the dataset: where it is stored and which split its subject is in.
+DATASET_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("shard_url", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("subject_id", pa.string(), nullable=False),
+        pa.field("session_id", pa.string(), nullable=False),
+        pa.field("expression", pa.string(), nullable=False),
+        pa.field("camera_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("shard_bytes", pa.int64(), nullable=False),
+    ],
+    metadata={"description": "every sample of every session shard; key is session_id/expression/camera_id; "
+              "split (train, validation, test) is a function of subject_id alone"},
+)
