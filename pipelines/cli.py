@@ -224,11 +224,35 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return EXIT_OK if used.any() else EXIT_INVALID
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from training.shard_inspect import inspect_shard
+
+    try:
+        report = inspect_shard(Path(args.shard))
+    except FileNotFoundError as exc:
+        print(f"o2a inspect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for sample in report.samples:
+            members = ", ".join(f"{ext} {size} B" for ext, size in sample.members)
+            status = "ok" if sample.ok else "PROBLEM: " + "; ".join(sample.problems)
+            print(f"{sample.key}  [{members}]  {status}")
+        for problem in report.problems:
+            print(f"shard: {problem}")
+        total = sum(s.bytes for s in report.samples)
+        print(f"{report.path.name}: {len(report.samples)} samples, {total} member bytes, "
+              f"{len(report.bad_samples)} with problems" + (f", {len(report.problems)} shard problem(s)"
+                                                            if report.problems else ""))
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipelines.resources import CapturesResource, StorageResource
-    from pipelines.runner import run_all_sessions
+    from pipelines.runner import build_dataset_index, run_all_sessions
 
     if args.dagster_home:
         home = Path(args.dagster_home).resolve()
@@ -248,6 +272,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     failed = [r for r in runs if not r.success and not r.failed_checks]
     quarantined = [r for r in runs if r.failed_checks]
     print(f"{len(runs) - len(failed) - len(quarantined)} ok, {len(quarantined)} quarantined, {len(failed)} failed")
+    if len(runs) > len(failed) + len(quarantined) and not build_dataset_index(instance, storage):
+        return EXIT_INVALID
     print(f"outputs: {storage.storage().uri('')}")
     return EXIT_INVALID if failed else EXIT_OK
 
@@ -305,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="ICT-FaceKit npz folder or FLAME .pkl")
     p.add_argument("--embedding", help="FLAME mediapipe landmark embedding .npz")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("inspect", help="list and check the samples of one shard (o2a.shard/1 tar)")
+    p.add_argument("shard", help="a .tar shard")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("pipeline", help="run the Dagster pipeline")
     psub = p.add_subparsers(dest="pipeline_command", required=True)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.assets.calibration import camera_calibration
+from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.face_fits import face_fits
 from pipelines.assets.ingest import session_manifest
 from pipelines.assets.landmarks import face_landmarks
+from pipelines.assets.shards import session_shards
 from pipelines.resources import default_resources
 from pipelines.sensors import build_session_sensor
 
 #: Assets computed once per session partition, in dependency order.
-SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fits]
+SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards]
+#: Assets over the whole dataset, materialised after the sessions.
+DATASET_ASSETS = [dataset_index]
 
 session_job = dg.define_asset_job(
     "process_session",
@@ -20,9 +24,15 @@ session_job = dg.define_asset_job(
     description="Everything the pipeline computes for one capture session.",
 )
 
+dataset_job = dg.define_asset_job(
+    "build_dataset_index",
+    selection=dg.AssetSelection.assets(*DATASET_ASSETS),
+    description="Index every sharded session (run after new sessions are sharded).",
+)
+
 defs = dg.Definitions(
-    assets=SESSION_ASSETS,
-    jobs=[session_job],
+    assets=SESSION_ASSETS + DATASET_ASSETS,
+    jobs=[session_job, dataset_job],
     sensors=[build_session_sensor(session_job.name)],
     resources=default_resources(),
 )

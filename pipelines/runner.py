@@ -12,7 +12,7 @@ from typing import Callable
 
 import dagster as dg
 
-from pipelines.definitions import SESSION_ASSETS, session_job
+from pipelines.definitions import DATASET_ASSETS, SESSION_ASSETS, dataset_job, session_job
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
 
@@ -61,3 +61,19 @@ def run_all_sessions(
         status = "ok" if result.success and not failed else f"QUARANTINED (failed checks: {', '.join(failed)})" if failed else "FAILED"
         log(f"  {sid}: {status}")
     return runs
+
+
+def build_dataset_index(instance: dg.DagsterInstance, storage: StorageResource,
+                        log: Callable[[str], None] = print, log_level: str = "INFO") -> bool:
+    """Materialise the dataset-wide assets (the index over every sharded session)."""
+    job = dg.Definitions(assets=DATASET_ASSETS, jobs=[dataset_job],
+                         resources={"storage": storage}).resolve_job_def(dataset_job.name)
+    result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                    run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    if result.success:
+        meta = result.asset_materializations_for_node("dataset_index")[0].metadata
+        log(f"  dataset index: {meta['images'].value} images of {meta['identities'].value} identities, "
+            f"{meta['shards'].value} shards -> {meta['index'].value}")
+    else:
+        log("  dataset index: FAILED (see the run's log)")
+    return result.success

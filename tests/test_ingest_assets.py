@@ -131,6 +131,22 @@ def test_run_all_sessions(captures_root: Path, tmp_path: Path) -> None:
     assert all(r.success and not r.failed_checks for r in runs)
     assert set(instance.get_dynamic_partitions(SESSIONS_PARTITION)) == {r.session_id for r in runs}
 
+    # The dataset index then covers every sharded session, split by subject.
+    import pyarrow.parquet as pq
+
+    from pipelines.runner import build_dataset_index
+    from training.dataset_index import SplitRule
+
+    logged: list[str] = []
+    assert build_dataset_index(instance, StorageResource(url=f"file://{tmp_path / 'derived'}"), log=logged.append)
+    index = pq.read_table(tmp_path / "derived" / "dataset" / "index.parquet").to_pandas()
+    assert len(index) == 169 * len(runs) and index.key.is_unique
+    assert set(index.session_id) == {r.session_id for r in runs}
+    for subject, split in index.groupby("subject_id").split.unique().items():
+        assert list(split) == [SplitRule().split_of(subject)]
+    assert all(Path(url).is_file() for url in index.shard_url.unique())
+    assert "338 images of 2 identities" in logged[0]
+
 
 def test_workspace_code_location_loads() -> None:
     """``dagster dev -w workspace.yaml`` loads the code location the README points at."""

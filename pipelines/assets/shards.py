@@ -1,0 +1,117 @@
+"""``session_shards``: a session's images, cameras, landmarks and fit as webdataset shards.
+
+Thin by design: the work is ``training.shard_writer``. Shards are written to a
+temporary folder and published whole under ``shards/<session_id>/`` (tars plus
+``shards.json``), so a reader sees the previous set or the new one, never a mix.
+"""
+
+import hashlib
+import io
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from capture_schema.ingest import manifest_relpath, quarantine_relpath
+from pipelines.assets.calibration import camera_calibration, read_session_calibration
+from pipelines.assets.face_fits import face_fits, face_fits_relpath
+from pipelines.assets.ingest import session_manifest
+from pipelines.assets.landmarks import face_landmarks, landmarks_relpath
+from pipelines.partitions import sessions_partitions
+from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
+
+SKIPPED_SHOWN = 20
+
+
+class ShardsConfig(dg.Config):
+    """How shards are cut and what each sample carries."""
+
+    max_mb: float = 256.0
+    """A new shard starts before a sample would push the tar past this many MiB."""
+    max_samples: int = 1000
+    """... or past this many samples."""
+    train_resolution: int = 0
+    """Longer side of the training image (train.png) in pixels; 0 = no training image and no mask."""
+    masks: bool = True
+    """With a training image, add a grabCut head mask (mask.png) where the frame has a fit."""
+
+
+def shards_relpath(session_id: str) -> str:
+    return f"shards/{session_id}"
+
+
+@dg.asset(
+    partitions_def=sessions_partitions,
+    deps=[session_manifest, camera_calibration, face_landmarks, face_fits],
+    group_name="training_data",
+    kinds={"webdataset"},
+)
+def session_shards(
+    context: dg.AssetExecutionContext, config: ShardsConfig, captures: CapturesResource,
+    storage: StorageResource, face_model: FaceModelResource,
+) -> dg.MaterializeResult:
+    """One webdataset sample per image (original bytes + camera, landmarks and 3DMM fit as JSON)."""
+    import pyarrow.parquet as pq
+
+    from fitting.landmarks import read_landmarks_zarr
+    from fitting.session_fit import read_session_fit
+    from training.shard_writer import ShardConfig, ShardInputError, session_samples, write_session_shards
+
+    session_id = context.partition_key
+    store = storage.storage()
+    if store.exists(quarantine_relpath(session_id)):
+        raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(quarantine_relpath(session_id))}); "
+                         "fix it and re-materialise session_manifest first")
+    shard_config = ShardConfig(max_bytes=int(config.max_mb * 2**20), max_samples=config.max_samples,
+                               train_resolution=config.train_resolution or None, masks=config.masks)
+    try:
+        manifest = pq.read_table(io.BytesIO(store.read_bytes(manifest_relpath(session_id))))
+        with store.local_directory(f"{landmarks_relpath(session_id)}/landmarks.zarr") as path:
+            landmarks = read_landmarks_zarr(path)
+        with store.local_directory(f"{face_fits_relpath(session_id)}/fit.zarr") as path:
+            fit = read_session_fit(path)
+    except FileNotFoundError as exc:
+        raise dg.Failure(f"session {session_id}: an input is missing ({exc}); materialise session_manifest, "
+                         "face_landmarks and face_fits first") from None
+    calibration = read_session_calibration(store, session_id)
+    faces = None
+    if shard_config.train_resolution and shard_config.masks:
+        try:
+            model = face_model.load()
+        except (OSError, ValueError) as exc:
+            raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+        if model.name != fit.fit.model_name:
+            raise dg.Failure(f"the fit was made with model {fit.fit.model_name!r} but the face_model resource is "
+                             f"{model.name!r}; configure the same model for both")
+        faces = model.faces
+
+    def progress(done: int) -> None:
+        if done % 50 == 0:
+            context.log.info(f"{session_id}: {done} samples written")
+
+    try:
+        samples = session_samples(captures.session_dir(session_id), calibration, landmarks, fit, manifest,
+                                  config=shard_config, faces=faces)
+        with tempfile.TemporaryDirectory() as tmp:
+            shard_set = write_session_shards(samples, Path(tmp), session_id, shard_config, progress=progress)
+            store.put_directory(tmp, shards_relpath(session_id))
+    except ShardInputError as exc:
+        raise dg.Failure(f"session {session_id}: {exc}") from None
+    skipped = [f"- {s.key}: {s.reason}" for s in shard_set.skipped]
+    if skipped:
+        context.log.warning(f"{session_id}: {len(skipped)} image(s) left out of the shards")
+    if len(skipped) > SKIPPED_SHOWN:
+        skipped = skipped[:SKIPPED_SHOWN] + [f"- ... and {len(skipped) - SKIPPED_SHOWN} more (see shards.json)"]
+    target = shards_relpath(session_id)
+    return dg.MaterializeResult(
+        metadata={
+            "shards": len(shard_set.shards),
+            "samples": shard_set.n_samples,
+            "total_mb": round(shard_set.total_bytes / 1e6, 3),
+            "skipped_samples": len(shard_set.skipped),
+            "skipped": dg.MetadataValue.md("\n".join(skipped) or "none"),
+            "shards_json": dg.MetadataValue.path(store.uri(f"{target}/shards.json")),
+            "train_resolution": config.train_resolution,
+        },
+        data_version=dg.DataVersion(hashlib.sha256("".join(s.sha256 for s in shard_set.shards).encode()).hexdigest()[:16]),
+    )

@@ -1,0 +1,325 @@
+"""Session shards (o2a.shard/1): real tars on disk, read back byte for byte, checked by ``o2a inspect``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import cv2
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from capture_schema.ingest import ingest_session
+from capture_schema.storage import Storage
+from conftest import sim_ground_truth
+from pipelines.cli import main
+from training.shard_inspect import inspect_shard
+from training.shard_writer import ShardConfig, ShardSample, session_samples, write_session_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def session(sim_dataset, sim_landmarks, tmp_path_factory):
+    """The first simulated session with its true calibration, manifest, landmarks and a fit."""
+    from fitting.face_models import load_face_model
+    from fitting.session_fit import fit_session
+
+    sid = sim_dataset.session_ids[0]
+    session_dir = sim_dataset.captures_root / sid
+    calibration = sim_ground_truth(sim_dataset)["calibration"]
+    ingest = ingest_session(session_dir, Storage(f"file://{tmp_path_factory.mktemp('derived')}"))
+    model = load_face_model()
+    return {"sid": sid, "dir": session_dir, "calibration": calibration, "manifest": pq.read_table(ingest.manifest_uri),
+            "landmarks": sim_landmarks, "fit": fit_session(model, sim_landmarks, calibration), "faces": model.faces}
+
+
+def _write(session, out: Path, config: ShardConfig = ShardConfig(), *, fit=True, manifest=True, session_dir=None):
+    samples = session_samples(session_dir or session["dir"], session["calibration"], session["landmarks"],
+                              session["fit"] if fit else None, session["manifest"] if manifest else None,
+                              config=config, faces=session["faces"])
+    return write_session_shards(samples, out, session["sid"], config)
+
+
+def _read_tars(paths: list[Path]) -> tuple[list[str], dict[str, dict[str, bytes]]]:
+    """Sample keys in tar order and their members; asserts members of a key are contiguous and sorted."""
+    keys, samples = [], {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                assert (m.uid, m.gid, m.uname, m.gname, m.mode, m.mtime) == (0, 0, "o2a", "o2a", 0o444, 0)
+                folder, _, base = m.name.rpartition("/")
+                key, ext = f"{folder}/{base.split('.', 1)[0]}", base.split(".", 1)[1]
+                if not keys or keys[-1] != key:
+                    assert key not in samples, f"{key}: members not contiguous"
+                    keys.append(key)
+                    samples[key] = {}
+                samples[key][ext] = tar.extractfile(m).read()
+    for members in samples.values():
+        assert list(members) == sorted(members)
+    return keys, samples
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shards_round_trip_every_byte_and_field(session, tmp_path: Path) -> None:
+    import webdataset as wds
+
+    from capture_schema.session import read_session
+
+    shard_set = _write(session, tmp_path / "out", ShardConfig(max_samples=60))
+    assert [s.n_samples for s in shard_set.shards] == [60, 60, 49] and not shard_set.skipped
+    index = json.loads(shard_set.index_path.read_text())
+    assert index["shards"] == [s.to_dict() for s in shard_set.shards]
+    assert all(_sha(p) == s.sha256 and p.stat().st_size == s.bytes for p, s in zip(shard_set.paths, shard_set.shards))
+
+    keys, samples = _read_tars(shard_set.paths)
+    info = read_session(session["dir"])[0]
+    assert keys == [f"{session['sid']}/{e}/{c}" for e in info.expressions for c in info.cameras]
+    assert [k for shard in index["shards"] for k in shard["keys"]] == keys
+    assert (index["session_id"], index["subject_id"], index["expressions"], index["cameras"], index["skipped"]) == (
+        session["sid"], info.subject_id, list(info.expressions), list(info.cameras), [])
+    lm, fit, manifest = session["landmarks"], session["fit"].fit, session["manifest"].to_pylist()
+    by_cell = {(r["expression"], r["camera_id"]): r for r in manifest}
+    for key in keys:
+        _, e, c = key.split("/")
+        i, j = info.expressions.index(e), info.cameras.index(c)
+        members = samples[key]
+        assert set(members) == {"jpg", "json"}
+        assert members["jpg"] == (session["dir"] / "images" / e / f"{c}.jpg").read_bytes()
+        record = json.loads(members["json"])
+        assert members["json"] == json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        assert (record["format"], record["subject_id"], record["session_id"], record["expression"],
+                record["camera_id"]) == ("o2a.shard/1", info.subject_id, session["sid"], e, c)
+        row = by_cell[(e, c)]
+        assert record["image"] == {"format": "jpg", "member": "jpg", "width": row["width"], "height": row["height"],
+                                   "sha256": hashlib.sha256(members["jpg"]).hexdigest()} and row["sha256"] == \
+            record["image"]["sha256"]
+        assert record["camera"] == session["calibration"].cameras[c].to_dict()
+        assert record["fit"]["identity"] == fit.identity.tolist()
+        assert record["fit"]["expression"] == fit.expression[i].tolist()
+        assert record["fit"]["rotation"] == fit.rotation[i].tolist()
+        assert record["fit"]["translation"] == fit.translation[i].tolist()
+        assert (record["fit"]["model"], record["fit"]["frame_status"], record["fit"]["view_status"]) == (
+            fit.model_name, fit.frame_status[i], fit.view_status[i, j])
+        rmse = fit.view_rmse_px[i, j]
+        assert record["fit"]["rmse_px"] == (float(rmse) if np.isfinite(rmse) else None)
+        block = record["landmarks"]
+        assert block["detected"] == bool(lm.detected[i, j])
+        assert np.float32(block["confidence"]) == lm.confidence[i, j]
+        if block["detected"]:
+            assert np.array_equal(np.asarray(block["points"], np.float32), lm.landmarks[i, j])
+        assert record["train"] is None
+
+    # The loader's reader sees the same keys and members.
+    seen = [(s["__key__"], sorted(k for k in s if not k.startswith("__")))
+            for s in wds.WebDataset([str(p) for p in shard_set.paths], shardshuffle=False)]
+    assert seen == [(k, ["jpg", "json"]) for k in keys]
+
+
+def test_two_runs_give_identical_bytes_and_a_shorter_rerun_leaves_no_stale_shard(session, tmp_path: Path) -> None:
+    config = ShardConfig(max_samples=60, train_resolution=64)
+    first, second = _write(session, tmp_path / "a", config), _write(session, tmp_path / "b", config)
+    assert [s.sha256 for s in first.shards] == [s.sha256 for s in second.shards]
+    assert [_sha(p) for p in first.paths] == [_sha(p) for p in second.paths] == [s.sha256 for s in first.shards]
+    assert first.index_path.read_bytes() == second.index_path.read_bytes()
+
+    again = _write(session, tmp_path / "a", ShardConfig(max_samples=100, train_resolution=64))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        [s.name for s in again.shards] + ["shards.json"])
+    assert len(again.shards) == 2 and again.n_samples == 169
+
+
+def _failing(samples, after: int):
+    for n, sample in enumerate(samples):
+        if n == after:
+            raise RuntimeError("writer interrupted")
+        yield sample
+
+
+def test_interrupted_run_keeps_the_previous_set_intact(session, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    old = _write(session, out, ShardConfig(max_samples=50))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    samples = session_samples(session["dir"], session["calibration"], manifest=session["manifest"])
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_session_shards(_failing(samples, 120), out, session["sid"], ShardConfig(max_samples=30))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .tmp left, old shards and index as they were
+    assert [s["name"] for s in json.loads((out / "shards.json").read_text())["shards"]] == [s.name for s in old.shards]
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    from training.shard_writer import ShardConfig, ShardSample, write_session_shards
+
+    out, n, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+    def samples():
+        for i in range(n):
+            if i == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield ShardSample(f"sess/e{i:03d}/cam", {"bin": bytes([i % 251]) * (3000 + i), "json": b"{}"})
+
+    write_session_shards(samples(), out, "sess", ShardConfig(max_samples=10))
+""")
+
+
+def test_killed_writer_leaves_no_visible_partial_shard(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def run(n: int, kill_at: int) -> int:
+        return subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out), str(n), str(kill_at)],
+                              cwd=REPO, capture_output=True).returncode
+
+    assert run(45, -1) == 0
+    before = {p.name: _sha(p) for p in out.iterdir()}
+    assert sorted(before) == [f"sess-{i:06d}.tar" for i in range(5)] + ["shards.json"]
+    assert run(60, 35) == -9  # SIGKILL after three new shards were closed and while the fourth was open
+    leftovers = sorted(p.name for p in out.glob(".*.tmp"))
+    assert leftovers == [f".sess-{i:06d}.tar.tmp" for i in range(4)]
+    assert {p.name: _sha(p) for p in out.iterdir() if not p.name.startswith(".")} == before
+    index = json.loads((out / "shards.json").read_text())
+    assert all(_sha(out / s["name"]) == s["sha256"] for s in index["shards"])
+    assert all(inspect_shard(p).samples for p in sorted(out.glob("*.tar")))
+
+    assert run(60, -1) == 0  # the next run clears the temporaries
+    assert sorted(p.name for p in out.iterdir()) == [f"sess-{i:06d}.tar" for i in range(6)] + ["shards.json"]
+
+
+def test_size_bounds(session, tmp_path: Path) -> None:
+    by_count = _write(session, tmp_path / "count", ShardConfig(max_samples=50))
+    assert [s.n_samples for s in by_count.shards] == [50, 50, 50, 19]
+    max_bytes = 300_000
+    by_size = _write(session, tmp_path / "size", ShardConfig(max_bytes=max_bytes))
+    sizes = [p.stat().st_size for p in by_size.paths]
+    assert len(sizes) >= 10 and max(sizes) <= max_bytes and sizes == [s.bytes for s in by_size.shards]
+    assert by_size.n_samples == 169
+    # Greedy: each shard (but the last) would have overflowed with the next sample.
+    assert all(size + 26_000 > max_bytes for size in sizes[:-1])
+    # A sample bigger than the bound still gets a shard, alone.
+    big = [ShardSample(f"s/e/c{i}", {"bin": b"x" * 5000, "json": b"{}"}) for i in range(3)]
+    alone = write_session_shards(big, tmp_path / "big", "s", ShardConfig(max_bytes=4096))
+    assert [s.n_samples for s in alone.shards] == [1, 1, 1]
+
+
+def test_train_image_and_mask_cover_the_head(session, sim_dataset, tmp_path: Path) -> None:
+    config = ShardConfig(train_resolution=128)
+    keys, samples = _read_tars(_write(session, tmp_path / "out", config).paths)
+    truth = sim_ground_truth(sim_dataset)["landmarks_2d"]  # (E, C, 478, 2) at 512 px
+    for key in keys:
+        members, record = samples[key], json.loads(samples[key]["json"])
+        assert set(members) == {"jpg", "json", "train.png", "mask.png"}
+        assert record["train"] == {"resolution": 128, "member": "train.png", "mask_member": "mask.png",
+                                   "width": 128, "height": 128, "scale": 0.25}
+        train = cv2.imdecode(np.frombuffer(members["train.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imdecode(np.frombuffer(members["mask.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert train.shape == (128, 128, 3) and mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
+        assert not mask[:8, :8].any() and not mask[:8, -8:].any() and not mask[-4:, :8].any()
+        assert 0.03 < (mask > 0).mean() < 0.4
+    # The frontal view: the true landmarks lie inside the mask (those on the jaw outline, at the
+    # silhouette itself, within one pixel of it at 128 px).
+    mask = cv2.imdecode(np.frombuffer(samples[f"{session['sid']}/neutral/mid_C00"]["mask.png"], np.uint8), 0)
+    pts = np.round((truth[0, 0] + 0.5) * 128 / 512 - 0.5).astype(int)
+    assert (mask[pts[:, 1], pts[:, 0]] == 255).mean() > 0.98
+    assert (cv2.dilate(mask, np.ones((3, 3), np.uint8))[pts[:, 1], pts[:, 0]] == 255).all()
+
+    # Without a fit there is a training image but no mask.
+    _, plain = _read_tars(_write(session, tmp_path / "nofit", config, fit=False).paths)
+    record = json.loads(plain[keys[0]]["json"])
+    assert set(plain[keys[0]]) == {"jpg", "json", "train.png"} and record["train"]["mask_member"] is None
+    assert record["fit"] is None
+
+
+def test_missing_image_is_skipped_and_reported(session, session_copy: Path, tmp_path: Path) -> None:
+    (session_copy / "images" / "smile" / "up_L30.jpg").unlink()
+    key = f"{session['sid']}/smile/up_L30"
+    for use_manifest in (False, True):
+        out = tmp_path / f"out{use_manifest}"
+        shard_set = _write(session, out, session_dir=session_copy, manifest=use_manifest)
+        assert shard_set.n_samples == 168 and [s.key for s in shard_set.skipped] == [key]
+        assert "missing" in shard_set.skipped[0].reason
+        assert json.loads((out / "shards.json").read_text())["skipped"][0]["key"] == key
+        assert key not in _read_tars(shard_set.paths)[0]
+
+
+def test_inspect_cli_passes_a_good_shard_and_names_a_corrupt_sample(session, tmp_path: Path, capsys) -> None:
+    shard_set = _write(session, tmp_path / "out", ShardConfig(max_samples=20, train_resolution=64))
+    good = shard_set.paths[0]
+    assert main(["inspect", str(good)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 21 and all(line.endswith("ok") for line in lines[:-1]) and "0 with problems" in lines[-1]
+
+    bad = tmp_path / "bad.tar"
+    data = bytearray(good.read_bytes())
+    key = f"{session['sid']}/neutral/mid_R30"
+    with tarfile.open(good) as tar:
+        start = tar.getmember(f"{key}.jpg").offset_data
+    data[start:start + 64] = bytes(64)  # destroy the JPEG header
+    bad.write_bytes(bytes(data))
+    assert main(["inspect", str(bad)]) == 1
+    out = capsys.readouterr().out
+    problem_lines = [line for line in out.splitlines() if "PROBLEM" in line]
+    assert len(problem_lines) == 1 and problem_lines[0].startswith(key) and "does not decode" in problem_lines[0]
+    assert main(["inspect", str(bad), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and [s["key"] for s in report["samples"] if s["problems"]] == [key]
+    assert main(["inspect", str(tmp_path / "missing.tar")]) == 2
+
+
+def test_inspect_reports_scattered_members(tmp_path: Path) -> None:
+    import io
+
+    path = tmp_path / "scattered.tar"
+    with tarfile.open(path, "w") as tar:
+        for name in ("s/e/a.json", "s/e/b.json", "s/e/a.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    report = inspect_shard(path)
+    assert [s.key for s in report.samples] == ["s/e/a", "s/e/b"] and not report.ok
+    assert any("not contiguous" in p for p in report.samples[0].problems)
+    assert any("format" in p for p in report.samples[1].problems)
+
+
+def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
+    from pipelines.assets.calibration import camera_calibration
+    from pipelines.assets.face_fits import face_fits
+    from pipelines.assets.ingest import session_manifest
+    from pipelines.assets.landmarks import face_landmarks
+    from pipelines.assets.shards import session_shards
+    from pipelines.partitions import SESSIONS_PARTITION
+    from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
+
+    instance = dg.DagsterInstance.ephemeral()
+    key = sim_dataset.session_ids[1]
+    instance.add_dynamic_partitions(SESSIONS_PARTITION, [key])
+    storage = tmp_path / "derived"
+    result = dg.materialize(
+        [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards],
+        partition_key=key, instance=instance, raise_on_error=False,
+        resources={"captures": CapturesResource(root=str(sim_dataset.captures_root)),
+                   "storage": StorageResource(url=f"file://{storage}"), "face_model": FaceModelResource()},
+        run_config={"ops": {"face_landmarks": {"config": {"workers": 2}},
+                            "session_shards": {"config": {"max_samples": 100, "train_resolution": 64}}}},
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("session_shards")[0].metadata
+    assert (meta["shards"].value, meta["samples"].value, meta["skipped_samples"].value) == (2, 169, 0)
+    folder = storage / "shards" / key
+    assert meta["shards_json"].value == str(folder / "shards.json")
+    index = json.loads((folder / "shards.json").read_text())
+    assert [s["name"] for s in index["shards"]] == [f"{key}-000000.tar", f"{key}-000001.tar"]
+    for shard in index["shards"]:
+        report = inspect_shard(folder / shard["name"])
+        assert report.ok and len(report.samples) == shard["n_samples"]
+        assert _sha(folder / shard["name"]) == shard["sha256"]
+    assert sum(ext == "mask.png" for s in report.samples for ext, _ in s.members) > 0

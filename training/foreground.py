@@ -1,0 +1,102 @@
+"""Training images and head masks: the fitted mesh tells grabCut where the head is.
+
+``train_members`` makes a sample's ``train.png`` (the image resized so its longer
+side is the training resolution, INTER_AREA) and ``mask.png`` (0/255 at the same size).
+
+The fitted 3DMM covers the face only (forehead to chin), so its projected
+silhouette is grown by ``DILATE_FRACTION`` of the face size to reach the hair and
+the back of the head, and marked *probable* foreground; a band along the image
+border is *sure* background and everything else *probable* background. grabCut
+then settles the boundary from the colours. Its k-means initialisation draws from
+OpenCV's per-thread RNG, so the RNG is seeded before every call: the same image
+and fit always give the same mask bytes.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from capture_schema.cameras import Camera
+
+PNG_COMPRESSION = 3  # a fixed zlib level: PNG bytes are reproducible
+DILATE_FRACTION = 0.15
+BORDER_FRACTION = 0.03
+GRABCUT_ITERATIONS = 5
+RNG_SEED = 0
+_SHIFT = 4  # fixed-point bits for sub-pixel polygon filling
+
+
+def silhouette(camera: Camera, vertices: np.ndarray, faces: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) mask (0/1) of the mesh projected through ``camera``, drawn at ``size`` = (W, H).
+
+    ``size`` may differ from the camera's image size (a resized training image): pixel
+    coordinates are rescaled with the OpenCV pixel-centre convention. Without ``faces``
+    the convex hull of the projected vertices stands in for the mesh.
+    """
+    width, height = size
+    out = np.zeros((height, width), np.uint8)
+    vertices = np.asarray(vertices, dtype=np.float64)
+    if not np.isfinite(vertices).all() or (camera.depth(vertices) <= 0).any():
+        return out
+    pix = camera.project(vertices)
+    pix = (pix + 0.5) * (width / camera.width, height / camera.height) - 0.5
+    fixed = np.round(pix * (1 << _SHIFT)).astype(np.int32)
+    if faces is None:
+        cv2.fillConvexPoly(out, cv2.convexHull(fixed), 1, cv2.LINE_8, _SHIFT)
+        return out
+    for tri in fixed[np.asarray(faces, dtype=np.intp)]:
+        cv2.fillConvexPoly(out, tri, 1, cv2.LINE_8, _SHIFT)
+    return out
+
+
+def head_mask(image_bgr: np.ndarray, mesh_mask: np.ndarray) -> np.ndarray | None:
+    """uint8 (H, W) head mask (0/255) of ``image_bgr`` seeded by ``mesh_mask``; None when the mesh is not in view."""
+    height, width = mesh_mask.shape
+    ys, xs = np.nonzero(mesh_mask)
+    if len(xs) == 0:
+        return None
+    face_px = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    radius = max(1, int(round(DILATE_FRACTION * face_px)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    grown = cv2.dilate(mesh_mask, kernel)
+    labels = np.full((height, width), cv2.GC_PR_BGD, np.uint8)
+    labels[grown > 0] = cv2.GC_PR_FGD
+    band = max(1, int(round(BORDER_FRACTION * max(width, height))))
+    labels[:band], labels[-band:], labels[:, :band], labels[:, -band:] = (cv2.GC_BGD,) * 4
+    if not (labels == cv2.GC_PR_FGD).any():
+        return None
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(RNG_SEED)
+    cv2.grabCut(np.ascontiguousarray(image_bgr), labels, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    return np.where((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def train_members(data: bytes, camera: Camera, resolution: int, vertices: np.ndarray | None,
+                  faces: np.ndarray | None) -> tuple[dict[str, bytes] | None, dict | None]:
+    """``train.png`` (+ ``mask.png`` when ``vertices``, the posed mesh in world metres, are given) and
+    the json's ``train`` block; (None, None) when ``data`` does not decode.
+
+    EXIF orientation is ignored so pixels stay in the calibrated sensor layout.
+    """
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        return None, None
+    height, width = image.shape[:2]
+    scale = resolution / max(width, height)
+    size = (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5)))  # half up, as the loader
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    members = {"train.png": encode_png(small)}
+    mask = None if vertices is None else head_mask(small, silhouette(camera, vertices, faces, size))
+    if mask is not None:
+        members["mask.png"] = encode_png(mask)
+    block = {"resolution": int(resolution), "member": "train.png", "mask_member": "mask.png" if mask is not None else None,
+             "width": size[0], "height": size[1], "scale": scale}
+    return members, block

@@ -1,0 +1,167 @@
+"""Check a shard against the ``o2a.shard/1`` contract without trusting its writer.
+
+Every problem is recorded against the sample it concerns (or the shard, for a
+tar that cannot be read), so one damaged image does not hide the state of the
+other samples: the report is the answer, never an exception. Only a missing
+file raises (``FileNotFoundError``), since there is nothing to report on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.shard_writer import SHARD_FORMAT
+
+
+@dataclass
+class SampleReport:
+    """One sample: its members (extension, bytes) in tar order and what is wrong with it."""
+
+    key: str
+    members: list[tuple[str, int]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size in self.members)
+
+
+@dataclass
+class ShardReport:
+    path: Path
+    samples: list[SampleReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # about the tar itself
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(s.ok for s in self.samples)
+
+    @property
+    def bad_samples(self) -> list[SampleReport]:
+        return [s for s in self.samples if not s.ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "ok": self.ok, "problems": self.problems,
+                "samples": [{"key": s.key, "members": dict(s.members), "problems": s.problems} for s in self.samples]}
+
+
+def _decode(data: bytes, flags: int) -> np.ndarray | None:
+    import cv2
+
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
+def _check_image(members: dict[str, bytes], ext: str | None, what: str, size: tuple[Any, Any] | None,
+                 flags: int) -> tuple[list[str], np.ndarray | None]:
+    if not isinstance(ext, str) or ext not in members:
+        return [f"{what} member .{ext} is missing"], None
+    image = _decode(members[ext], flags)
+    if image is None:
+        return [f"{what} member .{ext} does not decode"], None
+    if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+        return [f"{what} member .{ext} is {image.shape[1]}x{image.shape[0]} px, the json says {size[0]}x{size[1]}"], image
+    return [], image
+
+
+def check_sample(key: str, members: dict[str, bytes]) -> list[str]:
+    """Problems of one sample given its members by extension (empty when it meets the contract)."""
+    import cv2
+
+    if "json" not in members:
+        return ["no .json member"]
+    try:
+        record = json.loads(members["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f".json does not parse: {exc}"]
+    if not isinstance(record, dict) or record.get("format") != SHARD_FORMAT:
+        got = record.get("format") if isinstance(record, dict) else type(record).__name__
+        return [f".json format is {got!r}, expected {SHARD_FORMAT!r}"]
+    problems: list[str] = []
+    named = "/".join(str(record.get(k)) for k in ("session_id", "expression", "camera_id"))
+    if named != key:
+        problems.append(f".json names the sample {named!r}")
+    described = {"json"}
+    image = record.get("image") if isinstance(record.get("image"), dict) else {}
+    ext = image.get("member")
+    described.add(ext)
+    found, _ = _check_image(members, ext, "image", (image.get("width"), image.get("height")),
+                            cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    problems += found
+    if ext in members and hashlib.sha256(members[ext]).hexdigest() != image.get("sha256"):
+        problems.append(f"image member .{ext} does not match the sha256 in the json")
+    train = record.get("train")
+    if isinstance(train, dict):
+        size = (train.get("width"), train.get("height"))
+        described.add(train.get("member"))
+        problems += _check_image(members, train.get("member"), "train", size, cv2.IMREAD_COLOR)[0]
+        if train.get("mask_member") is not None:
+            described.add(train["mask_member"])
+            found, mask = _check_image(members, train["mask_member"], "mask", size, cv2.IMREAD_UNCHANGED)
+            problems += found
+            if mask is not None and (mask.ndim != 2 or not np.isin(mask, (0, 255)).all()):
+                problems.append("mask is not a single-channel 0/255 image")
+    problems += [f"member .{e} is not described by the json" for e in members if e not in described]
+    return problems
+
+
+def inspect_shard(path: str | os.PathLike[str]) -> ShardReport:
+    """List a shard's samples and check each one; see ``check_sample`` for what is checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such shard")
+    report = ShardReport(path)
+    by_key: dict[str, SampleReport] = {}
+    checked: set[str] = set()
+    current: SampleReport | None = None
+    data: dict[str, bytes] = {}
+
+    def finish() -> None:  # a sample is checked once, from its first contiguous run of members
+        if current is not None and current.key not in checked:
+            checked.add(current.key)
+            current.problems.extend(check_sample(current.key, data))
+
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    report.problems.append(f"{member.name}: not a regular file")
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                if not stem or not dot:
+                    report.problems.append(f"{member.name}: member name has no <key>.<extension> form")
+                    continue
+                key = f"{folder}/{stem}" if folder else stem
+                payload = tar.extractfile(member).read()
+                if current is None or key != current.key:
+                    finish()
+                    data = {}
+                    if key in by_key:  # seen before with other samples in between
+                        current = by_key[key]
+                        current.problems.append(f"members are not contiguous (.{ext} comes after other samples)")
+                    else:
+                        current = by_key[key] = SampleReport(key)
+                        report.samples.append(current)
+                if any(e == ext for e, _ in current.members):
+                    current.problems.append(f"member .{ext} appears twice")
+                current.members.append((ext, len(payload)))
+                data[ext] = payload
+            finish()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        report.problems.append(f"the tar cannot be read to the end: {exc}")
+    return report
