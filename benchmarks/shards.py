@@ -148,6 +148,34 @@ def part_a_write_throughput(sessions: list[BenchSession], tmp: Path, repeat: int
     return out
 
 
+def part_b_loader_throughput(sessions: list[BenchSession], shards_dir: Path, resolution: int, repeat: int) -> None:
+    """Print the shard loader's decode throughput against decoding the same images from loose files."""
+    import importlib.util
+
+    import cv2
+    import torch
+
+    spec = importlib.util.spec_from_file_location("loader_decode", Path(__file__).with_name("loader_decode.py"))
+    loader_decode = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader_decode)
+    cv2.setNumThreads(1)  # one core per image on both sides; parallelism comes from workers
+    torch.set_num_threads(1)
+    urls = sorted(str(p) for p in shards_dir.rglob("*.tar"))
+    from capture_schema.session import read_session
+    from fitting.landmarks import session_image_path
+
+    loose = []  # the same images in the shards' (grid) order
+    for s in sessions:
+        info, _ = read_session(s.session_dir)
+        loose += [session_image_path(s.session_dir, e, c) for e in info.expressions for c in info.cameras]
+    r = loader_decode.loader_throughput(urls, loose, resolution, repeat=repeat)
+    for name in ("loose_loop", "shards_w0", "loose_loader_w2", "shards_w2"):
+        print(f"{name:<16}: {r[name]['images_per_s']:8.1f} images/s  {r[name]['cpu_ms_per_image']:6.3f} CPU ms/image")
+    for w in (0, 2):
+        print(f"ratio shards / loose, {w} workers : {r[f'ratio_w{w}']:.2f} wall, {r[f'cpu_ratio_w{w}']:.2f} CPU"
+              "   (goal >= 1.0)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captures", help="an existing captures root (needs --calibration; default: simulate)")
@@ -156,6 +184,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--upscale", type=int, default=4, help="re-encode simulated images this many times larger")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--resolution", type=int, default=256, help="training resolution the loader decodes to")
     args = parser.parse_args()
     if args.captures and not args.calibration:
         parser.error("--captures needs --calibration")
@@ -167,7 +196,8 @@ def main() -> None:
         shards_dir = part_a_write_throughput(sessions, Path(tmp), args.repeat)
         print(f"shards kept for the next part: {shards_dir}")
 
-        # (b) goes here: it may read the shards under ``shards_dir`` (one folder per session).
+        print("\n(b) loader decode")
+        part_b_loader_throughput(sessions, shards_dir, args.resolution, args.repeat)
 
 
 if __name__ == "__main__":
