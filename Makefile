@@ -34,6 +34,7 @@ bench: setup
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/calibration.py
 	$(PY) benchmarks/fitting.py
+	$(PY) benchmarks/shards.py
 
 clean:
 	rm -rf $(DATA)

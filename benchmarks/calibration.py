@@ -11,17 +11,21 @@ every camera's intrinsics, distortion and pose and every board pose.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+# benchmarks/fitting.py would shadow the ``fitting`` package if this folder stayed on sys.path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from fitting.boards import board_object_points
-from fitting.calibration.detect import detect_folder, load_board
-from fitting.calibration.initialize import initialize_rig
-from fitting.calibration.refine import refine_rig
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fitting.boards import board_object_points  # noqa: E402
+from fitting.calibration.detect import detect_folder, load_board  # noqa: E402
+from fitting.calibration.initialize import initialize_rig  # noqa: E402
+from fitting.calibration.refine import refine_rig  # noqa: E402
 
 
 def best_of(repeat: int, fn) -> tuple[float, object]:

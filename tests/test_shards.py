@@ -323,3 +323,27 @@ def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
         assert report.ok and len(report.samples) == shard["n_samples"]
         assert _sha(folder / shard["name"]) == shard["sha256"]
     assert sum(ext == "mask.png" for s in report.samples for ext, _ in s.members) > 0
+
+
+def test_loader_streams_the_writers_shards_with_filters(session, tmp_path: Path) -> None:
+    """The writer's shards, read by the training loader: every sample once, filters exact,
+    pixels equal to the original capture decoded and resized, intrinsics scaled."""
+    from training.loader import SampleFilter, build_dataset, decode_image, train_size
+
+    shard_set = _write(session, tmp_path / "shards", ShardConfig(max_samples=40))
+    urls = [str(p) for p in shard_set.paths]
+    everything = list(build_dataset(urls, resolution=64, split_by_node=False, split_by_worker=False))
+    assert sorted(s["key"] for s in everything) == sorted(k for s in shard_set.shards for k in s.keys)
+    chosen = SampleFilter(cameras={"mid_C00", "up_L30"}, expressions={"smile"})
+    picked = list(build_dataset(urls, resolution=64, sample_filter=chosen, split_by_node=False,
+                                split_by_worker=False))
+    sid = session["sid"]
+    assert sorted(s["key"] for s in picked) == [f"{sid}/smile/mid_C00", f"{sid}/smile/up_L30"]
+    sample = picked[0]
+    raw = (session["dir"] / "images" / "smile" / f"{sample['key'].split('/')[-1]}.jpg").read_bytes()
+    rgb = decode_image(raw)
+    w, h = train_size(rgb.shape[1], rgb.shape[0], 64)
+    expected = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    assert np.allclose(sample["image"].permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    fx = sample["meta"]["camera"]["fx"]
+    assert np.isclose(float(sample["camera"]["K"][0, 0]), fx * w / rgb.shape[1], rtol=1e-6)
