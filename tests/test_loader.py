@@ -18,8 +18,9 @@ import torch
 
 import training.loader as loader_mod
 from shard_fixtures import camera_dict, image_colour, write_shards
-from training.loader import (SampleFilter, build_dataset, collate_samples, make_loader, node_info, tar_members,
+from training.loader import (SampleFilter, build_dataset, collate_samples, make_loader, node_info,
                             train_size)
+from training.shard_io import tar_members
 from training.subsample import BudgetError, select_budget
 
 
