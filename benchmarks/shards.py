@@ -175,6 +175,16 @@ def part_b_loader_throughput(sessions: list[BenchSession], shards_dir: Path, res
         print(f"ratio shards / loose, {w} workers : {r[f'ratio_w{w}']:.2f} wall, {r[f'cpu_ratio_w{w}']:.2f} CPU"
               "   (goal >= 1.0)")
 
+    # The same shards written with a training-resolution copy of each image (train_resolution):
+    # the loader then decodes that small PNG instead of the full original (identical pixels).
+    train_dir = shards_dir.parent / "train_shards"
+    write_ours(sessions, train_dir, ShardConfig(train_resolution=resolution, masks=False))
+    urls = sorted(str(p) for p in train_dir.rglob("*.tar"))
+    r = loader_decode.loader_throughput(urls, loose, resolution, repeat=repeat)
+    for w in (0, 2):
+        print(f"ratio shards with train members / loose, {w} workers : {r[f'ratio_w{w}']:.2f} wall, "
+              f"{r[f'cpu_ratio_w{w}']:.2f} CPU")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
