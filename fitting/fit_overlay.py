@@ -44,3 +44,20 @@ def draw_fit_overlay(image_rgb: np.ndarray, camera: Camera, vertices: np.ndarray
         for x, y in np.asarray(pts)[np.isfinite(pts).all(axis=1)]:
             cv2.circle(out, (int(round(x * 4)), int(round(y * 4))), radius * 4, color, -1, cv2.LINE_AA, shift=2)
     return out
+
+
+def session_overlay(session_fit, session_dir, cameras: dict[str, Camera], landmarks,
+                    faces: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+    """The overlay of the frame and view worth showing (``session_fit.overlay_view``): RGB image
+    (None when that capture image is missing), frame index, view index."""
+    from fitting.landmarks import read_image_rgb, session_image_path
+    from fitting.session_fit import overlay_view
+
+    e, c = overlay_view(session_fit, cameras)
+    path = session_image_path(session_dir, session_fit.expressions[e], session_fit.cameras[c])
+    if path is None:
+        return None, e, c
+    fit = session_fit.fit
+    image = draw_fit_overlay(read_image_rgb(path), cameras[session_fit.cameras[c]], fit.vertices[e], faces,
+                             landmarks.landmarks[e, c][fit.landmark_ids], fit.projected[e, c])
+    return image, e, c

@@ -179,10 +179,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from capture_schema.calibration_file import read_calibration
     from capture_schema.manifest import parquet_bytes
     from fitting.face_models import load_face_model
-    from fitting.fit_overlay import draw_fit_overlay
-    from fitting.landmarks import (LandmarkInputError, read_image_rgb, read_landmarks_zarr, session_image_path,
-                                   write_landmarks_zarr)
-    from fitting.session_fit import FitInputError, fit_session, fit_views_table, overlay_view, write_session_fit
+    from fitting.fit_overlay import session_overlay
+    from fitting.landmarks import LandmarkInputError, read_landmarks_zarr, write_landmarks_zarr
+    from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
 
     session_dir, out = Path(args.session_dir), Path(args.out)
     if not session_dir.is_dir():
@@ -203,12 +202,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     fit = result.fit
     write_session_fit(result, out / "fit.zarr")
     atomic_write_bytes(out / "views.parquet", parquet_bytes(fit_views_table(result)))
-    e, c = overlay_view(result, calibration.cameras)
-    image_path = session_image_path(session_dir, result.expressions[e], result.cameras[c])
-    if image_path is not None:
-        overlay = draw_fit_overlay(read_image_rgb(image_path), calibration.cameras[result.cameras[c]],
-                                   fit.vertices[e], model.faces, landmarks.landmarks[e, c][fit.landmark_ids],
-                                   fit.projected[e, c])
+    overlay, _, _ = session_overlay(result, session_dir, calibration.cameras, landmarks, model.faces)
+    if overlay is not None:
         ok, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         atomic_write_bytes(out / "overlay.png", png.tobytes())
     used = fit.view_status == "used"

@@ -53,9 +53,9 @@ def face_fits(
     storage: StorageResource, face_model: FaceModelResource,
 ) -> dg.MaterializeResult:
     """Identity, per-frame expression and head pose, posed vertices, and per-view reprojection error."""
-    from fitting.fit_overlay import draw_fit_overlay
-    from fitting.landmarks import read_image_rgb, read_landmarks_zarr, session_image_path
-    from fitting.session_fit import FitInputError, fit_session, fit_views_table, overlay_view, write_session_fit
+    from fitting.fit_overlay import session_overlay
+    from fitting.landmarks import read_landmarks_zarr
+    from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
 
     session_id = context.partition_key
     store = storage.storage()
@@ -73,16 +73,14 @@ def face_fits(
     except FitInputError as exc:
         raise dg.Failure(f"session {session_id}: {exc}") from None
     fit = result.fit
-    e, c = overlay_view(result, calibration.cameras)
-    image = read_image_rgb(session_image_path(captures.session_dir(session_id), result.expressions[e],
-                                              result.cameras[c]))
-    overlay = draw_fit_overlay(image, calibration.cameras[result.cameras[c]], fit.vertices[e], model.faces,
-                               landmarks.landmarks[e, c][fit.landmark_ids], fit.projected[e, c])
+    overlay, e, c = session_overlay(result, captures.session_dir(session_id), calibration.cameras, landmarks,
+                                    model.faces)
     target = face_fits_relpath(session_id)
     with tempfile.TemporaryDirectory() as tmp:
         write_session_fit(result, Path(tmp) / "fit.zarr")
         (Path(tmp) / "views.parquet").write_bytes(parquet_bytes(fit_views_table(result)))
-        cv2.imwrite(str(Path(tmp) / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        if overlay is not None:
+            cv2.imwrite(str(Path(tmp) / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         store.put_directory(tmp, target)
 
     used = fit.view_status == "used"
@@ -99,7 +97,8 @@ def face_fits(
             "views": dg.MetadataValue.json(status_counts),
             "flagged_frames": dg.MetadataValue.json(result.flagged_frames),
             "overlay": dg.MetadataValue.md(f"{result.expressions[e]} / {result.cameras[c]} (green: detected, "
-                                           f"red: fitted)\n\n{_thumbnail_markdown(overlay)}"),
+                                           f"red: fitted)\n\n{_thumbnail_markdown(overlay)}"
+                                           if overlay is not None else "capture image missing"),
             "fit_zarr": dg.MetadataValue.path(store.uri(f"{target}/fit.zarr")),
             "views_table": dg.MetadataValue.path(store.uri(f"{target}/views.parquet")),
         },
