@@ -63,3 +63,31 @@ def sim_ground_truth(sim_dataset, index: int = 0) -> dict:
         landmarks = data["landmarks"].astype(np.float64)
     return {"calibration": read_calibration(gt / "calibration.json"), "landmarks_2d": landmarks,
             "identity": np.asarray(frames["identity_coeffs"]), "frames": frames["frames"]}
+
+
+PRIOR_SUBJECTS = 12  # the split rule puts 10 in train, sim0008 in validation and sim0011 in test
+PRIOR_SIZE = 384  # the smallest size at which the simulated board still calibrates every camera
+
+
+@pytest.fixture(scope="session")
+def prior_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """12 simulated subjects at 384 px taken through every session asset and the dataset index.
+
+    The avatar-prior tests train on its ``train`` split (10 subjects x 169 images). Returns
+    the captures root, the storage URL, the index path and the Dagster instance used.
+    """
+    import dagster as dg
+
+    from capture_simulator.simulate import simulate_dataset
+    from pipelines.resources import CapturesResource, StorageResource
+    from pipelines.runner import build_dataset_index, run_all_sessions
+
+    root = tmp_path_factory.mktemp("prior_sim")
+    sim = simulate_dataset(root / "sim", n_subjects=PRIOR_SUBJECTS, size=PRIOR_SIZE, seed=11)
+    captures, storage = CapturesResource(root=str(sim.captures_root)), StorageResource(url=f"file://{root}/derived")
+    instance = dg.DagsterInstance.ephemeral()
+    runs = run_all_sessions(instance, captures, storage, log_level="WARNING", log=lambda _: None)
+    assert all(r.success and not r.failed_checks for r in runs), runs
+    assert build_dataset_index(instance, storage, log_level="WARNING", log=lambda _: None)
+    return {"captures": sim.captures_root, "storage": storage.url, "index": root / "derived" / "dataset" / "index.parquet",
+            "instance": instance, "ground_truth": sim.ground_truth_root}

@@ -32,7 +32,7 @@ import multiprocessing
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -416,8 +416,9 @@ def make_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     timeout: float = 0,
+    collate_fn: Callable[[list[dict]], Any] = collate_samples,
 ) -> DataLoader:
-    """A torch DataLoader with ``collate_samples``.
+    """A torch DataLoader with ``collate_samples`` (or ``collate_fn``).
 
     Workers default to ``fork`` where available: the pipeline holds no zarr stores,
     event loops or CUDA state, and fork starts in milliseconds; pass "spawn" when
@@ -432,5 +433,5 @@ def make_loader(
         if multiprocessing_context is None:
             multiprocessing_context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         kwargs = {"multiprocessing_context": multiprocessing_context, "persistent_workers": False}
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_samples,
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, drop_last=drop_last, timeout=timeout, **kwargs)

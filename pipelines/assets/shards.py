@@ -30,8 +30,9 @@ class ShardsConfig(dg.Config):
     """A new shard starts before a sample would push the tar past this many MiB."""
     max_samples: int = 1000
     """... or past this many samples."""
-    train_resolution: int = 0
-    """Longer side of the training image (train.png) in pixels; 0 = no training image and no mask."""
+    train_resolution: int = 128
+    """Longer side of the training image (train.png) in pixels; 0 = no training image and no mask.
+    The default is the avatar prior's CPU preset ``load_resolution``: the prior then never decodes originals."""
     masks: bool = True
     """With a training image, add a grabCut head mask (mask.png) where the frame has a fit."""
 

@@ -1,0 +1,125 @@
+"""``PriorConfig``: every knob of the avatar prior and its training, with presets.
+
+The CPU preset is what the demo and the tests train (64 px head crops, a few
+minutes on 2 cores); the GPU preset is the full-size starting point (see the
+README). Every field is plain data so the config travels inside checkpoints and
+Dagster metadata as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+BACKBONES = ("anchored", "triplane")
+PHOTOMETRIC_LOSSES = ("l1", "l2")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Model size, rendering and optimisation of one prior training run."""
+
+    backbone: str = "anchored"
+    """``anchored`` (features on the 3DMM vertices) or ``triplane`` (identity -> tri-plane generator)."""
+    resolution: int = 64
+    """Side of the square head crop the field is trained on, in pixels."""
+    load_resolution: int = 128
+    """Longer image side the loader decodes (the shards' ``train.png`` when it matches) before cropping."""
+    crop_scale: float = 1.7
+    """Crop side as a multiple of the projected mesh's larger extent (the mesh is forehead to chin)."""
+    images_per_batch: int = 4
+    """Images per step (per process under DDP)."""
+    rays_per_image: int = 256
+    """Rays drawn per image per step (uniformly over the crop)."""
+    coarse_samples: int = 24
+    """Stratified samples per ray (evaluated without gradient, to place the fine samples)."""
+    fine_samples: int = 24
+    """Importance samples per ray; the rendered ray uses coarse + fine samples."""
+    latent_dim: int = 32
+    """Size of each training subject's identity code."""
+    feature_dim: int = 16
+    """Per-vertex feature size of each branch (identity, expression, shared base)."""
+    hidden_dim: int = 64
+    """Width of the MLPs (generators and decoder)."""
+    k_neighbors: int = 4
+    """Posed vertices each sample point gathers features from."""
+    max_anchors: int = 1024
+    """Dense models (ICT) are anchored on an evenly spread subset of this many vertices."""
+    max_distance: float = 0.05
+    """Metres: sample points farther than this from every anchor have zero density."""
+    triplane_resolution: int = 32
+    """Tri-plane backbone: side of each feature plane."""
+    triplane_extent: float = 0.16
+    """Tri-plane backbone: half-size of the cube (head frame, metres) the planes cover."""
+    photometric_loss: str = "l1"
+    """``l1`` or ``l2`` on rendered ray colours."""
+    mask_weight: float = 0.1
+    """Weight of the accumulated-opacity vs head-mask loss (samples with a mask only)."""
+    latent_weight: float = 1e-3
+    """Weight of the identity-code L2 regulariser (mean over the batch's codes)."""
+    lr: float = 2e-3
+    """Adam learning rate of the network weights (cosine decay to 10 % over ``iterations``)."""
+    latent_lr: float = 1e-2
+    """Adam learning rate of the identity codes."""
+    iterations: int = 600
+    """Optimisation steps."""
+    checkpoint_every: int = 100
+    """Write a checkpoint every this many steps (and at the end)."""
+    log_every: int = 20
+    """Record loss / PSNR (and report progress) every this many steps."""
+    num_workers: int = 0
+    """DataLoader worker processes per training process."""
+    shuffle_buffer: int = 200
+    """Sample shuffle buffer of the loader."""
+    seed: int = 0
+    """Seeds weights, identity codes, data order and ray draws: a run is reproducible."""
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.photometric_loss not in PHOTOMETRIC_LOSSES:
+            raise ValueError(f"photometric_loss must be one of {PHOTOMETRIC_LOSSES}, got {self.photometric_loss!r}")
+        for name in ("resolution", "load_resolution", "images_per_batch", "rays_per_image", "coarse_samples",
+                     "latent_dim", "feature_dim", "hidden_dim", "k_neighbors", "max_anchors", "iterations",
+                     "checkpoint_every", "log_every", "triplane_resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fine_samples < 0 or self.num_workers < 0 or self.shuffle_buffer < 0:
+            raise ValueError("fine_samples, num_workers and shuffle_buffer must be >= 0")
+        if self.crop_scale <= 1.0:
+            raise ValueError("crop_scale must be > 1 (the crop must hold the whole mesh)")
+        if self.max_distance <= 0 or self.triplane_extent <= 0:
+            raise ValueError("max_distance and triplane_extent must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PriorConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PriorConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def with_changes(self, **changes: Any) -> "PriorConfig":
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, PriorConfig] = {
+    # 64 px crops, ~0.2 s/step on 2 CPU cores: the demo and the tests.
+    "cpu": PriorConfig(),
+    # The full-size starting point for one GPU (scale images_per_batch with GPUs under torchrun).
+    "gpu": PriorConfig(resolution=256, load_resolution=512, images_per_batch=16, rays_per_image=1024,
+                       coarse_samples=48, fine_samples=48, latent_dim=128, feature_dim=32, hidden_dim=128,
+                       k_neighbors=8, max_anchors=4096, triplane_resolution=128, iterations=100_000,
+                       checkpoint_every=2000, log_every=100, num_workers=4, shuffle_buffer=2000, lr=1e-3,
+                       latent_lr=1e-3),
+}
+
+
+def preset(name: str, **changes: Any) -> PriorConfig:
+    """A named preset (``cpu``/``gpu``) with optional field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].with_changes(**changes)

@@ -1,0 +1,138 @@
+"""The two backbones behind one interface: ``field(points, condition, neighbours) -> (density, colour)``.
+
+``AnchoredField`` (the reference design): features live on the posed 3DMM
+anchors. A generator maps the identity code to per-vertex identity features; the
+frame's 3DMM expression coefficients map to per-vertex expression features; a
+learned per-vertex base is shared by everyone. A point takes the inverse-distance
+weighted mix of its k anchors' features plus the encoded offsets to them, in the
+head's frame (rotation removed, so the offset means the same on every frame),
+and an MLP decodes density and colour. The reference produces vertex features
+with a CNN in the mesh's UV space; an MLP over the flattened vertex table is the
+same map without needing a UV layout for every face model.
+
+``TriplaneField``: identity code + encoded expression -> a small conv generator
+-> three axis-aligned feature planes in the head frame; a point reads the three
+planes bilinearly. Same decoder, same support (density zero far from the mesh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.prior.anchors import Neighbours, encoding_size, gather_rows, positional_encoding
+from training.prior.config import PriorConfig
+
+OFFSET_FREQUENCIES = 4
+DENSITY_SCALE = 200.0  # 1/m: an opaque surface needs sigma * (sample spacing ~4 mm) of a few units
+DENSITY_BIAS = -4.0  # a nearly empty field at initialisation
+
+
+@dataclass
+class FrameCondition:
+    """Everything a field needs about the frames of a batch."""
+
+    latent: torch.Tensor  # (B, D) identity codes
+    expression: torch.Tensor  # (B, E) 3DMM expression coefficients
+    anchors: torch.Tensor  # (B, V, 3) posed anchor vertices, world metres
+    head_rotation: torch.Tensor  # (B, 3, 3) model-to-world
+    head_translation: torch.Tensor  # (B, 3)
+
+
+def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+def to_head_frame(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """World-frame vectors (B, P, ..., 3) expressed in the head (model) frame: R^T v."""
+    B = vectors.shape[0]
+    flat = vectors.reshape(B, -1, 3)
+    return torch.einsum("bji,bpj->bpi", rotation, flat).reshape(vectors.shape)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = mlp([in_dim, hidden, hidden, 4])
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(features)
+        sigma = DENSITY_SCALE * F.softplus(out[..., 0] + DENSITY_BIAS)
+        return sigma, torch.sigmoid(out[..., 1:])
+
+
+class AnchoredField(nn.Module):
+    def __init__(self, config: PriorConfig, n_anchors: int, n_expression: int) -> None:
+        super().__init__()
+        f, h = config.feature_dim, config.hidden_dim
+        self.n_anchors, self.feature_dim, self.max_distance = n_anchors, f, config.max_distance
+        self.base = nn.Parameter(0.1 * torch.randn(n_anchors, f))
+        self.identity_generator = mlp([config.latent_dim, h, n_anchors * f])
+        self.expression_generator = mlp([n_expression, h, n_anchors * f])
+        self.decoder = _Decoder(3 * f + encoding_size(3, OFFSET_FREQUENCIES), h)
+
+    def vertex_features(self, condition: FrameCondition) -> torch.Tensor:
+        """(B, V, 3F): shared base, identity and expression features per anchor."""
+        B = condition.latent.shape[0]
+        shape = (B, self.n_anchors, self.feature_dim)
+        return torch.cat([self.base.expand(*shape), self.identity_generator(condition.latent).view(shape),
+                          self.expression_generator(condition.expression).view(shape)], dim=-1)
+
+    def forward(self, points: torch.Tensor, condition: FrameCondition,
+                neighbours: Neighbours) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = gather_rows(self.vertex_features(condition), neighbours.index)  # (B, P, k, 3F)
+        local = to_head_frame(neighbours.offset, condition.head_rotation) / self.max_distance
+        encoded = positional_encoding(local, OFFSET_FREQUENCIES)
+        w = neighbours.weight[..., None]
+        return self.decoder(torch.cat([(w * feats).sum(-2), (w * encoded).sum(-2)], dim=-1))
+
+
+class TriplaneField(nn.Module):
+    BASE_RESOLUTION = 8
+
+    def __init__(self, config: PriorConfig, n_expression: int) -> None:
+        super().__init__()
+        f, h, r0 = config.feature_dim, config.hidden_dim, self.BASE_RESOLUTION
+        self.feature_dim, self.extent = f, config.triplane_extent
+        self.expression_encoder = mlp([n_expression, h, h], final_activation=True)
+        self.seed = nn.Linear(config.latent_dim + h, 3 * f * r0 * r0)
+        ups, res = [], r0
+        while res < config.triplane_resolution:
+            ups += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), nn.Conv2d(f, f, 3, padding=1),
+                    nn.SiLU()]
+            res *= 2
+        self.upsample = nn.Sequential(*ups, nn.Conv2d(f, f, 3, padding=1))
+        self.decoder = _Decoder(f + encoding_size(3, OFFSET_FREQUENCIES), h)
+
+    def planes(self, condition: FrameCondition) -> torch.Tensor:
+        """(B, 3, F, R, R) feature planes (xy, xz, yz of the head frame)."""
+        B, r0 = condition.latent.shape[0], self.BASE_RESOLUTION
+        code = torch.cat([condition.latent, self.expression_encoder(condition.expression)], dim=-1)
+        seed = self.seed(code).view(B * 3, self.feature_dim, r0, r0)
+        out = self.upsample(seed)
+        return out.view(B, 3, self.feature_dim, *out.shape[-2:])
+
+    def forward(self, points: torch.Tensor, condition: FrameCondition,
+                neighbours: Neighbours) -> tuple[torch.Tensor, torch.Tensor]:
+        local = to_head_frame(points - condition.head_translation[:, None, :], condition.head_rotation) / self.extent
+        planes = self.planes(condition)
+        feats = 0
+        for i, axes in enumerate(((0, 1), (0, 2), (1, 2))):
+            grid = local[..., list(axes)][:, :, None, :]  # (B, P, 1, 2)
+            sampled = F.grid_sample(planes[:, i], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            feats = feats + sampled[..., 0].transpose(1, 2)  # (B, P, F)
+        return self.decoder(torch.cat([feats, positional_encoding(local, OFFSET_FREQUENCIES)], dim=-1))
+
+
+def build_field(config: PriorConfig, n_anchors: int, n_expression: int) -> nn.Module:
+    if config.backbone == "anchored":
+        return AnchoredField(config, n_anchors, n_expression)
+    return TriplaneField(config, n_expression)

@@ -1,0 +1,123 @@
+"""``AvatarPrior``: identity codes (auto-decoding) + a field + a background, rendered by volume rendering.
+
+The model never sees images or the face model: a caller poses the 3DMM (see
+``frames.posed_vertices``) and hands over rays, so the same module serves
+training, few-shot adaptation (which also optimises the pose and the cameras)
+and evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.prior.anchors import nearest_anchors, support_falloff
+from training.prior.config import PriorConfig
+from training.prior.fields import FrameCondition, build_field
+from training.prior.frames import MASKED_BACKGROUND
+from training.prior.rays import composite, importance_samples, sphere_bounds, stratified_samples
+
+LATENT_INIT_STD = 0.01
+
+
+class AvatarPrior(nn.Module):
+    def __init__(self, config: PriorConfig, n_subjects: int, n_expression: int, anchor_ids: np.ndarray) -> None:
+        super().__init__()
+        if n_subjects < 1:
+            raise ValueError("the prior needs at least one training subject")
+        self.config = config
+        self.n_expression = int(n_expression)
+        self.register_buffer("anchor_ids", torch.as_tensor(np.asarray(anchor_ids), dtype=torch.long))
+        self.latents = nn.Embedding(n_subjects, config.latent_dim)
+        nn.init.normal_(self.latents.weight, std=LATENT_INIT_STD)
+        self.field = build_field(config, len(anchor_ids), n_expression)
+        self.background_logit = nn.Parameter(torch.zeros(3))
+
+    def architecture(self) -> dict[str, Any]:
+        """What ``from_architecture`` needs to rebuild this module (weights aside)."""
+        return {"config": self.config.to_dict(), "n_subjects": self.latents.num_embeddings,
+                "n_expression": self.n_expression, "anchor_ids": self.anchor_ids.tolist()}
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any]) -> "AvatarPrior":
+        return cls(PriorConfig.from_dict(arch["config"]), arch["n_subjects"], arch["n_expression"],
+                   np.asarray(arch["anchor_ids"]))
+
+    def forward(self, subject: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``render_rays`` with the identity codes of ``subject`` (B,) looked up; returns (render, codes).
+
+        Training goes through ``forward`` so DistributedDataParallel sees every parameter use.
+        """
+        latent = self.latents(subject)
+        return self.render_rays(latent, *args, **kwargs), latent
+
+    def mean_latent(self) -> torch.Tensor:
+        return self.latents.weight.detach().mean(0)
+
+    def _field(self, points: torch.Tensor, condition: FrameCondition) -> tuple[torch.Tensor, torch.Tensor]:
+        neighbours = nearest_anchors(points, condition.anchors, self.config.k_neighbors)
+        sigma, rgb = self.field(points, condition, neighbours)
+        return sigma * support_falloff(neighbours.nearest, self.config.max_distance), rgb
+
+    def _background(self, has_mask: torch.Tensor) -> torch.Tensor:
+        learned = torch.sigmoid(self.background_logit).expand(len(has_mask), 3)
+        return torch.where(has_mask[:, None], torch.full_like(learned, MASKED_BACKGROUND), learned)
+
+    def render_rays(self, latent: torch.Tensor, expression: torch.Tensor, vertices: torch.Tensor,
+                    rotation: torch.Tensor, translation: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor,
+                    has_mask: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Colour (B, R, 3), opacity and depth of unit rays ``origins``/``dirs`` (B, R, 3).
+
+        ``vertices`` (B, N, 3) is the posed 3DMM of each frame, ``rotation``/``translation``
+        its head pose. ``generator`` jitters the samples (training); None gives the
+        deterministic bin centres (evaluation).
+        """
+        cfg = self.config
+        anchors = vertices[:, self.anchor_ids]
+        condition = FrameCondition(latent, expression, anchors, rotation, translation)
+        centre = anchors.detach().mean(1)
+        radius = (anchors.detach() - centre[:, None]).norm(dim=-1).amax(1) + cfg.max_distance
+        near, far, _ = sphere_bounds(origins, dirs, centre, radius)
+        depths = stratified_samples(near, far, cfg.coarse_samples, generator)
+        B, R, _ = depths.shape
+        if cfg.fine_samples:
+            with torch.no_grad():
+                sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
+                coarse = composite(sigma.view(B, R, -1), rgb.view(B, R, -1, 3), depths, far,
+                                   torch.zeros_like(latent[:, :3]))
+            fine = importance_samples(depths, coarse["weights"], cfg.fine_samples, generator)
+            depths, _ = torch.sort(torch.cat([depths, fine], -1), -1)
+        sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
+        return composite(sigma.view(B, R, -1), rgb.view(B, R, -1, 3), depths, far, self._background(has_mask))
+
+    @staticmethod
+    def _points(origins: torch.Tensor, dirs: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+        B, R, N = depths.shape
+        return (origins[:, :, None, :] + dirs[:, :, None, :] * depths[..., None]).reshape(B, R * N, 3)
+
+
+def camera_rays(dirs_camera: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World origins and unit directions (B, R, 3) from camera-frame directions and world-to-camera R, t."""
+    origins = -torch.einsum("bji,bj->bi", R, t)
+    dirs = torch.einsum("bji,brj->bri", R, dirs_camera)
+    return origins[:, None, :].expand_as(dirs), dirs
+
+
+@torch.no_grad()
+def render_frames(model: AvatarPrior, latent: torch.Tensor, expression: torch.Tensor, vertices: torch.Tensor,
+                  rotation: torch.Tensor, translation: torch.Tensor, dirs: torch.Tensor, R: torch.Tensor,
+                  t: torch.Tensor, has_mask: torch.Tensor, chunk: int = 4096) -> dict[str, torch.Tensor]:
+    """Whole images: ``dirs`` (B, H, W, 3) camera-frame rays -> rgb (B, 3, H, W) and acc (B, 1, H, W)."""
+    B, H, W, _ = dirs.shape
+    flat = dirs.reshape(B, H * W, 3)
+    rgb, acc = [], []
+    for s in range(0, H * W, chunk):
+        origins, world = camera_rays(flat[:, s:s + chunk], R, t)
+        out = model.render_rays(latent, expression, vertices, rotation, translation, origins, world, has_mask)
+        rgb.append(out["rgb"])
+        acc.append(out["acc"])
+    rgb_t = torch.cat(rgb, 1).reshape(B, H, W, 3).permute(0, 3, 1, 2)
+    return {"rgb": rgb_t, "acc": torch.cat(acc, 1).reshape(B, 1, H, W)}
