@@ -27,6 +27,7 @@ Rank/world size: explicit ``rank``/``world_size`` arguments win, then an initial
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import multiprocessing
 import os
@@ -146,6 +147,44 @@ def _split_by_worker(src: Iterable[dict]) -> Iterator[dict]:
 
 
 # ---------------------------------------------------------------- samples
+
+
+class _ShardSamples:
+    """Samples of the incoming shards, ``in_flight`` shards read at once and interleaved at random.
+
+    One shard is one session (one subject), so reading shards one after another
+    feeds a model hundreds of consecutive samples of the same subject: a shuffle
+    buffer would have to hold several whole shards to mix them. Interleaving a few
+    open shards mixes subjects at the cost of that many open streams. The choice
+    is seeded by (seed, epoch, rank, worker), so the order is reproducible.
+    """
+
+    def __init__(self, in_flight: int, seed: int, epoch: _Epoch, rank: int | None, world_size: int | None,
+                 storage_options: dict[str, Any] | None) -> None:
+        self.in_flight, self.seed, self.epoch = in_flight, seed, epoch
+        self.rank, self.world_size, self.storage_options = rank, world_size, storage_options
+
+    def _samples(self, item: dict) -> Iterator[dict]:
+        return group_by_keys(tar_files(open_shards([item], storage_options=self.storage_options)))
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        if self.in_flight == 1:
+            yield from group_by_keys(tar_files(open_shards(src, storage_options=self.storage_options)))
+            return
+        rank, worker = node_info(self.rank, self.world_size)[0], _worker()[0]
+        rng = random.Random(f"interleave:{self.seed}:{self.epoch.value}:{rank}:{worker}")
+        pending = iter(src)
+        active = [self._samples(item) for item in itertools.islice(pending, self.in_flight)]
+        while active:
+            i = rng.randrange(len(active))
+            try:
+                yield next(active[i])
+            except StopIteration:
+                item = next(pending, None)
+                if item is None:
+                    active.pop(i)
+                else:
+                    active[i] = self._samples(item)
 
 
 def _parse_meta(src: Iterable[dict]) -> Iterator[dict]:
@@ -321,12 +360,15 @@ def build_dataset(
     rank: int | None = None,
     world_size: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    shards_in_flight: int = 1,
 ) -> ShardDataset:
     """Samples as dicts: key, image (3,H,W) RGB float in [0,1], mask (1,H,W)|None, camera, meta, fit.
 
     ``shuffle_buffer > 0`` shuffles shard order (seed+epoch, identical on all ranks)
     and samples in a buffer of that size (seeded by seed, epoch, rank, worker).
     ``rank``/``world_size`` override the distributed environment (tests, custom launchers).
+    ``shards_in_flight > 1`` reads that many shards at once and interleaves their samples
+    (seeded): consecutive samples then come from different sessions.
     """
     if isinstance(urls, str):
         raise TypeError("urls must be a list of shard URLs, not a string")
@@ -337,6 +379,8 @@ def build_dataset(
         raise ValueError(f"resolution must be positive, got {resolution}")
     if shuffle_buffer < 0:
         raise ValueError("shuffle_buffer must be >= 0")
+    if shards_in_flight < 1:
+        raise ValueError("shards_in_flight must be >= 1")
     if rank is not None or world_size is not None:
         node_info(rank, world_size)  # validate early
     epoch_ref = _Epoch(epoch)
@@ -345,8 +389,7 @@ def build_dataset(
         stages.append(_SplitByNode(rank, world_size))
     if split_by_worker:
         stages.append(_split_by_worker)
-    stages += [functools.partial(open_shards, storage_options=storage_options), tar_files, group_by_keys,
-               _parse_meta]
+    stages += [_ShardSamples(shards_in_flight, seed, epoch_ref, rank, world_size, storage_options), _parse_meta]
     if sample_filter is not None:
         stages.append(functools.partial(_filter, sample_filter=sample_filter))
     if shuffle_buffer > 0:

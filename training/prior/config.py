@@ -25,8 +25,10 @@ class PriorConfig:
     """Side of the square head crop the field is trained on, in pixels."""
     load_resolution: int = 128
     """Longer image side the loader decodes (the shards' ``train.png`` when it matches) before cropping."""
-    crop_scale: float = 1.7
-    """Crop side as a multiple of the projected mesh's larger extent (the mesh is forehead to chin)."""
+    crop_scale: float = 1.15
+    """Crop side as a multiple of the projected head's larger extent (face mesh plus ``head_depth``)."""
+    head_depth: float = 0.12
+    """Metres the head reaches behind the face mesh (3DMMs stop at the ears): frames the crop."""
     images_per_batch: int = 4
     """Images per step (per process under DDP)."""
     rays_per_image: int = 256
@@ -45,8 +47,9 @@ class PriorConfig:
     """Posed vertices each sample point gathers features from."""
     max_anchors: int = 1024
     """Dense models (ICT) are anchored on an evenly spread subset of this many vertices."""
-    max_distance: float = 0.05
-    """Metres: sample points farther than this from every anchor have zero density."""
+    max_distance: float = 0.1
+    """Metres: sample points farther than this from every anchor have zero density (reaches the back
+    of the head and the hair, which face models do not cover)."""
     triplane_resolution: int = 32
     """Tri-plane backbone: side of each feature plane."""
     triplane_extent: float = 0.16
@@ -71,6 +74,8 @@ class PriorConfig:
     """DataLoader worker processes per training process."""
     shuffle_buffer: int = 200
     """Sample shuffle buffer of the loader."""
+    shards_in_flight: int = 8
+    """Shards (sessions) each loader worker reads at once, interleaved: batches mix subjects."""
     seed: int = 0
     """Seeds weights, identity codes, data order and ray draws: a run is reproducible."""
 
@@ -81,15 +86,15 @@ class PriorConfig:
             raise ValueError(f"photometric_loss must be one of {PHOTOMETRIC_LOSSES}, got {self.photometric_loss!r}")
         for name in ("resolution", "load_resolution", "images_per_batch", "rays_per_image", "coarse_samples",
                      "latent_dim", "feature_dim", "hidden_dim", "k_neighbors", "max_anchors", "iterations",
-                     "checkpoint_every", "log_every", "triplane_resolution"):
+                     "checkpoint_every", "log_every", "triplane_resolution", "shards_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fine_samples < 0 or self.num_workers < 0 or self.shuffle_buffer < 0:
             raise ValueError("fine_samples, num_workers and shuffle_buffer must be >= 0")
         if self.crop_scale <= 1.0:
             raise ValueError("crop_scale must be > 1 (the crop must hold the whole mesh)")
-        if self.max_distance <= 0 or self.triplane_extent <= 0:
-            raise ValueError("max_distance and triplane_extent must be positive")
+        if self.max_distance <= 0 or self.triplane_extent <= 0 or self.head_depth < 0:
+            raise ValueError("max_distance and triplane_extent must be positive, head_depth >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,8 +73,10 @@ def frame_loader(data: PriorData, face_model: FaceModel, config: PriorConfig, *,
     """Batches of head-crop frames (``collate_frames``) from the shards; ``loader.dataset.set_epoch`` reseeds."""
     dataset = build_dataset(list(data.urls), resolution=config.load_resolution, sample_filter=data.sample_filter,
                             shuffle_buffer=config.shuffle_buffer if shuffle else 0, seed=config.seed,
-                            rank=rank, world_size=world_size, split_by_node=split_by_node)
-    dataset.append(FramePreparer(face_model, data.subjects, config.resolution, config.crop_scale))
+                            rank=rank, world_size=world_size, split_by_node=split_by_node,
+                            shards_in_flight=config.shards_in_flight if shuffle else 1)
+    dataset.append(FramePreparer(face_model, data.subjects, config.resolution, config.crop_scale,
+                                  config.head_depth))
     return make_loader(dataset, config.images_per_batch, config.num_workers, collate_fn=collate_frames)
 
 

@@ -81,10 +81,11 @@ class FramePreparer:
     order (subject id -> latent row) and the crop settings.
     """
 
-    def __init__(self, face_model: FaceModel, subjects: Sequence[str], resolution: int, crop_scale: float) -> None:
+    def __init__(self, face_model: FaceModel, subjects: Sequence[str], resolution: int, crop_scale: float,
+                 head_depth: float = 0.0) -> None:
         self.face_model = face_model
         self.subject_index = {s: i for i, s in enumerate(subjects)}
-        self.resolution, self.crop_scale = int(resolution), float(crop_scale)
+        self.resolution, self.crop_scale, self.head_depth = int(resolution), float(crop_scale), float(head_depth)
         self.dropped: list[tuple[str, str]] = []
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
@@ -112,7 +113,9 @@ class FramePreparer:
         params = {k: fit[k].double().numpy() for k in ("identity", "expression", "rotation", "translation")}
         vertices = self.face_model.vertices(params["identity"], params["expression"], params["rotation"],
                                             params["translation"])
-        window = head_crop(project_points(vertices, K, dist, R, t), self.resolution, self.crop_scale)
+        back = params["rotation"] @ np.array([0.0, 0.0, self.head_depth])  # model +z points to the back of the head
+        head = np.concatenate([vertices, vertices + back])
+        window = head_crop(project_points(head, K, dist, R, t), self.resolution, self.crop_scale)
         rgb = warp(np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()), window, cv2.BORDER_REPLICATE)
         mask = sample.get("mask")
         if mask is not None:

@@ -87,7 +87,7 @@ class AvatarPrior(nn.Module):
             with torch.no_grad():
                 sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
                 coarse = composite(sigma.view(B, R, -1), rgb.view(B, R, -1, 3), depths, far,
-                                   torch.zeros_like(latent[:, :3]))
+                                   latent.new_zeros(latent.shape[0], 3))
             fine = importance_samples(depths, coarse["weights"], cfg.fine_samples, generator)
             depths, _ = torch.sort(torch.cat([depths, fine], -1), -1)
         sigma, rgb = self._field(self._points(origins, dirs, depths), condition)

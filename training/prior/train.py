@@ -101,7 +101,8 @@ def training_loss(render: dict[str, torch.Tensor], rays: dict[str, torch.Tensor]
     mask_loss = (((render["acc"] - rays["mask"]) ** 2) * masked).sum() / masked.sum().clamp_min(1.0)
     latent_loss = (latent**2).sum(-1).mean()
     loss = photometric + config.mask_weight * mask_loss + config.latent_weight * latent_loss
-    return loss, {"loss": float(loss.detach()), "mse": float((err**2).mean()), "mask": float(mask_loss)}
+    return loss, {"loss": float(loss.detach()), "mse": float((err.detach() ** 2).mean()),
+                  "mask": float(mask_loss.detach())}
 
 
 def psnr(mse: float) -> float:
@@ -114,10 +115,12 @@ def build_prior(config: PriorConfig, data: PriorData, face_model: FaceModel) -> 
     return AvatarPrior(config, len(data.subjects), face_model.n_expression, anchors)
 
 
-def checkpoint_matches(ckpt: dict[str, Any], config: PriorConfig, data: PriorData) -> bool:
+def checkpoint_matches(ckpt: dict[str, Any], config: PriorConfig, data: PriorData,
+                       face_model_name: str | None = None) -> bool:
     """True when ``ckpt`` was written by a run of this config on this data (so it may be resumed)."""
     return (ckpt["architecture"]["config"] == config.to_dict() and list(ckpt["subjects"]) == list(data.subjects)
-            and ckpt.get("data_fingerprint") == data.fingerprint)
+            and ckpt.get("data_fingerprint") == data.fingerprint
+            and (face_model_name is None or ckpt.get("face_model") == face_model_name))
 
 
 def _mean_across_ranks(values: list[float], world_size: int) -> list[float]:
@@ -128,8 +131,8 @@ def _mean_across_ranks(values: list[float], world_size: int) -> list[float]:
     return (t / world_size).tolist()
 
 
-def _positions(stream: FrameStream, world_size: int) -> list[list[int]]:
-    mine = list(stream.position)
+def _gather(mine: Any, world_size: int) -> list[Any]:
+    """``mine`` from every rank, in rank order (a collective under DDP)."""
     if world_size == 1:
         return [mine]
     out: list[Any] = [None] * world_size
@@ -165,9 +168,10 @@ def train_prior(
                                   {"params": model.latents.parameters(), "lr": config.latent_lr,
                                    "base_lr": config.latent_lr}])
     start, history, positions, past_seconds = 0, [], [[0, 0]] * world_size, 0.0
+    windows: list[list[dict[str, float]]] = [[] for _ in range(world_size)]
     if resume and path.is_file():
         ckpt = load_checkpoint(path, device)
-        if not checkpoint_matches(ckpt, config, data):
+        if not checkpoint_matches(ckpt, config, data, face_model.name):
             raise ValueError(f"{path} was trained with another config or on other data; "
                              "use a new output folder or resume=False")
         if len(ckpt["positions"]) != world_size:
@@ -176,22 +180,24 @@ def train_prior(
         optimizer.load_state_dict(ckpt["optimizer"])
         start, history, positions = int(ckpt["step"]), list(ckpt["history"]), ckpt["positions"]
         past_seconds = float(ckpt["train_seconds"])
+        windows = ckpt.get("windows", windows)
         if log and rank == 0:
             log(f"resuming from step {start} ({path})")
     trainer: torch.nn.Module = model
     if world_size > 1:
         trainer = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     stream = FrameStream(frame_loader(data, face_model, config), *positions[rank])
-    window: list[dict[str, float]] = []
+    window: list[dict[str, float]] = list(windows[rank])
     step_seconds, rays_done = 0.0, 0
 
     def checkpoint(step: int) -> None:
-        where = _positions(stream, world_size)
+        where = _gather(list(stream.position), world_size)
+        pending = _gather(window, world_size)  # metrics since the last history entry, per rank
         if rank == 0:
             save_checkpoint(path, {"architecture": model.architecture(), "subjects": list(data.subjects),
                                    "face_model": face_model.name, "model": model.state_dict(),
                                    "optimizer": optimizer.state_dict(), "step": step, "positions": where,
-                                   "history": history, "train_seconds": past_seconds + step_seconds,
+                                   "history": history, "windows": pending, "train_seconds": past_seconds + step_seconds,
                                    "data_fingerprint": data.fingerprint,
                                    "data": dict(data.stats)})
         if world_size > 1:
@@ -203,7 +209,9 @@ def train_prior(
         factor = learning_rate_factor(step, config.iterations)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        rays = sample_rays(batch, config.rays_per_image, step_generator(config.seed, step, rank))
+        generator = step_generator(config.seed, step, rank)
+        rays = sample_rays(batch, config.rays_per_image, generator)
+        jitter = generator if device.type == "cpu" else torch.Generator(device).manual_seed(generator.initial_seed())
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         rays = {k: v.to(device) for k, v in rays.items()}
         with torch.no_grad():
@@ -211,7 +219,7 @@ def train_prior(
                                       batch["translation"])
         origins, dirs = camera_rays(rays["dirs"], batch["R"], batch["t"])
         render, latent = trainer(batch["subject"], batch["expression"], vertices, batch["rotation"],
-                                 batch["translation"], origins, dirs, batch["has_mask"])
+                                 batch["translation"], origins, dirs, batch["has_mask"], generator=jitter)
         loss, metrics = training_loss(render, rays, batch["has_mask"], latent, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
