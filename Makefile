@@ -18,12 +18,17 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/o2a simulate $(DATA)/sim --subjects 3 --size 512 --seed 0
+	# 12 subjects: the subject split puts 10 in train (sim0008 validation, sim0011 test)
+	$(VENV)/bin/o2a simulate $(DATA)/sim --subjects 12 --size 384 --seed 11
+	# every session asset, the dataset index, then the avatar prior (cpu preset)
 	$(VENV)/bin/o2a pipeline run --captures $(DATA)/sim/captures \
 		--storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
 	@echo "captures:      $(DATA)/sim/captures"
 	@echo "ground truth:  $(DATA)/sim/ground_truth"
 	@echo "derived:       $(DATA)/derived"
+	@echo "dataset index: $(DATA)/derived/dataset/index.parquet"
+	@echo "avatar prior:  $(DATA)/derived/prior/anchored/checkpoint.pt"
+	@echo "prior report:  $(DATA)/derived/prior/anchored/report.json, curves.png"
 	@echo "browse runs:   DAGSTER_HOME=$$PWD/$(DATA)/dagster_home O2A_CAPTURES_ROOT=$(DATA)/sim/captures \\"
 	@echo "               O2A_STORAGE_URL=file://$(DATA)/derived $(VENV)/bin/dagster dev -w workspace.yaml"
 
@@ -35,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/calibration.py
 	$(PY) benchmarks/fitting.py
 	$(PY) benchmarks/shards.py
+	$(PY) benchmarks/prior.py
 
 clean:
 	rm -rf $(DATA)

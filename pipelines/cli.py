@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.cli_prior import add_prior_commands
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -247,12 +249,15 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipelines.resources import CapturesResource, StorageResource
-    from pipelines.runner import build_dataset_index, run_all_sessions
+    from pipelines.runner import build_dataset_index, run_all_sessions, train_avatar_prior
 
     if args.dagster_home:
         home = Path(args.dagster_home).resolve()
         home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(home)
+    if args.prior_iterations is not None and args.prior_iterations < 1:
+        print("o2a pipeline run: --prior-iterations must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
     captures = CapturesResource(root=args.captures)
     if not captures.root_path().is_dir():
         print(f"o2a pipeline run: captures root {captures.root_path()} does not exist", file=sys.stderr)
@@ -269,6 +274,12 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     print(f"{len(runs) - len(failed) - len(quarantined)} ok, {len(quarantined)} quarantined, {len(failed)} failed")
     if len(runs) > len(failed) + len(quarantined) and not build_dataset_index(instance, storage):
         return EXIT_INVALID
+    if not args.no_prior and len(runs) > len(failed) + len(quarantined):
+        prior = {"iterations": args.prior_iterations} if args.prior_iterations else {}
+        steps = f"{args.prior_iterations} steps" if prior else "the preset's steps"
+        print(f"training the avatar prior on the index's train split (cpu preset, {steps})")
+        if not train_avatar_prior(instance, storage, run_config={"ops": {"avatar_prior": {"config": prior}}}):
+            return EXIT_INVALID
     print(f"outputs: {storage.storage().uri('')}")
     return EXIT_INVALID if failed else EXIT_OK
 
@@ -338,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--captures", required=True, help="captures root folder")
     r.add_argument("--storage", required=True, help="storage root URL for derived artefacts")
     r.add_argument("--dagster-home", help="persist runs in this Dagster instance (default: $DAGSTER_HOME or ephemeral)")
+    r.add_argument("--no-prior", action="store_true", help="stop after the dataset index (no avatar prior)")
+    r.add_argument("--prior-iterations", type=int, help="avatar prior steps (default: the cpu preset's)")
     r.set_defaults(func=cmd_pipeline_run)
+
+    add_prior_commands(sub)
     return parser
 
 

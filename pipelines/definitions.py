@@ -9,6 +9,7 @@ from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.face_fits import face_fits
 from pipelines.assets.ingest import session_manifest
 from pipelines.assets.landmarks import face_landmarks
+from pipelines.assets.prior import avatar_prior
 from pipelines.assets.shards import session_shards
 from pipelines.resources import default_resources
 from pipelines.sensors import build_session_sensor
@@ -17,6 +18,8 @@ from pipelines.sensors import build_session_sensor
 SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards]
 #: Assets over the whole dataset, materialised after the sessions.
 DATASET_ASSETS = [dataset_index]
+#: The avatar prior, trained on the index's train split (a new index marks it stale).
+PRIOR_ASSETS = [avatar_prior]
 
 session_job = dg.define_asset_job(
     "process_session",
@@ -30,9 +33,15 @@ dataset_job = dg.define_asset_job(
     description="Index every sharded session (run after new sessions are sharded).",
 )
 
+prior_job = dg.define_asset_job(
+    "train_avatar_prior",
+    selection=dg.AssetSelection.assets(*PRIOR_ASSETS),
+    description="Train (or resume) the avatar prior on the dataset index's train split.",
+)
+
 defs = dg.Definitions(
-    assets=SESSION_ASSETS + DATASET_ASSETS,
-    jobs=[session_job, dataset_job],
+    assets=SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS,
+    jobs=[session_job, dataset_job, prior_job],
     sensors=[build_session_sensor(session_job.name)],
     resources=default_resources(),
 )

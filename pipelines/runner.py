@@ -2,17 +2,18 @@
 
 This is what ``make demo`` drives: it registers each session found under the
 captures root as a partition of the given Dagster instance (so the runs show up
-in ``dagster dev`` afterwards) and materialises the session assets per partition.
+in ``dagster dev`` afterwards), materialises the session assets per partition,
+then the dataset index and the avatar prior.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import dagster as dg
 
-from pipelines.definitions import DATASET_ASSETS, SESSION_ASSETS, dataset_job, session_job
+from pipelines.definitions import DATASET_ASSETS, PRIOR_ASSETS, SESSION_ASSETS, dataset_job, prior_job, session_job
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
 
@@ -77,3 +78,36 @@ def build_dataset_index(instance: dg.DagsterInstance, storage: StorageResource,
     else:
         log("  dataset index: FAILED (see the run's log)")
     return result.success
+
+
+def train_avatar_prior(instance: dg.DagsterInstance, storage: StorageResource,
+                       face_model: FaceModelResource | None = None, log: Callable[[str], None] = print,
+                       log_level: str = "INFO", run_config: dict[str, Any] | None = None) -> bool:
+    """Materialise ``PRIOR_ASSETS`` (train or resume the avatar prior on the index's train split).
+
+    ``run_config`` is merged into the job's run config, e.g.
+    ``{"ops": {"avatar_prior": {"config": {"iterations": 100}}}}``.
+    """
+    job = dg.Definitions(assets=PRIOR_ASSETS, jobs=[prior_job],
+                         resources={"storage": storage, "face_model": face_model or default_resources()["face_model"]}
+                         ).resolve_job_def(prior_job.name)
+    config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})}
+    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=config)
+    if result.success:
+        meta = result.asset_materializations_for_node("avatar_prior")[0].metadata
+        log(f"  avatar prior ({meta['backbone'].value}): held-in PSNR {meta['psnr_heldin_frames'].value:.2f} dB, "
+            f"{meta['steps'].value} steps on {meta['subjects'].value} subjects -> {meta['checkpoint'].value}")
+    else:
+        log(f"  avatar prior: FAILED: {_failure_reason(result)}")
+    return result.success
+
+
+def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
+    """The first failed step's message (a ``dg.Failure``'s description or the error), else a pointer to the log."""
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return data.user_failure_data.description
+        if data.error is not None:
+            return data.error.message.strip()
+    return "see the run's log"

@@ -91,3 +91,26 @@ def prior_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert build_dataset_index(instance, storage, log_level="WARNING", log=lambda _: None)
     return {"captures": sim.captures_root, "storage": storage.url, "index": root / "derived" / "dataset" / "index.parquet",
             "instance": instance, "ground_truth": sim.ground_truth_root}
+
+
+@pytest.fixture(scope="session")
+def trained_prior(prior_pipeline) -> dict:
+    """The ``avatar_prior`` asset materialised ONCE per test run, default cpu preset, on ``prior_pipeline``.
+
+    Trains on the 10 train subjects into ``<storage root>/prior/anchored/`` (in the fixture's
+    Dagster instance). Returns the checkpoint path, the materialisation's metadata (plain
+    values) and the storage root. Tests may read the checkpoint; never write under that
+    ``prior/`` folder (train elsewhere, with tiny overrides).
+    """
+    import dagster as dg
+
+    from pipelines.assets.prior import avatar_prior
+    from pipelines.resources import FaceModelResource, StorageResource
+
+    result = dg.materialize([avatar_prior], instance=prior_pipeline["instance"], raise_on_error=False,
+                            resources={"storage": StorageResource(url=prior_pipeline["storage"]),
+                                       "face_model": FaceModelResource()})
+    assert result.success, [e.step_failure_data for e in result.get_step_failure_events()]
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("avatar_prior")[0].metadata.items()}
+    return {"checkpoint": Path(metadata["checkpoint"]), "metadata": metadata,
+            "storage_root": Path(prior_pipeline["storage"][len("file://"):])}

@@ -459,4 +459,4 @@ def test_prior_config_round_trips_and_rejects_unknown_fields():
         preset("tpu")
     fine_only = PriorConfig(fine_samples=0, num_workers=0, shuffle_buffer=0)
     assert fine_only.fine_samples == 0
-    assert np.isclose(preset("cpu").crop_scale, 1.7)
+    assert np.isclose(preset("cpu").crop_scale, PriorConfig().crop_scale)

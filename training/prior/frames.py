@@ -1,5 +1,9 @@
 """Loader samples -> training frames: a square head crop with a camera ray per pixel.
 
+A frame holds the crop (``rgb``, ``mask``), its camera (crop intrinsics ``K``, the
+lens ``dist``, world-to-camera ``R``/``t``), the unit ray of every crop pixel
+(``dirs``, camera frame) and the frame's 3DMM fit.
+
 The field lives in metres around the fitted mesh, so every image is cropped to
 the projected mesh (``crop_scale`` x its larger extent, centred) and resampled to
 ``resolution`` x ``resolution``; the camera follows exactly (scale + shift of the
@@ -36,6 +40,11 @@ class CropWindow:
 
     def to_image(self, crop_xy: np.ndarray) -> np.ndarray:
         return (crop_xy - np.asarray(self.offset)) / self.scale
+
+    def intrinsics(self, K: np.ndarray) -> np.ndarray:
+        """The crop's camera matrix (the lens distortion, in normalised coordinates, is unchanged)."""
+        A = np.vstack([self.matrix(), [0.0, 0.0, 1.0]])
+        return A @ np.asarray(K, np.float64)
 
 
 def project_points(points: np.ndarray, K: np.ndarray, dist: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -126,6 +135,7 @@ class FramePreparer:
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous(),
             "mask": mask,
             "dirs": torch.from_numpy(crop_camera_rays(window, K, dist)),
+            "K": torch.from_numpy(window.intrinsics(K)).float(), "dist": torch.from_numpy(dist).float(),
             "R": torch.from_numpy(R).float(), "t": torch.from_numpy(t).float(),
             **{k: torch.from_numpy(v).float() for k, v in params.items()},
         }
@@ -135,7 +145,7 @@ def collate_frames(frames: list[dict]) -> dict[str, Any]:
     """Stack frames; a missing mask becomes zeros with ``has_mask`` False."""
     out: dict[str, Any] = {k: [f[k] for f in frames] for k in ("key", "subject_id", "expression_name", "camera_id")}
     out["subject"] = torch.tensor([f["subject"] for f in frames], dtype=torch.long)
-    for k in ("rgb", "dirs", "R", "t", "identity", "expression", "rotation", "translation"):
+    for k in ("rgb", "dirs", "K", "dist", "R", "t", "identity", "expression", "rotation", "translation"):
         out[k] = torch.stack([f[k] for f in frames])
     has_mask = [f["mask"] is not None for f in frames]
     size = frames[0]["rgb"].shape[-2:]

@@ -20,9 +20,6 @@ from training.prior.fields import FrameCondition, build_field
 from training.prior.frames import MASKED_BACKGROUND
 from training.prior.rays import composite, importance_samples, sphere_bounds, stratified_samples
 
-LATENT_INIT_STD = 0.01
-
-
 class AvatarPrior(nn.Module):
     def __init__(self, config: PriorConfig, n_subjects: int, n_expression: int, anchor_ids: np.ndarray) -> None:
         super().__init__()
@@ -32,7 +29,7 @@ class AvatarPrior(nn.Module):
         self.n_expression = int(n_expression)
         self.register_buffer("anchor_ids", torch.as_tensor(np.asarray(anchor_ids), dtype=torch.long))
         self.latents = nn.Embedding(n_subjects, config.latent_dim)
-        nn.init.normal_(self.latents.weight, std=LATENT_INIT_STD)
+        nn.init.normal_(self.latents.weight, std=config.latent_init_std)
         self.field = build_field(config, len(anchor_ids), n_expression)
         self.background_logit = nn.Parameter(torch.zeros(3))
 

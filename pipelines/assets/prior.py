@@ -1,0 +1,198 @@
+"""``avatar_prior``: the 3DMM-anchored radiance-field prior trained on the index's ``train`` split.
+
+Thin by design: the work is ``training.prior`` (``train_prior``, ``score_frames``,
+``report``). Everything goes under ``prior/<backbone>/``: ``checkpoint.pt`` (resumable,
+``weights_only`` loadable), ``curves.png`` and ``report.json``. On a local store the
+run trains in that folder itself, so an interrupted materialisation resumes from the
+last checkpoint; a checkpoint from other data or another config is replaced.
+"""
+
+import base64
+import io
+import math
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import dagster as dg
+
+from capture_schema.atomic import atomic_write_bytes, canonical_json
+from capture_schema.storage import Storage
+from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
+from pipelines.resources import FaceModelResource, StorageResource
+
+REPORT_FILES = ("curves.png", "report.json")
+
+
+class AvatarPriorConfig(dg.Config):
+    """Which prior to train, and how long."""
+
+    preset: str = "cpu"
+    """``cpu`` (64 px crops, minutes on 2 cores: demo and tests) or ``gpu`` (full size, see the README)."""
+    backbone: str = "anchored"
+    """``anchored`` (features on the 3DMM vertices) or ``triplane``; each trains into ``prior/<backbone>/``."""
+    iterations: int = 0
+    """Optimisation steps; 0 = the preset's."""
+    eval_frames: int = 24
+    """Training frames rendered whole for the held-in PSNR (0 = skip the evaluation)."""
+    resume: bool = True
+    """Continue from a matching checkpoint in the output folder (a non-matching one is always replaced)."""
+
+
+def prior_relpath(backbone: str) -> str:
+    return f"prior/{backbone}"
+
+
+def _prior_config(config: AvatarPriorConfig):
+    from training.prior.config import BACKBONES, PRESETS, preset
+
+    if config.preset not in PRESETS:
+        raise dg.Failure(f"unknown preset {config.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    if config.backbone not in BACKBONES:
+        raise dg.Failure(f"unknown backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if config.iterations < 0 or config.eval_frames < 0:
+        raise dg.Failure("iterations and eval_frames must be >= 0 (iterations 0 = the preset's)")
+    changes: dict[str, Any] = {"backbone": config.backbone}
+    if config.iterations:
+        changes["iterations"] = config.iterations
+    return preset(config.preset, **changes)
+
+
+@contextmanager
+def _work_directory(store: Storage, relpath: str) -> Iterator[Path]:
+    """The folder to train in: the output folder itself when local, else a temporary copy of it."""
+    if store.is_local:
+        path = store.local_path(relpath)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    elif store.exists(relpath):
+        with store.local_directory(relpath) as path:
+            yield path
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+
+
+def _should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, wanted: bool) -> bool:
+    """Resume only from a checkpoint of this config on this data; anything else trains from scratch."""
+    from training.prior.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from training.prior.train import checkpoint_matches
+
+    path = work / CHECKPOINT_NAME
+    if not path.is_file():
+        return wanted
+    if not wanted:
+        context.log.info(f"resume is off: training from scratch over {path}")
+        return False
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as exc:
+        context.log.warning(f"unreadable checkpoint, training from scratch: {exc}")
+        return False
+    if not checkpoint_matches(ckpt, prior_config, data):
+        context.log.warning(f"{path} came from other data or another config (new dataset index or new "
+                            "settings): training from scratch")
+        return False
+    return True
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (``canonical_json`` refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write_bytes(path, data)
+
+
+@dg.asset(deps=[dataset_index], group_name="prior", kinds={"pytorch"})
+def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, storage: StorageResource,
+                 face_model: FaceModelResource) -> dg.MaterializeResult:
+    """One identity code per training subject plus a radiance field anchored to the fitted 3DMM."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
+    from training.prior.dataset import prior_data_from_index
+    from training.prior.evaluate import score_frames, summarize
+    from training.prior.report import curves_png, summary_markdown
+    from training.prior.train import train_prior
+
+    prior_config = _prior_config(config)
+    store = storage.storage()
+    if not store.exists(INDEX_RELPATH):
+        raise dg.Failure(f"no dataset index at {store.uri(INDEX_RELPATH)}: materialise dataset_index first")
+    try:
+        index = pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
+        data = prior_data_from_index(index, split="train")
+    except (ValueError, KeyError, pa.ArrowException) as exc:
+        raise dg.Failure(f"dataset index {store.uri(INDEX_RELPATH)} cannot be trained on: {exc}") from None
+    try:
+        model = face_model.load()
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+    target = prior_relpath(config.backbone)
+    context.log.info(f"training the {config.backbone} prior ({config.preset} preset, {prior_config.iterations} "
+                     f"steps) on {data.stats['images']} images of {len(data.subjects)} subjects "
+                     f"({data.stats['shards']} shards), {model.name} face model -> {store.uri(target)}")
+    with _work_directory(store, target) as work:
+        resume = _should_resume(context, work, prior_config, data, config.resume)
+        if not resume:
+            for name in REPORT_FILES:  # a report of the replaced checkpoint would describe the wrong model
+                (work / name).unlink(missing_ok=True)
+        try:
+            result = train_prior(prior_config, data, model, work, resume=resume, log=context.log.info)
+        except (ValueError, RuntimeError) as exc:
+            raise dg.Failure(f"training the prior failed: {exc}") from None
+        # Average over the whole run, so a resumed (or no-op) materialisation reports the same figure.
+        total_rays = result.steps * prior_config.images_per_batch * prior_config.rays_per_image * result.world_size
+        rays_per_second = total_rays / result.train_seconds if result.train_seconds else result.rays_per_second
+        evaluation = summarize([])
+        if config.eval_frames:
+            trained, _ = load_prior(result.checkpoint)
+            evaluation = summarize(score_frames(trained, model, data, max_frames=config.eval_frames))
+            context.log.info(f"held-in PSNR over {evaluation['frames']} whole training frames: "
+                             f"{evaluation['psnr_mean']:.2f} dB (median {evaluation['psnr_median']:.2f})")
+        curves = curves_png(result.history, f"avatar prior ({config.backbone}, {config.preset} preset)")
+        report = {
+            "checkpoint": store.uri(f"{target}/{CHECKPOINT_NAME}"), "config": prior_config.to_dict(),
+            "preset": config.preset, "face_model": model.name, "subjects": list(data.subjects),
+            "data": dict(data.stats), "data_fingerprint": data.fingerprint, "steps": result.steps,
+            "resumed_from": result.resumed_from, "final": result.final, "evaluation": evaluation,
+            "rays_per_second": rays_per_second, "train_seconds": result.train_seconds, "history": result.history,
+        }
+        _write_if_changed(work / "curves.png", curves)
+        _write_if_changed(work / "report.json", canonical_json(_finite(report)).encode())
+        if not store.is_local:  # each object is published whole; the checkpoint first
+            for name in (CHECKPOINT_NAME, *REPORT_FILES):
+                store.write_bytes(f"{target}/{name}", (work / name).read_bytes())
+
+    final = result.final
+    return dg.MaterializeResult(
+        metadata={
+            "checkpoint": dg.MetadataValue.path(store.uri(f"{target}/{CHECKPOINT_NAME}")),
+            "report": dg.MetadataValue.md(summary_markdown(prior_config.to_dict(), dict(data.stats), final,
+                                                           rays_per_second, evaluation)),
+            "curves": dg.MetadataValue.md(f"![training curves](data:image/png;base64,"
+                                          f"{base64.b64encode(curves).decode()})"),
+            "psnr_train_rays": float(final.get("psnr", math.nan)),
+            "psnr_heldin_frames": float(evaluation["psnr_mean"]),
+            "steps": int(result.steps),
+            "resumed_from": int(result.resumed_from),
+            "rays_per_second": round(float(rays_per_second), 1),
+            "train_seconds": round(float(result.train_seconds), 2),
+            "subjects": len(data.subjects),
+            "train_images": int(data.stats["images"]),
+            "backbone": config.backbone,
+            "preset": config.preset,
+            "report_json": dg.MetadataValue.path(store.uri(f"{target}/report.json")),
+        },
+    )
