@@ -8,7 +8,6 @@ uninterrupted one do bit-identical arithmetic and must end on identical weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import pytest
 import torch
 
 from fitting.face_models import load_face_model
+from prior_ddp_script import state_digest
 from training.loader import SampleFilter
 from training.prior.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -96,14 +96,6 @@ def _assert_same_nested(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def _state_digest(state: dict) -> str:
-    """Same digest as tests/prior_ddp_script.py's ``state_digest``."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- fixtures
@@ -361,7 +353,7 @@ def test_ddp_two_ranks_split_the_shards_and_agree_on_the_weights(tiny_config, pr
     assert set().union(*subjects) <= set(prior_data.subjects)
 
     # DDP kept the replicas in lockstep, and rank 0 saved exactly those weights
-    assert ranks[0]["state_sha256"] == ranks[1]["state_sha256"] == _state_digest(ckpt["model"])
+    assert ranks[0]["state_sha256"] == ranks[1]["state_sha256"] == state_digest(ckpt["model"])
     # loss/PSNR are averaged over the ranks (each rank's "seconds" is its own clock)
     assert _history_without_timing(ranks[0]["history"]) == _history_without_timing(ranks[1]["history"])
     assert [h["step"] for h in ranks[0]["history"]] == [2, 4, 6]
