@@ -74,8 +74,9 @@ def _work_directory(store: Storage, relpath: str) -> Iterator[Path]:
             yield Path(tmp)
 
 
-def _should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, wanted: bool) -> bool:
-    """Resume only from a checkpoint of this config on this data; anything else trains from scratch."""
+def _should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, face_model_name: str,
+                   wanted: bool) -> bool:
+    """Resume only from a checkpoint of this config, data and face model; anything else trains from scratch."""
     from training.prior.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from training.prior.train import checkpoint_matches
 
@@ -90,9 +91,9 @@ def _should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, 
     except ValueError as exc:
         context.log.warning(f"unreadable checkpoint, training from scratch: {exc}")
         return False
-    if not checkpoint_matches(ckpt, prior_config, data):
-        context.log.warning(f"{path} came from other data or another config (new dataset index or new "
-                            "settings): training from scratch")
+    if not checkpoint_matches(ckpt, prior_config, data, face_model_name):
+        context.log.warning(f"{path} came from other data, another config or another face model (new dataset "
+                            "index or new settings): training from scratch")
         return False
     return True
 
@@ -144,7 +145,7 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
                      f"steps) on {data.stats['images']} images of {len(data.subjects)} subjects "
                      f"({data.stats['shards']} shards), {model.name} face model -> {store.uri(target)}")
     with _work_directory(store, target) as work:
-        resume = _should_resume(context, work, prior_config, data, config.resume)
+        resume = _should_resume(context, work, prior_config, data, model.name, config.resume)
         if not resume:
             for name in REPORT_FILES:  # a report of the replaced checkpoint would describe the wrong model
                 (work / name).unlink(missing_ok=True)
