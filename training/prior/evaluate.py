@@ -15,7 +15,7 @@ import torch
 
 from fitting.face_models.base import FaceModel
 from training.prior.dataset import PriorData, frame_loader
-from training.prior.frames import MASKED_BACKGROUND, posed_vertices
+from training.prior.frames import masked_target, posed_vertices
 from training.prior.model import AvatarPrior, render_frames
 
 
@@ -30,8 +30,7 @@ class FrameScore:
 
 def target_images(batch: dict) -> torch.Tensor:
     """(B, 3, H, W) what the prior should render: masked crops on the background, raw crops without a mask."""
-    composited = batch["rgb"] * batch["mask"] + MASKED_BACKGROUND * (1 - batch["mask"])
-    return torch.where(batch["has_mask"][:, None, None, None], composited, batch["rgb"])
+    return masked_target(batch["rgb"], batch["mask"], batch["has_mask"])
 
 
 def image_psnr(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -154,6 +154,13 @@ def collate_frames(frames: list[dict]) -> dict[str, Any]:
     return out
 
 
+def masked_target(rgb: torch.Tensor, mask: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+    """What the prior should render: ``rgb`` composited onto ``MASKED_BACKGROUND`` by ``mask`` (which
+    broadcasts against ``rgb``) for frames with a mask, the raw colours for frames (``has_mask`` (B,)) without."""
+    composited = rgb * mask + MASKED_BACKGROUND * (1 - mask)
+    return torch.where(has_mask.view(-1, *[1] * (rgb.dim() - 1)), composited, rgb)
+
+
 def posed_vertices(face_model: FaceModel, identity: torch.Tensor, expression: torch.Tensor,
                    rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """(B, V, 3) world vertices, differentiable in every argument (few-shot refines expression and pose)."""

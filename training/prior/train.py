@@ -31,7 +31,7 @@ from training.prior.anchors import spread_vertices
 from training.prior.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from training.prior.config import PriorConfig
 from training.prior.dataset import FrameStream, PriorData, frame_loader
-from training.prior.frames import MASKED_BACKGROUND, posed_vertices
+from training.prior.frames import masked_target, posed_vertices
 from training.prior.model import AvatarPrior, camera_rays
 
 MIN_LR_FRACTION = 0.1
@@ -87,9 +87,7 @@ def sample_rays(batch: dict, rays_per_image: int, generator: torch.Generator) ->
     dirs = batch["dirs"].reshape(B, H * W, 3).gather(1, pix[..., None].expand(-1, -1, 3))
     rgb = batch["rgb"].reshape(B, 3, H * W).gather(2, pix[:, None, :].expand(-1, 3, -1)).transpose(1, 2)
     mask = batch["mask"].reshape(B, H * W).gather(1, pix)
-    has_mask = batch["has_mask"]
-    composited = rgb * mask[..., None] + MASKED_BACKGROUND * (1 - mask[..., None])
-    target = torch.where(has_mask[:, None, None], composited, rgb)
+    target = masked_target(rgb, mask[..., None], batch["has_mask"])
     return {"dirs": dirs, "target": target, "mask": mask}
 
 
