@@ -20,7 +20,7 @@ setup: $(STAMP)
 demo: setup
 	# 12 subjects: the subject split puts 10 in train (sim0008 validation, sim0011 test)
 	$(VENV)/bin/o2a simulate $(DATA)/sim --subjects 12 --size 384 --seed 11
-	# every session asset, the dataset index, then the avatar prior (cpu preset)
+	# every session asset, the dataset index, the avatar prior, then its few-shot report (cpu presets)
 	$(VENV)/bin/o2a pipeline run --captures $(DATA)/sim/captures \
 		--storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
 	@echo "captures:      $(DATA)/sim/captures"
@@ -31,6 +31,8 @@ demo: setup
 	@echo "prior report:  $(DATA)/derived/prior/anchored/report.json, curves.png"
 	@echo "browse runs:   DAGSTER_HOME=$$PWD/$(DATA)/dagster_home O2A_CAPTURES_ROOT=$(DATA)/sim/captures \\"
 	@echo "               O2A_STORAGE_URL=file://$(DATA)/derived $(VENV)/bin/dagster dev -w workspace.yaml"
+	@echo "few-shot scores: $(DATA)/derived/fewshot/anchored/scores.parquet"
+	@echo "few-shot report: $(DATA)/derived/fewshot/anchored/report.html"
 
 test: setup
 	$(PY) -m pytest -q

@@ -249,7 +249,7 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipelines.resources import CapturesResource, StorageResource
-    from pipelines.runner import build_dataset_index, run_all_sessions, train_avatar_prior
+    from pipelines.runner import build_dataset_index, evaluate_fewshot, run_all_sessions, train_avatar_prior
 
     if args.dagster_home:
         home = Path(args.dagster_home).resolve()
@@ -280,6 +280,10 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         print(f"training the avatar prior on the index's train split (cpu preset, {steps})")
         if not train_avatar_prior(instance, storage, run_config={"ops": {"avatar_prior": {"config": prior}}}):
             return EXIT_INVALID
+        if not args.no_fewshot:
+            print("adapting the prior to the held-out test subjects (few-shot report, cpu preset)")
+            if evaluate_fewshot(instance, storage) is None:
+                return EXIT_INVALID
     print(f"outputs: {storage.storage().uri('')}")
     return EXIT_INVALID if failed else EXIT_OK
 
@@ -351,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dagster-home", help="persist runs in this Dagster instance (default: $DAGSTER_HOME or ephemeral)")
     r.add_argument("--no-prior", action="store_true", help="stop after the dataset index (no avatar prior)")
     r.add_argument("--prior-iterations", type=int, help="avatar prior steps (default: the cpu preset's)")
+    r.add_argument("--no-fewshot", action="store_true", help="stop after the prior (no few-shot report)")
     r.set_defaults(func=cmd_pipeline_run)
 
     add_prior_commands(sub)

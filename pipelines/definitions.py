@@ -7,6 +7,7 @@ import dagster as dg
 from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.face_fits import face_fits
+from pipelines.assets.fewshot import fewshot_report
 from pipelines.assets.ingest import session_manifest
 from pipelines.assets.landmarks import face_landmarks
 from pipelines.assets.prior import avatar_prior
@@ -20,6 +21,8 @@ SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fit
 DATASET_ASSETS = [dataset_index]
 #: The avatar prior, trained on the index's train split (a new index marks it stale).
 PRIOR_ASSETS = [avatar_prior]
+#: Few-shot adaptation of the prior to the held-out subjects, scored and reported.
+FEWSHOT_ASSETS = [fewshot_report]
 
 session_job = dg.define_asset_job(
     "process_session",
@@ -39,9 +42,15 @@ prior_job = dg.define_asset_job(
     description="Train (or resume) the avatar prior on the dataset index's train split.",
 )
 
+fewshot_job = dg.define_asset_job(
+    "evaluate_fewshot",
+    selection=dg.AssetSelection.assets(*FEWSHOT_ASSETS),
+    description="Adapt the avatar prior to each held-out subject from K images and write the report.",
+)
+
 defs = dg.Definitions(
-    assets=SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS,
-    jobs=[session_job, dataset_job, prior_job],
+    assets=SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS,
+    jobs=[session_job, dataset_job, prior_job, fewshot_job],
     sensors=[build_session_sensor(session_job.name)],
     resources=default_resources(),
 )

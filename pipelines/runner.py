@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from pipelines.definitions import DATASET_ASSETS, PRIOR_ASSETS, SESSION_ASSETS, dataset_job, prior_job, session_job
+from pipelines.definitions import (DATASET_ASSETS, FEWSHOT_ASSETS, PRIOR_ASSETS, SESSION_ASSETS, dataset_job,
+                                   fewshot_job, prior_job, session_job)
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
 
@@ -80,6 +81,18 @@ def build_dataset_index(instance: dg.DagsterInstance, storage: StorageResource,
     return result.success
 
 
+def _execute_with_models(assets: list, job: Any, instance: dg.DagsterInstance, storage: StorageResource,
+                         face_model: FaceModelResource | None, log_level: str,
+                         run_config: dict[str, Any] | None) -> dg.ExecuteInProcessResult:
+    """Run ``job`` over ``assets`` in process, with the storage and face-model resources."""
+    job_def = dg.Definitions(assets=assets, jobs=[job],
+                             resources={"storage": storage,
+                                        "face_model": face_model or default_resources()["face_model"]}
+                             ).resolve_job_def(job.name)
+    config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})}
+    return job_def.execute_in_process(instance=instance, raise_on_error=False, run_config=config)
+
+
 def train_avatar_prior(instance: dg.DagsterInstance, storage: StorageResource,
                        face_model: FaceModelResource | None = None, log: Callable[[str], None] = print,
                        log_level: str = "INFO", run_config: dict[str, Any] | None = None) -> bool:
@@ -88,11 +101,7 @@ def train_avatar_prior(instance: dg.DagsterInstance, storage: StorageResource,
     ``run_config`` is merged into the job's run config, e.g.
     ``{"ops": {"avatar_prior": {"config": {"iterations": 100}}}}``.
     """
-    job = dg.Definitions(assets=PRIOR_ASSETS, jobs=[prior_job],
-                         resources={"storage": storage, "face_model": face_model or default_resources()["face_model"]}
-                         ).resolve_job_def(prior_job.name)
-    config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})}
-    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=config)
+    result = _execute_with_models(PRIOR_ASSETS, prior_job, instance, storage, face_model, log_level, run_config)
     if result.success:
         meta = result.asset_materializations_for_node("avatar_prior")[0].metadata
         log(f"  avatar prior ({meta['backbone'].value}): held-in PSNR {meta['psnr_heldin_frames'].value:.2f} dB, "
@@ -100,6 +109,21 @@ def train_avatar_prior(instance: dg.DagsterInstance, storage: StorageResource,
     else:
         log(f"  avatar prior: FAILED: {_failure_reason(result)}")
     return result.success
+
+
+def evaluate_fewshot(instance: dg.DagsterInstance, storage: StorageResource,
+                     face_model: FaceModelResource | None = None, log: Callable[[str], None] = print,
+                     log_level: str = "INFO", run_config: dict[str, Any] | None = None) -> str | None:
+    """Materialise ``FEWSHOT_ASSETS`` (adapt the prior to the held-out subjects); the report's URI, or None."""
+    result = _execute_with_models(FEWSHOT_ASSETS, fewshot_job, instance, storage, face_model, log_level,
+                                  run_config)
+    if not result.success:
+        log(f"  few-shot report: FAILED: {_failure_reason(result)}")
+        return None
+    meta = result.asset_materializations_for_node("fewshot_report")[0].metadata
+    log(f"  few-shot report: {meta['frames_scored'].value} frames scored on {meta['subjects'].value} held-out "
+        f"subject(s) -> {meta['report'].value}")
+    return str(meta["report"].value)
 
 
 def _failure_reason(result: dg.ExecuteInProcessResult) -> str:

@@ -60,7 +60,7 @@ def _prior_config(config: AvatarPriorConfig):
 
 
 @contextmanager
-def _work_directory(store: Storage, relpath: str) -> Iterator[Path]:
+def work_directory(store: Storage, relpath: str) -> Iterator[Path]:
     """The folder to train in: the output folder itself when local, else a temporary copy of it."""
     if store.is_local:
         path = store.local_path(relpath)
@@ -144,7 +144,7 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
     context.log.info(f"training the {config.backbone} prior ({config.preset} preset, {prior_config.iterations} "
                      f"steps) on {data.stats['images']} images of {len(data.subjects)} subjects "
                      f"({data.stats['shards']} shards), {model.name} face model -> {store.uri(target)}")
-    with _work_directory(store, target) as work:
+    with work_directory(store, target) as work:
         resume = _should_resume(context, work, prior_config, data, model.name, config.resume)
         if not resume:
             for name in REPORT_FILES:  # a report of the replaced checkpoint would describe the wrong model

@@ -1,0 +1,150 @@
+"""``fewshot_report``: adapt the avatar prior to each held-out subject from K images, and report.
+
+Thin by design: the protocol is ``training.fewshot`` (selection, adaptation,
+metrics, report). Everything goes under ``fewshot/<backbone>/``: ``scores.parquet``
+(one row per rendered frame, method, K and camera condition), ``report.html``
+(self-contained, images embedded), ``psnr_vs_k.png``, ``summary.md``, ``runs.json``
+(adaptation time, loss and corrections per run) and the adapted avatars
+``adapted/<subject>/<condition>/k<K>/checkpoint.pt`` (prior checkpoints with one
+subject: ``load_prior`` renders any camera and expression).
+"""
+
+import base64
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from capture_schema.atomic import atomic_write_bytes, canonical_json
+from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
+from pipelines.assets.prior import avatar_prior, prior_relpath
+from pipelines.resources import FaceModelResource, StorageResource
+
+
+class FewShotReportConfig(dg.Config):
+    """Which prior to adapt, to whom, and how."""
+
+    preset: str = "cpu"
+    """Few-shot preset: ``cpu`` (demo and tests) or ``gpu`` (longer stages, every held-out frame)."""
+    backbone: str = "anchored"
+    """The avatar prior to adapt (``prior/<backbone>/checkpoint.pt``)."""
+    splits: list[str] = ["test"]
+    """Index splits whose subjects are adapted to (the prior never trained on them)."""
+    subjects: list[str] = []
+    """Only these subjects (empty = every subject of ``splits``)."""
+    ks: list[int] = []
+    """Numbers of input images (empty = the preset's, 1, 3 and 5)."""
+    eval_frames: int = -1
+    """Held-out frames scored per subject (-1 = the preset's, 0 = every non-input frame)."""
+
+
+def fewshot_relpath(backbone: str) -> str:
+    return f"fewshot/{backbone}"
+
+
+def _fewshot_config(config: FewShotReportConfig):
+    from training.fewshot.config import PRESETS, fewshot_preset
+
+    if config.preset not in PRESETS:
+        raise dg.Failure(f"unknown few-shot preset {config.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    changes: dict[str, Any] = {}
+    if config.ks:
+        changes["ks"] = tuple(config.ks)
+    if config.eval_frames >= 0:
+        changes["eval_frames"] = config.eval_frames
+    try:
+        return fewshot_preset(config.preset, **changes)
+    except ValueError as exc:
+        raise dg.Failure(f"invalid few-shot settings: {exc}") from None
+
+
+@dg.asset(deps=[avatar_prior, dataset_index], group_name="prior", kinds={"pytorch", "html"})
+def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfig, storage: StorageResource,
+                   face_model: FaceModelResource) -> dg.MaterializeResult:
+    """Few-shot adaptation (prior vs no prior, latent only, frozen geometry) scored on held-out subjects."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from training.fewshot.evaluate import SubjectEvaluation, held_out_subjects, load_subject_frames
+    from training.fewshot.metrics import load_lpips
+    from training.fewshot.report import summary_markdown, summary_table, write_report
+    from training.fewshot.selection import __doc__ as selection_rule
+    from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
+
+    fs_config = _fewshot_config(config)
+    store = storage.storage()
+    prior_path = f"{prior_relpath(config.backbone)}/{CHECKPOINT_NAME}"
+    for relpath, asset in ((INDEX_RELPATH, "dataset_index"), (prior_path, "avatar_prior")):
+        if not store.exists(relpath):
+            raise dg.Failure(f"nothing at {store.uri(relpath)}: materialise {asset} first")
+    index = pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
+    subjects = held_out_subjects(index, config.splits)
+    if config.subjects:
+        missing = sorted(set(config.subjects) - set(subjects))
+        if missing:
+            raise dg.Failure(f"subject(s) {', '.join(missing)} are not in the index's {'/'.join(config.splits)} "
+                             f"split(s) (held out: {', '.join(subjects) or 'none'})")
+        subjects = sorted(config.subjects)
+    if not subjects:
+        raise dg.Failure(f"the dataset index has no subject in split(s) {', '.join(config.splits)}: "
+                         "capture more subjects (the split is 80/10/10 by subject) or choose other splits")
+    try:
+        model = face_model.load()
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        local_prior = Path(tmp) / CHECKPOINT_NAME
+        local_prior.write_bytes(store.read_bytes(prior_path))
+        prior, ckpt = load_prior(local_prior)
+    if ckpt.get("face_model") not in (None, model.name):
+        raise dg.Failure(f"the prior was trained with face model {ckpt.get('face_model')!r}, not {model.name!r}")
+    lpips_model, lpips_note = load_lpips()
+    context.log.info(lpips_note)
+    target = fewshot_relpath(config.backbone)
+    rows, grids, runs = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = store.local_path(target) if store.is_local else Path(tmp)
+        shutil.rmtree(work / "adapted", ignore_errors=True)  # avatars of subjects no longer evaluated
+        for n, subject in enumerate(subjects, 1):
+            frames = load_subject_frames(index, subject, model, prior)
+            context.log.info(f"subject {n}/{len(subjects)} {subject}: {len(frames)} usable frames")
+            result = SubjectEvaluation(prior, model, frames, fs_config, work / "adapted", context.log.info,
+                                       lpips_model).run()
+            rows += result.rows
+            grids += result.grids
+            runs += result.runs
+        scores = pd.DataFrame(rows)
+        notes = [lpips_note, "Inputs: " + " ".join(selection_rule.split("\n\n")[1].split()),
+                 f"Scores are over {fs_config.eval_frames or 'all'} held-out frames per subject, "
+                 "the same for every K and method; crops are 64 px composited onto the mask background."]
+        settings = {"fewshot": fs_config.to_dict(), "prior": ckpt["architecture"]["config"],
+                    "prior_checkpoint": store.uri(prior_path), "subjects": subjects, "splits": list(config.splits)}
+        paths = write_report(work, scores, grids, notes, settings)
+        atomic_write_bytes(work / "runs.json", canonical_json(runs).encode())
+        if not store.is_local:
+            for path in sorted(p for p in work.rglob("*") if p.is_file()):
+                store.write_bytes(f"{target}/{path.relative_to(work).as_posix()}", path.read_bytes())
+        summary = summary_table(scores)
+        plot = paths["plot"].read_bytes()
+
+    def cell(condition: str, method: str, k: int) -> float:
+        hit = summary[(summary["condition"] == condition) & (summary["method"] == method) & (summary["k"] == k)]
+        return float(hit["psnr_mean"].iloc[0]) if len(hit) else float("nan")
+
+    k_small = min(fs_config.ks)
+    metadata: dict[str, Any] = {
+        "report": dg.MetadataValue.url(store.uri(f"{target}/report.html")),
+        "report_path": dg.MetadataValue.path(store.uri(f"{target}/report.html")),
+        "scores": dg.MetadataValue.path(store.uri(f"{target}/scores.parquet")),
+        "summary": dg.MetadataValue.md(summary_markdown(summary)),
+        "psnr_vs_k": dg.MetadataValue.md(f"![PSNR vs K](data:image/png;base64,{base64.b64encode(plot).decode()})"),
+        "subjects": len(subjects),
+        "frames_scored": len(scores),
+        f"psnr_prior_k{k_small}": cell("estimated", "prior", k_small),
+        f"psnr_scratch_k{k_small}": cell("estimated", "scratch", k_small),
+        "lpips": lpips_note,
+    }
+    return dg.MaterializeResult(metadata=metadata)
