@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from capture_schema.atomic import atomic_write_bytes
+from training.fewshot.config import CONDITIONS as CONDITION_ORDER
+from training.fewshot.config import METHODS as METHOD_ORDER
 
-METHOD_ORDER = ("prior", "prior_fixed_geometry", "latent_only", "scratch")
-CONDITION_ORDER = ("estimated", "perturbed")
 METHOD_LABELS: dict[str, str] = {
     "prior": "prior (latent + weights + 3DMM + cameras)",
     "prior_fixed_geometry": "prior, fixed 3DMM and cameras",
