@@ -43,6 +43,7 @@ bench: setup
 	$(PY) benchmarks/fitting.py
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/prior.py
+	$(PY) benchmarks/fewshot.py
 
 clean:
 	rm -rf $(DATA)

@@ -7,6 +7,7 @@ of the session fixtures ``prior_pipeline`` and ``trained_prior``.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -166,3 +167,29 @@ def test_clear_errors_for_missing_inputs_and_bad_subjects(trained_prior, prior_p
     assert "sim0000" in message and "held out: sim0011" in message  # a training subject is refused
     message = failure_message(materialise(instance, prior_pipeline["storage"], {"ks": [0]}))
     assert "invalid few-shot settings" in message
+
+
+QUICK = {"ks": [1], "methods": ["prior", "scratch"], "perturbed_ks": [], "stage1_steps": 2, "stage2_steps": 2,
+         "eval_frames": 2}
+
+
+def test_object_store_root_gets_every_file(trained_prior, prior_pipeline) -> None:
+    """On a remote root the report is built in a local folder and uploaded file by file."""
+    import fsspec
+
+    url, fs = "memory://o2a-fewshot-test/derived", fsspec.filesystem("memory")
+    fs.pipe_file("/o2a-fewshot-test/derived/dataset/index.parquet", Path(prior_pipeline["index"]).read_bytes())
+    fs.pipe_file("/o2a-fewshot-test/derived/prior/anchored/checkpoint.pt", trained_prior["checkpoint"].read_bytes())
+    try:
+        result = materialise(dg.DagsterInstance.ephemeral(), url, QUICK)
+        assert result.success, failure_message(result)
+        found = sorted(p.split("/fewshot/anchored/", 1)[1] for p in fs.find("/o2a-fewshot-test/derived/fewshot"))
+        assert found == ["adapted/sim0011/estimated/k1/checkpoint.pt", "psnr_vs_k.png", "report.html", "runs.json",
+                         "scores.parquet", "summary.md"]
+        scores = pd.read_parquet(io.BytesIO(fs.cat_file("/o2a-fewshot-test/derived/fewshot/anchored/scores.parquet")))
+        assert sorted(scores["method"].unique()) == ["prior", "scratch"] and len(scores) == 4
+        meta = result.asset_materializations_for_node("fewshot_report")[0].metadata
+        assert meta["report"].value == f"{url}/fewshot/anchored/report.html"
+        assert {"psnr_prior_k1", "psnr_scratch_k1"} <= set(meta)
+    finally:
+        fs.rm("/o2a-fewshot-test", recursive=True)

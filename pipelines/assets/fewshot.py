@@ -14,7 +14,7 @@ import io
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import dagster as dg
 
@@ -35,10 +35,18 @@ class FewShotReportConfig(dg.Config):
     """Index splits whose subjects are adapted to (the prior never trained on them)."""
     subjects: list[str] = []
     """Only these subjects (empty = every subject of ``splits``)."""
-    ks: list[int] = []
-    """Numbers of input images (empty = the preset's, 1, 3 and 5)."""
-    eval_frames: int = -1
-    """Held-out frames scored per subject (-1 = the preset's, 0 = every non-input frame)."""
+    ks: Optional[list[int]] = None
+    """Numbers of input images (None = the preset's, 1, 3 and 5)."""
+    eval_frames: Optional[int] = None
+    """Held-out frames scored per subject (None = the preset's, 0 = every non-input frame)."""
+    methods: Optional[list[str]] = None
+    """Methods under the estimated cameras (None = all: prior, prior_fixed_geometry, latent_only, scratch)."""
+    perturbed_ks: Optional[list[int]] = None
+    """K evaluated with 1-degree perturbed input cameras (None = the preset's, [] = none)."""
+    stage1_steps: Optional[int] = None
+    """Stage 1 steps (None = the preset's)."""
+    stage2_steps: Optional[int] = None
+    """Stage 2 steps (None = the preset's)."""
 
 
 def fewshot_relpath(backbone: str) -> str:
@@ -50,11 +58,10 @@ def _fewshot_config(config: FewShotReportConfig):
 
     if config.preset not in PRESETS:
         raise dg.Failure(f"unknown few-shot preset {config.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    changes: dict[str, Any] = {}
-    if config.ks:
-        changes["ks"] = tuple(config.ks)
-    if config.eval_frames >= 0:
-        changes["eval_frames"] = config.eval_frames
+    changes: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name in ("ks", "eval_frames", "methods", "perturbed_ks", "stage1_steps", "stage2_steps")
+        if (value := getattr(config, name)) is not None}
     try:
         return fewshot_preset(config.preset, **changes)
     except ValueError as exc:
@@ -135,6 +142,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
         return float(hit["psnr_mean"].iloc[0]) if len(hit) else float("nan")
 
     k_small = min(fs_config.ks)
+    methods = list(fs_config.methods)
     metadata: dict[str, Any] = {
         "report": dg.MetadataValue.url(store.uri(f"{target}/report.html")),
         "report_path": dg.MetadataValue.path(store.uri(f"{target}/report.html")),
@@ -143,8 +151,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
         "psnr_vs_k": dg.MetadataValue.md(f"![PSNR vs K](data:image/png;base64,{base64.b64encode(plot).decode()})"),
         "subjects": len(subjects),
         "frames_scored": len(scores),
-        f"psnr_prior_k{k_small}": cell("estimated", "prior", k_small),
-        f"psnr_scratch_k{k_small}": cell("estimated", "scratch", k_small),
+        **{f"psnr_{method}_k{k_small}": cell("estimated", method, k_small) for method in methods},
         "lpips": lpips_note,
     }
     return dg.MaterializeResult(metadata=metadata)
