@@ -89,12 +89,17 @@ class Adapted:
 
 def new_avatar(prior: AvatarPrior) -> AvatarPrior:
     """The prior's network with one identity code, set to the mean of the training codes."""
-    avatar = AvatarPrior.from_architecture({**prior.architecture(), "n_subjects": 1})
+    device = next(prior.parameters()).device
+    avatar = AvatarPrior.from_architecture({**prior.architecture(), "n_subjects": 1}).to(device)
     state = {k: v for k, v in prior.state_dict().items() if not k.startswith("latents.")}
     avatar.load_state_dict(state, strict=False)
     with torch.no_grad():
         avatar.latents.weight.copy_(prior.mean_latent()[None])
     return avatar
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _network(model: AvatarPrior) -> list[tuple[str, nn.Parameter]]:
@@ -104,13 +109,18 @@ def _network(model: AvatarPrior) -> list[tuple[str, nn.Parameter]]:
 def _fit(model: AvatarPrior, face_model: FaceModel, inputs: dict, config: FewShotConfig, steps: int,
          optimizer: torch.optim.Optimizer, geometry: GeometryCorrections | None,
          extra_loss: Callable[[], torch.Tensor] | None, seed: int, log: Log, label: str) -> list[dict[str, float]]:
-    """The shared optimisation loop: ``steps`` of photometric + mask + code losses (+ ``extra_loss``)."""
+    """The shared optimisation loop: ``steps`` of photometric + mask + code losses (+ ``extra_loss``).
+
+    Images and rays are drawn on the CPU from (seed, step) as in prior training, then moved to the
+    model's device."""
+    device = next(model.parameters()).device
+    on_device = _to(inputs, device)
     n = len(inputs["key"])
     per_step = min(n, config.images_per_step)
     rays_per_image = max(1, config.rays_per_step // per_step)
     for group in optimizer.param_groups:
         group.setdefault("base_lr", group["lr"])
-    subject = torch.zeros(per_step, dtype=torch.long)
+    subject = torch.zeros(per_step, dtype=torch.long, device=device)
     history: list[dict[str, float]] = []
     model.train()
     for step in range(steps):
@@ -120,14 +130,16 @@ def _fit(model: AvatarPrior, face_model: FaceModel, inputs: dict, config: FewSho
         factor = learning_rate_factor(step, steps)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        rays = sample_rays(batch, rays_per_image, generator)
-        pose = geometry.apply(inputs, images) if geometry is not None else batch
+        rays = _to(sample_rays(batch, rays_per_image, generator), device)
+        batch = _to(batch, device)
+        jitter = generator if device.type == "cpu" else torch.Generator(device).manual_seed(generator.initial_seed())
+        pose = geometry.apply(on_device, images.to(device)) if geometry is not None else batch
         with torch.set_grad_enabled(geometry is not None):
             vertices = posed_vertices(face_model, batch["identity"], pose["expression"], pose["rotation"],
                                       pose["translation"])
         origins, dirs = camera_rays(rays["dirs"], pose["R"], pose["t"])
         render, latent = model(subject, pose["expression"], vertices, pose["rotation"], pose["translation"],
-                               origins, dirs, batch["has_mask"], generator=generator)
+                               origins, dirs, batch["has_mask"], generator=jitter)
         loss, metrics = training_loss(render, rays, batch["has_mask"], latent, model.config)
         if extra_loss is not None:
             extra = extra_loss()
@@ -177,7 +189,7 @@ def refine(stage1: Adapted, face_model: FaceModel, inputs: dict, config: FewShot
                   {"params": network, "lr": config.weight_lr}]
         geometry = None
         if optimise_geometry:
-            geometry = GeometryCorrections(inputs, face_model.n_expression)
+            geometry = GeometryCorrections(inputs, face_model.n_expression).to(next(avatar.parameters()).device)
             groups += [{"params": [geometry.expression], "lr": config.expression_lr},
                        {"params": [geometry.camera_rotation, geometry.head_rotation], "lr": config.rotation_lr},
                        {"params": [geometry.camera_translation, geometry.head_translation],
@@ -204,6 +216,7 @@ def train_scratch(prior: AvatarPrior, face_model: FaceModel, inputs: dict, confi
     def run() -> Adapted:
         torch.manual_seed(config.seed)
         avatar = AvatarPrior.from_architecture({**prior.architecture(), "n_subjects": 1})
+        avatar = avatar.to(next(prior.parameters()).device)
         optimizer = torch.optim.Adam([{"params": [p for _, p in _network(avatar)], "lr": avatar.config.lr},
                                       {"params": avatar.latents.parameters(), "lr": avatar.config.latent_lr}])
         history = _fit(avatar, face_model, inputs, config, config.baseline_steps, optimizer, None, None,
