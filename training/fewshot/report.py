@@ -119,11 +119,14 @@ def psnr_vs_k_png(summary: pd.DataFrame, title: str = "few-shot adaptation: PSNR
 
     methods = _ordered(summary["method"], METHOD_ORDER)
     colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for (condition, method), group in summary.groupby(["condition", "method"], sort=False):
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    lines = list(summary.groupby(["condition", "method"], sort=False))
+    for i, ((condition, method), group) in enumerate(lines):
         group = group.sort_values("k")
-        ax.errorbar(group["k"], group["psnr_mean"], yerr=np.nan_to_num(group["psnr_std"].to_numpy(float)),
-                    color=colours(methods.index(method) % 10), marker="o", capsize=3,
+        shift = 0.06 * (i - (len(lines) - 1) / 2)  # side by side, so the error bars stay readable
+        ax.errorbar(group["k"] + shift, group["psnr_mean"], yerr=np.nan_to_num(group["psnr_std"].to_numpy(float)),
+                    color=colours(methods.index(method) % 10), marker="s" if condition == "perturbed" else "o",
+                    capsize=3,
                     linestyle="--" if condition == "perturbed" else "-",
                     label=f"{method_label(method)} ({condition})")
     ks = sorted(int(k) for k in summary["k"].unique())
@@ -134,7 +137,7 @@ def psnr_vs_k_png(summary: pd.DataFrame, title: str = "few-shot adaptation: PSNR
     ax.set_ylabel("PSNR on held-out frames (dB)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
