@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := workspace_data
 
-.PHONY: setup demo test bench clean dagster-ui
+.PHONY: setup demo test bench clean dagster-ui ablation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: setup
 	@echo "               O2A_STORAGE_URL=file://$(DATA)/derived $(VENV)/bin/dagster dev -w workspace.yaml"
 	@echo "few-shot scores: $(DATA)/derived/fewshot/anchored/scores.parquet"
 	@echo "few-shot report: $(DATA)/derived/fewshot/anchored/report.html"
+
+ablation: setup
+	# the default balance-ablation spec on the demo's index (run `make demo` first)
+	$(VENV)/bin/o2a ablation run --storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
+	@echo "ablation report: $(DATA)/derived/ablations/report.html"
 
 test: setup
 	$(PY) -m pytest -q

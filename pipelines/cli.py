@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.cli_ablation import add_ablation_commands
 from pipelines.cli_prior import add_prior_commands
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_pipeline_run)
 
     add_prior_commands(sub)
+    add_ablation_commands(sub)
     return parser
 
 

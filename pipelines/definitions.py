@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.assets.ablation import build_ablation_assets, spec_from_environment
 from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.face_fits import face_fits
@@ -23,6 +24,8 @@ DATASET_ASSETS = [dataset_index]
 PRIOR_ASSETS = [avatar_prior]
 #: Few-shot adaptation of the prior to the held-out subjects, scored and reported.
 FEWSHOT_ASSETS = [fewshot_report]
+#: Balance ablations: subset, prior and few-shot scores per spec configuration (partitions), then the report.
+ABLATION_ASSETS = build_ablation_assets(spec_from_environment())
 
 session_job = dg.define_asset_job(
     "process_session",
@@ -48,9 +51,15 @@ fewshot_job = dg.define_asset_job(
     description="Adapt the avatar prior to each held-out subject from K images and write the report.",
 )
 
+ablation_job = dg.define_asset_job(
+    "run_ablation_configuration",
+    selection=dg.AssetSelection.assets(*ABLATION_ASSETS[:3]),
+    description="One ablation configuration (partition): its subset, its prior and its few-shot scores.",
+)
+
 defs = dg.Definitions(
-    assets=SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS,
-    jobs=[session_job, dataset_job, prior_job, fewshot_job],
+    assets=SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + ABLATION_ASSETS,
+    jobs=[session_job, dataset_job, prior_job, fewshot_job, ablation_job],
     sensors=[build_session_sensor(session_job.name)],
     resources=default_resources(),
 )

@@ -9,7 +9,7 @@ then the dataset index and the avatar prior.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import dagster as dg
 
@@ -17,6 +17,9 @@ from pipelines.definitions import (DATASET_ASSETS, FEWSHOT_ASSETS, PRIOR_ASSETS,
                                    fewshot_job, prior_job, session_job)
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
+
+if TYPE_CHECKING:
+    from training.ablation.spec import AblationSpec
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,36 @@ def evaluate_fewshot(instance: dg.DagsterInstance, storage: StorageResource,
     log(f"  few-shot report: {meta['frames_scored'].value} frames scored on {meta['subjects'].value} held-out "
         f"subject(s) -> {meta['report'].value}")
     return str(meta["report"].value)
+
+
+def run_ablation(instance: dg.DagsterInstance, storage: StorageResource, spec: "AblationSpec",
+                 names: list[str] | None = None, report: bool = True, face_model: FaceModelResource | None = None,
+                 log: Callable[[str], None] = print, log_level: str = "INFO") -> bool:
+    """Materialise the ablation assets of ``spec``: subset, prior and few-shot scores of each configuration in
+    ``names`` (default: all), then ``ablation_report`` when ``report`` (it needs every configuration done)."""
+    from pipelines.assets.ablation import build_ablation_assets
+
+    assets = build_ablation_assets(spec)
+    resources = {"storage": storage, "face_model": face_model or default_resources()["face_model"]}
+    config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    for name in names or spec.names():
+        spec.get(name)  # an unknown name fails here, listing the known ones
+        log(f"  ablation configuration {name}: subset, prior, few-shot")
+        result = dg.materialize(assets[:3], instance=instance, partition_key=name, resources=resources,
+                                raise_on_error=False, run_config=config)
+        if not result.success:
+            log(f"  ablation configuration {name}: FAILED: {_failure_reason(result)}")
+            return False
+        meta = result.asset_materializations_for_node("ablation_fewshot")[0].metadata
+        log("    " + ", ".join(f"{k}: {v.value:.2f} dB" for k, v in meta.items() if k.startswith("psnr_k")))
+    if report:
+        result = dg.materialize(assets[3:], instance=instance, resources=resources, raise_on_error=False,
+                                run_config=config)
+        if not result.success:
+            log(f"  ablation report: FAILED: {_failure_reason(result)}")
+            return False
+        log(f"  ablation report -> {result.asset_materializations_for_node('ablation_report')[0].metadata['report'].value}")
+    return True
 
 
 def _failure_reason(result: dg.ExecuteInProcessResult) -> str:

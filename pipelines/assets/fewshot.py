@@ -75,7 +75,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from training.fewshot.evaluate import SubjectEvaluation, held_out_subjects, load_subject_frames
+    from training.fewshot.evaluate import evaluate_subjects, held_out_subjects
     from training.fewshot.metrics import load_lpips
     from training.fewshot.report import summary_markdown, summary_table, write_report
     from training.fewshot.selection import __doc__ as selection_rule
@@ -112,18 +112,12 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     lpips_model, lpips_note = load_lpips()
     context.log.info(lpips_note)
     target = fewshot_relpath(config.backbone)
-    rows, grids, runs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = store.local_path(target) if store.is_local else Path(tmp)
         shutil.rmtree(work / "adapted", ignore_errors=True)  # avatars of subjects no longer evaluated
-        for n, subject in enumerate(subjects, 1):
-            frames = load_subject_frames(index, subject, model, prior)
-            context.log.info(f"subject {n}/{len(subjects)} {subject}: {len(frames)} usable frames")
-            result = SubjectEvaluation(prior, model, frames, fs_config, work / "adapted", context.log.info,
-                                       lpips_model).run()
-            rows += result.rows
-            grids += result.grids
-            runs += result.runs
+        result = evaluate_subjects(prior, model, index, subjects, fs_config, work / "adapted", context.log.info,
+                                   lpips_model)
+        rows, grids, runs = result.rows, result.grids, result.runs
         scores = pd.DataFrame(rows)
         notes = [lpips_note, "Inputs: " + " ".join(selection_rule.split("\n\n")[1].split()),
                  f"Scores are over {fs_config.eval_frames or 'all'} held-out frames per subject, "

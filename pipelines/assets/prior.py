@@ -74,7 +74,7 @@ def work_directory(store: Storage, relpath: str) -> Iterator[Path]:
             yield Path(tmp)
 
 
-def _should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, face_model_name: str,
+def should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, face_model_name: str,
                    wanted: bool) -> bool:
     """Resume only from a checkpoint of this config, data and face model; anything else trains from scratch."""
     from training.prior.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -98,18 +98,18 @@ def _should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, 
     return True
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON-safe: NaN/inf become null (``canonical_json`` refuses them)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
+def write_if_changed(path: Path, data: bytes) -> None:
     if not (path.is_file() and path.read_bytes() == data):
         atomic_write_bytes(path, data)
 
@@ -145,7 +145,7 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
                      f"steps) on {data.stats['images']} images of {len(data.subjects)} subjects "
                      f"({data.stats['shards']} shards), {model.name} face model -> {store.uri(target)}")
     with work_directory(store, target) as work:
-        resume = _should_resume(context, work, prior_config, data, model.name, config.resume)
+        resume = should_resume(context, work, prior_config, data, model.name, config.resume)
         if not resume:
             for name in REPORT_FILES:  # a report of the replaced checkpoint would describe the wrong model
                 (work / name).unlink(missing_ok=True)
@@ -170,8 +170,8 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
             "resumed_from": result.resumed_from, "final": result.final, "evaluation": evaluation,
             "rays_per_second": rays_per_second, "train_seconds": result.train_seconds, "history": result.history,
         }
-        _write_if_changed(work / "curves.png", curves)
-        _write_if_changed(work / "report.json", canonical_json(_finite(report)).encode())
+        write_if_changed(work / "curves.png", curves)
+        write_if_changed(work / "report.json", canonical_json(finite(report)).encode())
         if not store.is_local:  # each object is published whole; the checkpoint first
             for name in (CHECKPOINT_NAME, *REPORT_FILES):
                 store.write_bytes(f"{target}/{name}", (work / name).read_bytes())

@@ -49,6 +49,22 @@ class SubjectResult:
     """One entry per adaptation: method, condition, K, inputs, seconds, final loss, corrections."""
 
 
+def evaluate_subjects(prior: AvatarPrior, face_model: FaceModel, index: pa.Table | str, subjects: Sequence[str],
+                      config: FewShotConfig, out_dir: Path | None = None, log: Log = None,
+                      lpips_model: Any = None) -> SubjectResult:
+    """``SubjectEvaluation`` of every subject in turn, merged (``subject_id`` is then "all")."""
+    merged = SubjectResult("all")
+    for n, subject in enumerate(subjects, 1):
+        frames = load_subject_frames(index, subject, face_model, prior)
+        if log:
+            log(f"subject {n}/{len(subjects)} {subject}: {len(frames)} usable frames")
+        result = SubjectEvaluation(prior, face_model, frames, config, out_dir, log, lpips_model).run()
+        merged.rows += result.rows
+        merged.grids += result.grids
+        merged.runs += result.runs
+    return merged
+
+
 def held_out_subjects(index: pa.Table | str, splits: Sequence[str]) -> list[str]:
     """Subjects of the index's ``splits`` (the prior never trained on them), sorted."""
     df = read_index(index).to_pandas()

@@ -145,7 +145,7 @@ def psnr_vs_k_png(summary: pd.DataFrame, title: str = "few-shot adaptation: PSNR
     return buf.getvalue()
 
 
-def _bytes_uri(png: bytes) -> str:
+def bytes_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -159,7 +159,7 @@ def png_data_uri(image: np.ndarray) -> str:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
     if not ok:
         raise ValueError("PNG encoding failed")
-    return _bytes_uri(encoded.tobytes())
+    return bytes_data_uri(encoded.tobytes())
 
 
 def _e(value: Any) -> str:
@@ -171,7 +171,7 @@ def _img(image: np.ndarray, caption: str, alt: str | None = None) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -248,10 +248,10 @@ def _report_html(scores: pd.DataFrame, summary: pd.DataFrame, plot_png: bytes, g
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{_e(title)}</title>",
         f"<style>{STYLE}</style>", "</head>", "<body>",
         f"<h1>{_e(title)}</h1>", f"<p>{intro}</p>",
-        "<h2>Summary</h2>", _html_table(SUMMARY_HEADER, _summary_rows(summary)),
-        f'<img class="plot" alt="PSNR against K" src="{_bytes_uri(plot_png)}">',
+        "<h2>Summary</h2>", html_table(SUMMARY_HEADER, _summary_rows(summary)),
+        f'<img class="plot" alt="PSNR against K" src="{bytes_data_uri(plot_png)}">',
         "<h2>Notes</h2>", notes_html,
-        "<h2>Mean PSNR per subject (dB)</h2>", _html_table(subject_header, subject_rows),
+        "<h2>Mean PSNR per subject (dB)</h2>", html_table(subject_header, subject_rows),
         "<h2>Examples</h2>", image_grid_html(grids),
         f"<details><summary>Settings</summary><pre>{_e(settings_json)}</pre></details>",
         "</body>", "</html>", ""])

@@ -1,0 +1,203 @@
+"""Balance ablations as assets: per spec configuration a subset, a prior and its few-shot scores.
+
+The configurations come from the ablation spec (``training/ablation/default.yaml``,
+or the file named by ``O2A_ABLATION_SPEC``), read when the code location loads:
+each becomes a static partition, so editing the file adds or removes partitions
+without touching code. Per partition, under ``ablations/<name>/``:
+
+- ``ablation_subset``: ``subset.json``, the configuration's images of the train
+  split (``select_budget``; a budget the data cannot meet fails naming what is missing);
+- ``ablation_prior``: ``prior/checkpoint.pt`` trained on exactly those images (loader
+  filter by key, no shard rewriting), resumable like ``avatar_prior``;
+- ``ablation_fewshot``: ``fewshot/`` scores and report of that prior on the spec's
+  held-out subjects, with the spec's few-shot protocol (the same for every partition).
+
+``ablation_report`` (not partitioned) compares every configuration side by side.
+"""
+
+import base64
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+import dagster as dg
+
+from capture_schema.atomic import atomic_write_bytes, canonical_json
+from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
+from pipelines.assets.prior import finite, should_resume, work_directory
+from pipelines.resources import FaceModelResource, StorageResource
+from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
+
+SPEC_ENV = "O2A_ABLATION_SPEC"
+ABLATIONS_RELPATH = "ablations"
+
+
+def spec_from_environment() -> AblationSpec:
+    """The spec named by ``O2A_ABLATION_SPEC``, else the checked-in default."""
+    return load_spec(os.environ.get(SPEC_ENV) or DEFAULT_SPEC)
+
+
+def configuration_relpath(name: str) -> str:
+    return f"{ABLATIONS_RELPATH}/{name}"
+
+
+def _read_index(store):
+    import pyarrow.parquet as pq
+
+    if not store.exists(INDEX_RELPATH):
+        raise dg.Failure(f"no dataset index at {store.uri(INDEX_RELPATH)}: materialise dataset_index first")
+    return pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
+
+
+def _publish(store, work: Path, target: str) -> None:
+    """Upload a folder built locally, file by file (nothing to do on a local root)."""
+    if not store.is_local:
+        for path in sorted(p for p in work.rglob("*") if p.is_file()):
+            store.write_bytes(f"{target}/{path.relative_to(work).as_posix()}", path.read_bytes())
+
+
+def _face_model(face_model: FaceModelResource):
+    try:
+        return face_model.load()
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+
+
+def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
+    """The three partitioned assets and the report, for the configurations of ``spec``."""
+    partitions = dg.StaticPartitionsDefinition(spec.names())
+
+    @dg.asset(deps=[dataset_index], partitions_def=partitions, group_name="ablation")
+    def ablation_subset(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+        """The configuration's images of the train split: identities x views x expressions per identity."""
+        from training.subsample import BudgetError
+
+        config = spec.get(context.partition_key)
+        store = storage.storage()
+        index = _read_index(store)
+        try:
+            subset = config.select(index)
+        except BudgetError as exc:
+            raise dg.Failure(f"{exc}") from None
+        body = {"configuration": config.to_dict(), "spec": spec.source, "spec_digest": spec.digest,
+                "subset": subset.to_dict(), "keys": list(subset.keys)}
+        target = f"{configuration_relpath(config.name)}/subset.json"
+        store.write_bytes(target, canonical_json(body).encode())
+        per_identity = "\n".join(["| identity | views | expressions |", "|---|---|---|"] + [
+            f"| {s} | {', '.join(subset.views[s])} | {', '.join(subset.expressions[s])} |" for s in subset.identities])
+        return dg.MaterializeResult(metadata={
+            "subset": dg.MetadataValue.path(store.uri(target)), "images": subset.n_images,
+            "identities": len(subset.identities), "budget": config.budget_text(),
+            "per_identity": dg.MetadataValue.md(per_identity), "spec_digest": spec.digest[:12]})
+
+    @dg.asset(deps=[ablation_subset], partitions_def=partitions, group_name="ablation", kinds={"pytorch"})
+    def ablation_prior(context: dg.AssetExecutionContext, storage: StorageResource,
+                       face_model: FaceModelResource) -> dg.MaterializeResult:
+        """An avatar prior trained on exactly the configuration's subset (the spec's preset)."""
+        from training.loader import SampleFilter
+        from training.prior.checkpoint import CHECKPOINT_NAME
+        from training.prior.dataset import prior_data_from_index
+        from training.prior.train import train_prior
+
+        config = spec.get(context.partition_key)
+        store = storage.storage()
+        subset_path = f"{configuration_relpath(config.name)}/subset.json"
+        if not store.exists(subset_path):
+            raise dg.Failure(f"no subset at {store.uri(subset_path)}: materialise ablation_subset first")
+        keys = json.loads(store.read_bytes(subset_path))["keys"]
+        data = prior_data_from_index(_read_index(store), "train", SampleFilter(keys=frozenset(keys)))
+        if data.stats["images"] != len(keys):
+            raise dg.Failure(f"the index has {data.stats['images']} of the subset's {len(keys)} images: "
+                             "rematerialise ablation_subset on the current dataset index")
+        model = _face_model(face_model)
+        prior_config = config.prior_config()
+        target = f"{configuration_relpath(config.name)}/prior"
+        context.log.info(f"{config.name}: training on {len(keys)} images ({config.budget_text()}), "
+                         f"{prior_config.iterations} steps")
+        with work_directory(store, target) as work:
+            resume = should_resume(context, work, prior_config, data, model.name, True)
+            result = train_prior(prior_config, data, model, work, resume=resume, log=context.log.info)
+            report = {"configuration": config.to_dict(), "steps": result.steps, "train_seconds": result.train_seconds,
+                      "final": result.final, "data": dict(data.stats), "history": result.history}
+            atomic_write_bytes(work / "report.json", canonical_json(finite(report)).encode())
+            _publish(store, work, target)
+        return dg.MaterializeResult(metadata={
+            "checkpoint": dg.MetadataValue.path(store.uri(f"{target}/{CHECKPOINT_NAME}")),
+            "images": len(keys), "subjects": len(data.subjects), "steps": result.steps,
+            "train_seconds": round(float(result.train_seconds), 2),
+            "psnr_train_rays": float(result.final.get("psnr", float("nan")))})
+
+    @dg.asset(deps=[ablation_prior], partitions_def=partitions, group_name="ablation", kinds={"pytorch"})
+    def ablation_fewshot(context: dg.AssetExecutionContext, storage: StorageResource,
+                         face_model: FaceModelResource) -> dg.MaterializeResult:
+        """The configuration's prior adapted few-shot to the held-out subjects (the spec's protocol)."""
+        import pandas as pd
+
+        from training.fewshot.evaluate import evaluate_subjects, held_out_subjects
+        from training.fewshot.report import summary_markdown, summary_table, write_report
+        from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
+        from training.prior.train import pick_device
+
+        config = spec.get(context.partition_key)
+        store = storage.storage()
+        prior_path = f"{configuration_relpath(config.name)}/prior/{CHECKPOINT_NAME}"
+        if not store.exists(prior_path):
+            raise dg.Failure(f"no prior at {store.uri(prior_path)}: materialise ablation_prior first")
+        index = _read_index(store)
+        subjects = held_out_subjects(index, spec.test_splits)
+        if not subjects:
+            raise dg.Failure(f"the dataset index has no subject in split(s) {', '.join(spec.test_splits)}")
+        model = _face_model(face_model)
+        target = f"{configuration_relpath(config.name)}/fewshot"
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / CHECKPOINT_NAME
+            local.write_bytes(store.read_bytes(prior_path))
+            prior, _ = load_prior(local, pick_device())
+            work = store.local_path(target) if store.is_local else Path(tmp) / "fewshot"
+            result = evaluate_subjects(prior, model, index, subjects, spec.fewshot_config(), None, context.log.info)
+            scores = pd.DataFrame(result.rows)
+            write_report(work, scores, result.grids, [f"configuration {config.name}: {config.budget_text()}"],
+                         {"configuration": config.to_dict(), "spec": spec.to_dict()})
+            _publish(store, work, target)
+        summary = summary_table(scores)
+        return dg.MaterializeResult(metadata={
+            "scores": dg.MetadataValue.path(store.uri(f"{target}/scores.parquet")),
+            "report": dg.MetadataValue.url(store.uri(f"{target}/report.html")),
+            "summary": dg.MetadataValue.md(summary_markdown(summary)),
+            **{f"psnr_k{int(r.k)}": float(r.psnr_mean) for r in summary.itertuples() if r.method == "prior"}})
+
+    @dg.asset(deps=[ablation_fewshot], group_name="ablation", kinds={"html"})
+    def ablation_report(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+        """Every configuration side by side: few-shot PSNR/SSIM per K and training cost."""
+        import pandas as pd
+
+        from training.ablation.report import comparison_markdown, comparison_table, write_ablation_report
+
+        store = storage.storage()
+        missing = [n for n in spec.names()
+                   if not store.exists(f"{configuration_relpath(n)}/fewshot/scores.parquet")
+                   or not store.exists(f"{configuration_relpath(n)}/prior/report.json")]
+        if missing:
+            raise dg.Failure(f"configuration(s) {', '.join(missing)} have no few-shot scores yet: materialise "
+                             f"ablation_subset, ablation_prior and ablation_fewshot for those partitions first")
+        scores, costs = {}, {}
+        for name in spec.names():
+            scores[name] = pd.read_parquet(io.BytesIO(store.read_bytes(
+                f"{configuration_relpath(name)}/fewshot/scores.parquet")))
+            costs[name] = json.loads(store.read_bytes(f"{configuration_relpath(name)}/prior/report.json"))
+        table = comparison_table(spec, scores, costs)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = store.local_path(ABLATIONS_RELPATH) if store.is_local else Path(tmp)
+            paths = write_ablation_report(work, spec, table)
+            plot = paths["plot"].read_bytes()
+            _publish(store, work, ABLATIONS_RELPATH)
+        return dg.MaterializeResult(metadata={
+            "report": dg.MetadataValue.url(store.uri(f"{ABLATIONS_RELPATH}/report.html")),
+            "table": dg.MetadataValue.path(store.uri(f"{ABLATIONS_RELPATH}/report.parquet")),
+            "comparison": dg.MetadataValue.md(comparison_markdown(table)),
+            "plot": dg.MetadataValue.md(f"![few-shot PSNR per configuration](data:image/png;base64,"
+                                        f"{base64.b64encode(plot).decode()})"),
+            "configurations": len(spec.names()), "spec": spec.source, "spec_digest": spec.digest[:12]})
+
+    return [ablation_subset, ablation_prior, ablation_fewshot, ablation_report]
