@@ -33,9 +33,10 @@ demo: setup
 	@echo "               O2A_STORAGE_URL=file://$(DATA)/derived $(VENV)/bin/dagster dev -w workspace.yaml"
 	@echo "few-shot scores: $(DATA)/derived/fewshot/anchored/scores.parquet"
 	@echo "few-shot report: $(DATA)/derived/fewshot/anchored/report.html"
+	$(MAKE) --no-print-directory ablation
 
 ablation: setup
-	# the default balance-ablation spec on the demo's index (run `make demo` first)
+	# the default balance-ablation spec on the demo's index (`make demo` runs it last; alone, after a demo)
 	$(VENV)/bin/o2a ablation run --storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
 	@echo "ablation report: $(DATA)/derived/ablations/report.html"
 

@@ -131,8 +131,13 @@ def test_report_compares_configurations_in_html_parquet_and_metadata(ablation_ru
     html = (root / "ablations" / "report.html").read_text()
     images = [attrs["src"] for tag, attrs in parse(html).tags if tag == "img"]
     assert len(images) == 1 and decode_uri(images[0]).std() > 0
+    markdown = (root / "ablations" / "report.md").read_text()
     for name in PAIR:
-        assert name in html and name in (root / "ablations" / "report.md").read_text()
+        assert name in html and name in markdown
+    for k in (1, 3):  # the margins: balanced leads, identity-only is that far behind
+        margin = table.set_index(["configuration", "k"]).loc[("identity_only", k), "psnr_vs_best"]
+        line = f"K={k}: balanced is best at "
+        assert line in markdown and f"identity_only {margin:+.2f} dB" in markdown and margin < 0
 
 
 def test_cli_lists_and_refuses_unknown_configurations(tmp_path: Path, capsys) -> None:

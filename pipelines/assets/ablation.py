@@ -21,11 +21,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
 import dagster as dg
 
 from capture_schema.atomic import atomic_write_bytes, canonical_json
-from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
-from pipelines.assets.prior import finite, should_resume, work_directory
+from pipelines.assets.dataset_index import dataset_index
+from pipelines.assets.prior import should_resume
+from pipelines.assets.store_io import finite, load_face_model, publish_directory, read_index, work_directory
 from pipelines.resources import FaceModelResource, StorageResource
 from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
 
@@ -42,28 +44,6 @@ def configuration_relpath(name: str) -> str:
     return f"{ABLATIONS_RELPATH}/{name}"
 
 
-def _read_index(store):
-    import pyarrow.parquet as pq
-
-    if not store.exists(INDEX_RELPATH):
-        raise dg.Failure(f"no dataset index at {store.uri(INDEX_RELPATH)}: materialise dataset_index first")
-    return pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
-
-
-def _publish(store, work: Path, target: str) -> None:
-    """Upload a folder built locally, file by file (nothing to do on a local root)."""
-    if not store.is_local:
-        for path in sorted(p for p in work.rglob("*") if p.is_file()):
-            store.write_bytes(f"{target}/{path.relative_to(work).as_posix()}", path.read_bytes())
-
-
-def _face_model(face_model: FaceModelResource):
-    try:
-        return face_model.load()
-    except (OSError, ValueError) as exc:
-        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
-
-
 def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
     """The three partitioned assets and the report, for the configurations of ``spec``."""
     partitions = dg.StaticPartitionsDefinition(spec.names())
@@ -75,7 +55,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
 
         config = spec.get(context.partition_key)
         store = storage.storage()
-        index = _read_index(store)
+        index = read_index(store)
         try:
             subset = config.select(index)
         except BudgetError as exc:
@@ -106,11 +86,11 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         if not store.exists(subset_path):
             raise dg.Failure(f"no subset at {store.uri(subset_path)}: materialise ablation_subset first")
         keys = json.loads(store.read_bytes(subset_path))["keys"]
-        data = prior_data_from_index(_read_index(store), "train", SampleFilter(keys=frozenset(keys)))
+        data = prior_data_from_index(read_index(store), "train", SampleFilter(keys=frozenset(keys)))
         if data.stats["images"] != len(keys):
             raise dg.Failure(f"the index has {data.stats['images']} of the subset's {len(keys)} images: "
                              "rematerialise ablation_subset on the current dataset index")
-        model = _face_model(face_model)
+        model = load_face_model(face_model)
         prior_config = config.prior_config()
         target = f"{configuration_relpath(config.name)}/prior"
         context.log.info(f"{config.name}: training on {len(keys)} images ({config.budget_text()}), "
@@ -121,7 +101,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             report = {"configuration": config.to_dict(), "steps": result.steps, "train_seconds": result.train_seconds,
                       "final": result.final, "data": dict(data.stats), "history": result.history}
             atomic_write_bytes(work / "report.json", canonical_json(finite(report)).encode())
-            _publish(store, work, target)
+            publish_directory(store, work, target)
         return dg.MaterializeResult(metadata={
             "checkpoint": dg.MetadataValue.path(store.uri(f"{target}/{CHECKPOINT_NAME}")),
             "images": len(keys), "subjects": len(data.subjects), "steps": result.steps,
@@ -144,11 +124,11 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         prior_path = f"{configuration_relpath(config.name)}/prior/{CHECKPOINT_NAME}"
         if not store.exists(prior_path):
             raise dg.Failure(f"no prior at {store.uri(prior_path)}: materialise ablation_prior first")
-        index = _read_index(store)
+        index = read_index(store)
         subjects = held_out_subjects(index, spec.test_splits)
         if not subjects:
             raise dg.Failure(f"the dataset index has no subject in split(s) {', '.join(spec.test_splits)}")
-        model = _face_model(face_model)
+        model = load_face_model(face_model)
         target = f"{configuration_relpath(config.name)}/fewshot"
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / CHECKPOINT_NAME
@@ -159,7 +139,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             scores = pd.DataFrame(result.rows)
             write_report(work, scores, result.grids, [f"configuration {config.name}: {config.budget_text()}"],
                          {"configuration": config.to_dict(), "spec": spec.to_dict()})
-            _publish(store, work, target)
+            publish_directory(store, work, target)
         summary = summary_table(scores)
         return dg.MaterializeResult(metadata={
             "scores": dg.MetadataValue.path(store.uri(f"{target}/scores.parquet")),
@@ -172,7 +152,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         """Every configuration side by side: few-shot PSNR/SSIM per K and training cost."""
         import pandas as pd
 
-        from training.ablation.report import comparison_markdown, comparison_table, write_ablation_report
+        from training.ablation.report import comparison_markdown, comparison_table, margins, write_ablation_report
 
         store = storage.storage()
         missing = [n for n in spec.names()
@@ -191,11 +171,12 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             work = store.local_path(ABLATIONS_RELPATH) if store.is_local else Path(tmp)
             paths = write_ablation_report(work, spec, table)
             plot = paths["plot"].read_bytes()
-            _publish(store, work, ABLATIONS_RELPATH)
+            publish_directory(store, work, ABLATIONS_RELPATH)
         return dg.MaterializeResult(metadata={
             "report": dg.MetadataValue.url(store.uri(f"{ABLATIONS_RELPATH}/report.html")),
             "table": dg.MetadataValue.path(store.uri(f"{ABLATIONS_RELPATH}/report.parquet")),
             "comparison": dg.MetadataValue.md(comparison_markdown(table)),
+            "margins": dg.MetadataValue.md("\n".join(f"- {line}" for line in margins(table))),
             "plot": dg.MetadataValue.md(f"![few-shot PSNR per configuration](data:image/png;base64,"
                                         f"{base64.b64encode(plot).decode()})"),
             "configurations": len(spec.names()), "spec": spec.source, "spec_digest": spec.digest[:12]})

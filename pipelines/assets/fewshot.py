@@ -10,7 +10,6 @@ subject: ``load_prior`` renders any camera and expression).
 """
 
 import base64
-import io
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import dagster as dg
 from capture_schema.atomic import atomic_write_bytes, canonical_json
 from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
 from pipelines.assets.prior import avatar_prior, prior_relpath
+from pipelines.assets.store_io import load_face_model, publish_directory, read_index
 from pipelines.resources import FaceModelResource, StorageResource
 
 
@@ -73,7 +73,6 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
                    face_model: FaceModelResource) -> dg.MaterializeResult:
     """Few-shot adaptation (prior vs no prior, latent only, frozen geometry) scored on held-out subjects."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
     from training.fewshot.evaluate import evaluate_subjects, held_out_subjects
     from training.fewshot.metrics import load_lpips
@@ -88,7 +87,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     for relpath, asset in ((INDEX_RELPATH, "dataset_index"), (prior_path, "avatar_prior")):
         if not store.exists(relpath):
             raise dg.Failure(f"nothing at {store.uri(relpath)}: materialise {asset} first")
-    index = pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
+    index = read_index(store)
     subjects = held_out_subjects(index, config.splits)
     if config.subjects:
         missing = sorted(set(config.subjects) - set(subjects))
@@ -99,10 +98,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     if not subjects:
         raise dg.Failure(f"the dataset index has no subject in split(s) {', '.join(config.splits)}: "
                          "capture more subjects (the split is 80/10/10 by subject) or choose other splits")
-    try:
-        model = face_model.load()
-    except (OSError, ValueError) as exc:
-        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+    model = load_face_model(face_model)
     with tempfile.TemporaryDirectory() as tmp:
         local_prior = Path(tmp) / CHECKPOINT_NAME
         local_prior.write_bytes(store.read_bytes(prior_path))
@@ -126,9 +122,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
                     "prior_checkpoint": store.uri(prior_path), "subjects": subjects, "splits": list(config.splits)}
         paths = write_report(work, scores, grids, notes, settings)
         atomic_write_bytes(work / "runs.json", canonical_json(runs).encode())
-        if not store.is_local:
-            for path in sorted(p for p in work.rglob("*") if p.is_file()):
-                store.write_bytes(f"{target}/{path.relative_to(work).as_posix()}", path.read_bytes())
+        publish_directory(store, work, target)
         summary = summary_table(scores)
         plot = paths["plot"].read_bytes()
 

@@ -8,18 +8,16 @@ last checkpoint; a checkpoint from other data or another config is replaced.
 """
 
 import base64
-import io
 import math
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import dagster as dg
 
-from capture_schema.atomic import atomic_write_bytes, canonical_json
-from capture_schema.storage import Storage
+from capture_schema.atomic import canonical_json
 from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
+from pipelines.assets.store_io import (finite, load_face_model, publish_directory, read_index, work_directory,
+                                       write_if_changed)
 from pipelines.resources import FaceModelResource, StorageResource
 
 REPORT_FILES = ("curves.png", "report.json")
@@ -59,21 +57,6 @@ def _prior_config(config: AvatarPriorConfig):
     return preset(config.preset, **changes)
 
 
-@contextmanager
-def work_directory(store: Storage, relpath: str) -> Iterator[Path]:
-    """The folder to train in: the output folder itself when local, else a temporary copy of it."""
-    if store.is_local:
-        path = store.local_path(relpath)
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-    elif store.exists(relpath):
-        with store.local_directory(relpath) as path:
-            yield path
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            yield Path(tmp)
-
-
 def should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, face_model_name: str,
                    wanted: bool) -> bool:
     """Resume only from a checkpoint of this config, data and face model; anything else trains from scratch."""
@@ -98,28 +81,11 @@ def should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, d
     return True
 
 
-def finite(value: Any) -> Any:
-    """JSON-safe: NaN/inf become null (``canonical_json`` refuses them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
-
-
-def write_if_changed(path: Path, data: bytes) -> None:
-    if not (path.is_file() and path.read_bytes() == data):
-        atomic_write_bytes(path, data)
-
-
 @dg.asset(deps=[dataset_index], group_name="prior", kinds={"pytorch"})
 def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, storage: StorageResource,
                  face_model: FaceModelResource) -> dg.MaterializeResult:
     """One identity code per training subject plus a radiance field anchored to the fitted 3DMM."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
     from training.prior.dataset import prior_data_from_index
@@ -129,17 +95,11 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
 
     prior_config = _prior_config(config)
     store = storage.storage()
-    if not store.exists(INDEX_RELPATH):
-        raise dg.Failure(f"no dataset index at {store.uri(INDEX_RELPATH)}: materialise dataset_index first")
     try:
-        index = pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
-        data = prior_data_from_index(index, split="train")
+        data = prior_data_from_index(read_index(store), split="train")
     except (ValueError, KeyError, pa.ArrowException) as exc:
         raise dg.Failure(f"dataset index {store.uri(INDEX_RELPATH)} cannot be trained on: {exc}") from None
-    try:
-        model = face_model.load()
-    except (OSError, ValueError) as exc:
-        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+    model = load_face_model(face_model)
     target = prior_relpath(config.backbone)
     context.log.info(f"training the {config.backbone} prior ({config.preset} preset, {prior_config.iterations} "
                      f"steps) on {data.stats['images']} images of {len(data.subjects)} subjects "
@@ -172,9 +132,7 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
         }
         write_if_changed(work / "curves.png", curves)
         write_if_changed(work / "report.json", canonical_json(finite(report)).encode())
-        if not store.is_local:  # each object is published whole; the checkpoint first
-            for name in (CHECKPOINT_NAME, *REPORT_FILES):
-                store.write_bytes(f"{target}/{name}", (work / name).read_bytes())
+        publish_directory(store, work, target, first=(CHECKPOINT_NAME,))
 
     final = result.final
     return dg.MaterializeResult(

@@ -26,13 +26,15 @@ METHOD = "prior"
 
 def comparison_table(spec: AblationSpec, scores: dict[str, pd.DataFrame], costs: dict[str, dict[str, Any]]
                      ) -> pd.DataFrame:
-    """Rows (configuration in spec order, K): budget split, few-shot means and training cost."""
-    rows = []
+    """Rows (configuration in spec order, K): budget split, few-shot means, training cost, and the paired
+    comparison with the best configuration at that K (every configuration scores the same held-out frames)."""
+    rows, frames = [], {}
     for config in spec.configurations:
         df = scores[config.name]
         df = df[(df["method"] == METHOD) & (df["condition"] == "estimated")]
         cost = costs[config.name]
         for k, group in df.groupby("k"):
+            frames[config.name, int(k)] = group.set_index(["subject_id", "key"])["psnr"]
             rows.append({"configuration": config.name, "images": config.images, "identities": config.identities,
                          "views_per_identity": config.n_views, "expressions_per_identity": config.n_expressions,
                          "k": int(k), "frames": len(group), "subjects": group["subject_id"].nunique(),
@@ -44,8 +46,15 @@ def comparison_table(spec: AblationSpec, scores: dict[str, pd.DataFrame], costs:
     if not rows:
         raise ValueError("no few-shot scores of the prior method in any configuration")
     table = pd.DataFrame(rows)
-    best = table.groupby("k")["psnr_mean"].transform("max")
-    table["psnr_vs_best"] = table["psnr_mean"] - best
+    table["psnr_vs_best"] = table["psnr_mean"] - table.groupby("k")["psnr_mean"].transform("max")
+    best = table.loc[table.groupby("k")["psnr_mean"].idxmax()].set_index("k")["configuration"]
+    table["best_configuration"] = table["k"].map(best)
+    below, shared = [], []
+    for r in table.itertuples():
+        mine, theirs = frames[r.configuration, r.k].align(frames[best[r.k], r.k], join="inner")
+        below.append(int((mine < theirs).sum()))
+        shared.append(len(mine))
+    table["frames_below_best"], table["frames_shared_with_best"] = below, shared
     return table
 
 
@@ -60,6 +69,19 @@ def comparison_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def margins(table: pd.DataFrame) -> list[str]:
+    """Per K, the best configuration and how far behind it each other one is (the ablation's answer)."""
+    lines = []
+    for k, group in table.groupby("k"):
+        ranked = group.sort_values("psnr_mean", ascending=False)
+        best = ranked.iloc[0]
+        behind = ", ".join(f"{r.configuration} {r.psnr_vs_best:+.2f} dB (below on {r.frames_below_best}/"
+                           f"{r.frames_shared_with_best} frames)" for r in ranked.iloc[1:].itertuples())
+        lines.append(f"K={int(k)}: {best.configuration} is best at {best.psnr_mean:.2f} dB"
+                     + (f"; {behind}" if behind else ""))
+    return lines
+
+
 def comparison_png(table: pd.DataFrame) -> bytes:
     """Grouped bars: mean few-shot PSNR per configuration, one bar per K (± std over frames)."""
     import matplotlib
@@ -70,15 +92,16 @@ def comparison_png(table: pd.DataFrame) -> bytes:
     configurations = list(dict.fromkeys(table["configuration"]))
     ks = sorted(table["k"].unique())
     width = 0.8 / len(ks)
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(configurations)), 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(configurations)), 4), dpi=100)
     for j, k in enumerate(ks):
         sub = table[table["k"] == k].set_index("configuration").reindex(configurations)
         x = np.arange(len(configurations)) + (j - (len(ks) - 1) / 2) * width
-        ax.bar(x, sub["psnr_mean"], width, yerr=np.nan_to_num(sub["psnr_std"].to_numpy(float)), capsize=3,
-               label=f"K = {k}")
+        bars = ax.bar(x, sub["psnr_mean"], width, yerr=np.nan_to_num(sub["psnr_std"].to_numpy(float)), capsize=3,
+                      label=f"K = {k}")
+        ax.bar_label(bars, fmt="%.1f", label_type="center", color="white", fontsize=8)
     ax.set_xticks(np.arange(len(configurations)), configurations)
     ax.set_ylabel("few-shot PSNR on held-out frames (dB)")
-    ax.set_title("balance ablation: few-shot PSNR per configuration")
+    ax.set_title("few-shot PSNR per configuration (± std over frames)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -104,7 +127,9 @@ def comparison_html(spec: AblationSpec, table: pd.DataFrame, plot: bytes) -> str
         "<p>Each configuration spends the same image budget on the training split in a different balance of "
         "identities, views and expressions; its prior is adapted few-shot to the held-out subjects and scored "
         "on their other views and expressions (method: both adaptation stages).</p>",
-        f"<ul>{described}</ul>", html_table(header, rows),
+        f"<ul>{described}</ul>", "<h2>Margins</h2>",
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in margins(table)) + "</ul>",
+        html_table(header, rows),
         f'<img alt="few-shot PSNR per configuration" src="{bytes_data_uri(plot)}">',
         f"<details><summary>Spec ({html.escape(spec.source)})</summary><pre>"
         f"{html.escape(json.dumps(spec.to_dict(), indent=2))}</pre></details>",
@@ -116,7 +141,8 @@ def write_ablation_report(directory: Path, spec: AblationSpec, table: pd.DataFra
     plot = comparison_png(table)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
+    markdown = "\n".join([comparison_markdown(table), "", *(f"- {line}" for line in margins(table)), ""])
     contents = {"table": ("report.parquet", buf.getvalue()),
                 "html": ("report.html", comparison_html(spec, table, plot).encode()),
-                "plot": ("report.png", plot), "markdown": ("report.md", (comparison_markdown(table) + "\n").encode())}
+                "plot": ("report.png", plot), "markdown": ("report.md", markdown.encode())}
     return {name: atomic_write_bytes(Path(directory) / fn, data) for name, (fn, data) in contents.items()}

@@ -1,0 +1,82 @@
+"""What the training-side assets share: reading the index, loading the face model, publishing a folder.
+
+Each turns a low-level error into a ``dg.Failure`` that says which asset to
+materialise or what could not be read, so every asset fails the same way.
+"""
+
+import io
+import math
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import dagster as dg
+
+from capture_schema.atomic import atomic_write_bytes
+from capture_schema.storage import Storage
+from pipelines.assets.dataset_index import INDEX_RELPATH
+from pipelines.resources import FaceModelResource
+
+
+def read_index(store: Storage):
+    """The dataset index as a pyarrow table; fails naming ``dataset_index`` when it is not there."""
+    import pyarrow.parquet as pq
+
+    if not store.exists(INDEX_RELPATH):
+        raise dg.Failure(f"no dataset index at {store.uri(INDEX_RELPATH)}: materialise dataset_index first")
+    return pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
+
+
+def load_face_model(face_model: FaceModelResource):
+    """The configured face model; a missing or broken model file fails the asset, naming the kind."""
+    try:
+        return face_model.load()
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
+
+
+def publish_directory(store: Storage, work: Path, target: str, first: tuple[str, ...] = ()) -> None:
+    """Upload a folder built locally to ``target``, file by file, the names in ``first`` before the rest.
+
+    Nothing to do on a local root: the folder was built in place. Each object is
+    published whole, so a reader sees an old or a new file, never half of one.
+    """
+    if store.is_local:
+        return
+    files = sorted(p for p in work.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(work).as_posix() not in first)  # stable: ``first`` up front
+    for path in files:
+        store.write_bytes(f"{target}/{path.relative_to(work).as_posix()}", path.read_bytes())
+
+
+@contextmanager
+def work_directory(store: Storage, relpath: str) -> Iterator[Path]:
+    """The folder to work in: the output folder itself when local, else a temporary copy of it."""
+    if store.is_local:
+        path = store.local_path(relpath)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    elif store.exists(relpath):
+        with store.local_directory(relpath) as path:
+            yield path
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (``canonical_json`` refuses them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Rewrite only on change, so a no-op materialisation leaves the file (and its mtime) alone."""
+    if not (path.is_file() and path.read_bytes() == data):
+        atomic_write_bytes(path, data)
