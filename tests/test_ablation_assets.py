@@ -8,6 +8,7 @@ holding just those two: about 5 minutes on 2 cores, on top of ``prior_pipeline``
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -150,3 +151,53 @@ def test_cli_lists_and_refuses_unknown_configurations(tmp_path: Path, capsys) ->
     bad.write_text("version: 2\nconfigurations: {}\n")
     assert main(["ablation", "list", "--spec", str(bad)]) == 2
     assert "version" in capsys.readouterr().err
+
+
+def test_object_store_root_gets_every_file(prior_pipeline) -> None:
+    """On a remote root each asset works in a local folder and uploads it; the report reads it back."""
+    import fsspec
+
+    from pipelines.runner import run_ablation
+
+    spec_text = DEFAULT_SPEC.read_text().split("\nfewshot:")[0] + """
+fewshot:
+  ks: [1]
+  methods: [prior]
+  perturbed_ks: []
+  eval_frames: 2
+  stage1_steps: 4
+  stage2_steps: 4
+test_splits: [test]
+configurations:
+  tiny:
+    images: 2
+    identities: 1
+    views: [mid_C00, mid_L30]
+    expressions: [neutral]
+    prior_changes: {iterations: 6}
+"""
+    spec = parse_spec(spec_text, "tiny.yaml")
+    url, fs = "memory://o2a-ablation-test/derived", fsspec.filesystem("memory")
+    fs.pipe_file("/o2a-ablation-test/derived/dataset/index.parquet", Path(prior_pipeline["index"]).read_bytes())
+    lines: list[str] = []
+    try:
+        assert run_ablation(dg.DagsterInstance.ephemeral(), StorageResource(url=url), spec, log=lines.append,
+                            log_level="WARNING"), lines
+        found = sorted(p.split("/derived/ablations/", 1)[1] for p in fs.find("/o2a-ablation-test/derived/ablations"))
+        assert {"tiny/subset.json", "tiny/prior/checkpoint.pt", "tiny/prior/report.json", "tiny/fewshot/report.html",
+                "tiny/fewshot/scores.parquet", "report.html", "report.parquet", "report.md", "report.png"} <= set(found)
+        table = pd.read_parquet(io.BytesIO(fs.cat_file("/o2a-ablation-test/derived/ablations/report.parquet")))
+        assert table[["configuration", "k", "frames", "train_steps"]].values.tolist() == [["tiny", 1, 2, 6]]
+        assert any(f"{url}/ablations/report.html" in line for line in lines), lines
+        # An edited spec: the report refuses scores computed under the old settings, naming the configuration.
+        edited = parse_spec(spec_text.replace("iterations: 6", "iterations: 7"), "tiny.yaml")
+        result = dg.materialize(build_ablation_assets(edited)[3:], resources=_resources(url),
+                                instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        [event] = result.get_step_failure_events()
+        assert "configuration(s) tiny were trained or scored under other settings" in \
+            event.step_failure_data.user_failure_data.description
+        reworded = parse_spec(spec_text.replace("    images: 2", "    description: reworded\n    images: 2"), "t.yaml")
+        assert dg.materialize(build_ablation_assets(reworded)[3:], resources=_resources(url),
+                              instance=dg.DagsterInstance.ephemeral()).success  # a description is not a setting
+    finally:
+        fs.rm("/o2a-ablation-test", recursive=True)

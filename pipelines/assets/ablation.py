@@ -10,9 +10,11 @@ without touching code. Per partition, under ``ablations/<name>/``:
 - ``ablation_prior``: ``prior/checkpoint.pt`` trained on exactly those images (loader
   filter by key, no shard rewriting), resumable like ``avatar_prior``;
 - ``ablation_fewshot``: ``fewshot/`` scores and report of that prior on the spec's
-  held-out subjects, with the spec's few-shot protocol (the same for every partition).
+  held-out subjects, with the spec's few-shot protocol (the same for every partition),
+  and ``settings.json``, what they were computed under.
 
-``ablation_report`` (not partitioned) compares every configuration side by side.
+``ablation_report`` (not partitioned) compares every configuration side by side; it
+refuses scores computed under settings the spec no longer gives (an edited spec).
 """
 
 import base64
@@ -33,6 +35,7 @@ from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
 
 SPEC_ENV = "O2A_ABLATION_SPEC"
 ABLATIONS_RELPATH = "ablations"
+SETTINGS_NAME = "settings.json"  # beside a configuration's few-shot scores: what they were computed under
 
 
 def spec_from_environment() -> AblationSpec:
@@ -42,6 +45,15 @@ def spec_from_environment() -> AblationSpec:
 
 def configuration_relpath(name: str) -> str:
     return f"{ABLATIONS_RELPATH}/{name}"
+
+
+def scored_under(spec: AblationSpec, name: str) -> dict:
+    """What a configuration's scores depend on besides the data: its settings (not its description) and the
+    few-shot protocol, as JSON values so that they compare equal to what was written."""
+    settings = {k: v for k, v in spec.get(name).to_dict().items() if k != "description"}
+    return json.loads(canonical_json({"configuration": settings,
+                                      "fewshot": spec.fewshot_config().to_dict(),
+                                      "test_splits": list(spec.test_splits)}))
 
 
 def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
@@ -97,7 +109,10 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
                          f"{prior_config.iterations} steps")
         with work_directory(store, target) as work:
             resume = should_resume(context, work, prior_config, data, model.name, True)
-            result = train_prior(prior_config, data, model, work, resume=resume, log=context.log.info)
+            try:
+                result = train_prior(prior_config, data, model, work, resume=resume, log=context.log.info)
+            except (ValueError, RuntimeError) as exc:
+                raise dg.Failure(f"{config.name}: training the prior failed: {exc}") from None
             report = {"configuration": config.to_dict(), "steps": result.steps, "train_seconds": result.train_seconds,
                       "final": result.final, "data": dict(data.stats), "history": result.history}
             atomic_write_bytes(work / "report.json", canonical_json(finite(report)).encode())
@@ -137,8 +152,10 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             work = store.local_path(target) if store.is_local else Path(tmp) / "fewshot"
             result = evaluate_subjects(prior, model, index, subjects, spec.fewshot_config(), None, context.log.info)
             scores = pd.DataFrame(result.rows)
+            settings = scored_under(spec, config.name)
             write_report(work, scores, result.grids, [f"configuration {config.name}: {config.budget_text()}"],
-                         {"configuration": config.to_dict(), "spec": spec.to_dict()})
+                         {**settings, "spec": spec.to_dict()})
+            atomic_write_bytes(work / SETTINGS_NAME, canonical_json({**settings, "subjects": subjects}).encode())
             publish_directory(store, work, target)
         summary = summary_table(scores)
         return dg.MaterializeResult(metadata={
@@ -161,11 +178,22 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         if missing:
             raise dg.Failure(f"configuration(s) {', '.join(missing)} have no few-shot scores yet: materialise "
                              f"ablation_subset, ablation_prior and ablation_fewshot for those partitions first")
-        scores, costs = {}, {}
+        scores, costs, stale = {}, {}, []
         for name in spec.names():
             scores[name] = pd.read_parquet(io.BytesIO(store.read_bytes(
                 f"{configuration_relpath(name)}/fewshot/scores.parquet")))
             costs[name] = json.loads(store.read_bytes(f"{configuration_relpath(name)}/prior/report.json"))
+            settings_path = f"{configuration_relpath(name)}/fewshot/{SETTINGS_NAME}"
+            settings = json.loads(store.read_bytes(settings_path)) if store.exists(settings_path) else {}
+            wanted = scored_under(spec, name)
+            if ({k: settings.get(k) for k in wanted} != wanted
+                    or {k: v for k, v in costs[name].get("configuration", {}).items() if k != "description"}
+                    != wanted["configuration"]):
+                stale.append(name)
+        if stale:
+            raise dg.Failure(f"configuration(s) {', '.join(stale)} were trained or scored under other settings than "
+                             f"{spec.source} now gives them (the spec changed since): rematerialise ablation_subset, "
+                             "ablation_prior and ablation_fewshot for those partitions")
         table = comparison_table(spec, scores, costs)
         with tempfile.TemporaryDirectory() as tmp:
             work = store.local_path(ABLATIONS_RELPATH) if store.is_local else Path(tmp)
