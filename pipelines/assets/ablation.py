@@ -47,11 +47,15 @@ def configuration_relpath(name: str) -> str:
     return f"{ABLATIONS_RELPATH}/{name}"
 
 
+def _settings(configuration: dict) -> dict:
+    """A configuration's fields that change results: all but its free-text description."""
+    return {k: v for k, v in configuration.items() if k != "description"}
+
+
 def scored_under(spec: AblationSpec, name: str) -> dict:
     """What a configuration's scores depend on besides the data: its settings (not its description) and the
     few-shot protocol, as JSON values so that they compare equal to what was written."""
-    settings = {k: v for k, v in spec.get(name).to_dict().items() if k != "description"}
-    return json.loads(canonical_json({"configuration": settings,
+    return json.loads(canonical_json({"configuration": _settings(spec.get(name).to_dict()),
                                       "fewshot": spec.fewshot_config().to_dict(),
                                       "test_splits": list(spec.test_splits)}))
 
@@ -71,7 +75,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         try:
             subset = config.select(index)
         except BudgetError as exc:
-            raise dg.Failure(f"{exc}") from None
+            raise dg.Failure(str(exc)) from None
         body = {"configuration": config.to_dict(), "spec": spec.source, "spec_digest": spec.digest,
                 "subset": subset.to_dict(), "keys": list(subset.keys)}
         target = f"{configuration_relpath(config.name)}/subset.json"
@@ -187,8 +191,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             settings = json.loads(store.read_bytes(settings_path)) if store.exists(settings_path) else {}
             wanted = scored_under(spec, name)
             if ({k: settings.get(k) for k in wanted} != wanted
-                    or {k: v for k, v in costs[name].get("configuration", {}).items() if k != "description"}
-                    != wanted["configuration"]):
+                    or _settings(costs[name].get("configuration", {})) != wanted["configuration"]):
                 stale.append(name)
         if stale:
             raise dg.Failure(f"configuration(s) {', '.join(stale)} were trained or scored under other settings than "
