@@ -29,7 +29,8 @@ import dagster as dg
 from capture_schema.atomic import atomic_write_bytes, canonical_json
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import should_resume
-from pipelines.assets.store_io import finite, load_face_model, publish_directory, read_index, work_directory
+from pipelines.assets.store_io import (finite, load_face_model, publish_directory, read_index, require,
+                                       work_directory)
 from pipelines.resources import FaceModelResource, StorageResource
 from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
 
@@ -99,8 +100,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         config = spec.get(context.partition_key)
         store = storage.storage()
         subset_path = f"{configuration_relpath(config.name)}/subset.json"
-        if not store.exists(subset_path):
-            raise dg.Failure(f"no subset at {store.uri(subset_path)}: materialise ablation_subset first")
+        require(store, subset_path, "subset", "ablation_subset")
         keys = json.loads(store.read_bytes(subset_path))["keys"]
         data = prior_data_from_index(read_index(store), "train", SampleFilter(keys=frozenset(keys)))
         if data.stats["images"] != len(keys):
@@ -141,8 +141,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         config = spec.get(context.partition_key)
         store = storage.storage()
         prior_path = f"{configuration_relpath(config.name)}/prior/{CHECKPOINT_NAME}"
-        if not store.exists(prior_path):
-            raise dg.Failure(f"no prior at {store.uri(prior_path)}: materialise ablation_prior first")
+        require(store, prior_path, "prior", "ablation_prior")
         index = read_index(store)
         subjects = held_out_subjects(index, spec.test_splits)
         if not subjects:

@@ -18,9 +18,9 @@ from typing import Any, Optional
 import dagster as dg
 
 from capture_schema.atomic import atomic_write_bytes, canonical_json
-from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
+from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import avatar_prior, prior_relpath
-from pipelines.assets.store_io import load_face_model, publish_directory, read_index
+from pipelines.assets.store_io import load_face_model, publish_directory, read_index, require
 from pipelines.resources import FaceModelResource, StorageResource
 
 
@@ -84,10 +84,8 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     fs_config = _fewshot_config(config)
     store = storage.storage()
     prior_path = f"{prior_relpath(config.backbone)}/{CHECKPOINT_NAME}"
-    for relpath, asset in ((INDEX_RELPATH, "dataset_index"), (prior_path, "avatar_prior")):
-        if not store.exists(relpath):
-            raise dg.Failure(f"nothing at {store.uri(relpath)}: materialise {asset} first")
     index = read_index(store)
+    require(store, prior_path, "prior", "avatar_prior")
     subjects = held_out_subjects(index, config.splits)
     if config.subjects:
         missing = sorted(set(config.subjects) - set(subjects))

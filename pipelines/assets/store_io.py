@@ -19,12 +19,17 @@ from pipelines.assets.dataset_index import INDEX_RELPATH
 from pipelines.resources import FaceModelResource
 
 
+def require(store: Storage, relpath: str, what: str, asset: str) -> None:
+    """Fail naming the upstream ``asset`` to materialise when its output ``relpath`` is not in the store."""
+    if not store.exists(relpath):
+        raise dg.Failure(f"no {what} at {store.uri(relpath)}: materialise {asset} first")
+
+
 def read_index(store: Storage):
     """The dataset index as a pyarrow table; fails naming ``dataset_index`` when it is not there."""
     import pyarrow.parquet as pq
 
-    if not store.exists(INDEX_RELPATH):
-        raise dg.Failure(f"no dataset index at {store.uri(INDEX_RELPATH)}: materialise dataset_index first")
+    require(store, INDEX_RELPATH, "dataset index", "dataset_index")
     return pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
 
 

@@ -236,10 +236,6 @@ def _parse_config(source: str, name: Any, body: Any, defaults: dict[str, Any]) -
         if count is not None and pool is not None and count > len(pool):
             raise _error(source, f"{count} exceeds the {len(pool)} {word} listed {list(pool)}", name,
                          f"{word}_per_identity")
-    v, e = n_v or len(views or ()), n_e or len(exprs or ())
-    if images != identities * v * e:
-        raise _error(source, f"budget mismatch: images={images} but identities x views x expressions per "
-                             f"identity = {identities} x {v} x {e} = {identities * v * e}", name, "images")
     for key, want in (("seed", int), ("description", str), ("prior_preset", str)):
         if type(s[key]) is not want:
             raise _error(source, f"must be {_TYPE_NAMES[want]}, got {s[key]!r}", name, key)
@@ -251,6 +247,10 @@ def _parse_config(source: str, name: Any, body: Any, defaults: dict[str, Any]) -
                             expressions_per_identity=n_e, views=views, expressions=exprs,
                             prior_preset=s["prior_preset"], prior_changes=changes, seed=s["seed"],
                             description=s["description"])
+    v, e = config.n_views, config.n_expressions
+    if images != identities * v * e:
+        raise _error(source, f"budget mismatch: images={images} but identities x views x expressions per "
+                             f"identity = {identities} x {v} x {e} = {identities * v * e}", name, "images")
     try:
         config.prior_config()
     except (TypeError, ValueError) as err:
