@@ -21,7 +21,6 @@ numbers first on every board whose cols + rows is odd, so its order is this fram
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Union
 
 from capture_schema.atomic import atomic_write_json
+from capture_schema.json_file import JsonFileError, read_json_file
 
 #: cv2.aruco's predefined dictionaries and how many markers each holds.
 #: (OpenCV exposes the AprilTag/MIP names in both upper and lower case.)
@@ -246,13 +246,12 @@ def read_board(path: str | os.PathLike[str]) -> BoardSpec:
     """Read and validate a ``board.json`` file; every failure is a ``BoardSpecError``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BoardSpecError("", f"cannot read {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BoardSpecError("", f"{path} is not valid JSON: {exc}") from None
+        data = read_json_file(path)
+    except JsonFileError as exc:
+        if exc.kind == "io":  # missing, unreadable, not a regular file, too large, not UTF-8
+            raise BoardSpecError("", f"cannot read {path}: {exc.reason}") from None
+        raise BoardSpecError("", f"{path} is {exc.reason}" if exc.reason.startswith("not valid JSON")
+                             else f"{path} is not valid JSON: {exc.reason}") from None
     try:
         return parse_board(data)
     except BoardSpecError as exc:

@@ -10,14 +10,18 @@ Format (shared by the simulator's ground truth and the calibration step)::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from capture_schema.atomic import atomic_write_json
-from capture_schema.cameras import Camera
+from capture_schema.cameras import Camera, _real, _whole
+from capture_schema.json_file import JsonFileError, read_json_file
+
+#: More observations than this is a corrupt count: 13 cameras x a few hundred board
+#: views x ~100 corners is ~10^6; 10^12 also keeps the count exact as a float64.
+MAX_OBSERVATIONS = 10**12
 
 
 @dataclass(frozen=True)
@@ -40,19 +44,38 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Calibration":
+        """Validate a decoded ``calibration.json``; any bad value is a ``ValueError`` naming the field."""
         if not isinstance(data, Mapping) or not isinstance(data.get("cameras"), Mapping):
             raise ValueError("calibration must be an object with a 'cameras' object")
+        if not data["cameras"]:
+            raise ValueError("calibration's 'cameras' object is empty; it needs at least one camera")
         cameras: dict[str, Camera] = {}
         rmse: dict[str, float] = {}
         nobs: dict[str, int] = {}
         for cam_id, block in data["cameras"].items():
             try:
                 cameras[cam_id] = Camera.from_dict(block)
+                rmse[cam_id] = _rmse("rmse_px", block.get("rmse_px", 0.0))
+                nobs[cam_id] = _count("n_observations", block.get("n_observations", 0))
             except (ValueError, TypeError) as exc:
-                raise ValueError(f"camera {cam_id!r}: {exc}") from None
-            rmse[cam_id] = float(block.get("rmse_px", 0.0))
-            nobs[cam_id] = int(block.get("n_observations", 0))
-        return cls(cameras, float(data.get("rmse_px", 0.0)), rmse, nobs)
+                raise ValueError(f"camera {str(cam_id)[:80]!r}: {exc}") from None
+        return cls(cameras, _rmse("rmse_px", data.get("rmse_px", 0.0)), rmse, nobs)
+
+
+def _rmse(name: str, value: object) -> float:
+    """A residual in pixels: finite (``_real``) and never negative."""
+    out = _real(name, value)
+    if out < 0:
+        raise ValueError(f"{name} must be at least 0 px, got {out!r}")
+    return out
+
+
+def _count(name: str, value: object) -> int:
+    """A count: a whole number (``_whole``: no bool, no string), 0 <= n <= MAX_OBSERVATIONS."""
+    out = _whole(name, value)
+    if not 0 <= out <= MAX_OBSERVATIONS:
+        raise ValueError(f"{name} must be a whole number in [0, {MAX_OBSERVATIONS}], got {str(out)[:40]}")
+    return out
 
 
 def write_calibration(path: str | os.PathLike[str], calibration: Calibration) -> Path:
@@ -60,5 +83,14 @@ def write_calibration(path: str | os.PathLike[str], calibration: Calibration) ->
 
 
 def read_calibration(path: str | os.PathLike[str]) -> Calibration:
-    with open(path, encoding="utf-8") as fh:
-        return Calibration.from_dict(json.load(fh))
+    """Read and validate ``calibration.json``.
+
+    Every failure (missing or unreadable file, not strict JSON, a bad value) is a
+    ``JsonFileError`` -- a ``ValueError`` -- whose message names the file; a missing
+    file is no longer an ``OSError`` (callers catch ``ValueError``).
+    """
+    data = read_json_file(path)
+    try:
+        return Calibration.from_dict(data)
+    except ValueError as exc:
+        raise JsonFileError(path, str(exc), "content") from None

@@ -8,14 +8,93 @@ Projection is plain numpy so the contract layer needs no OpenCV import.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
+# Sanity bounds on every camera, whether read from calibration.json or built in code.
+# They are far outside any real head rig and only catch corrupt or hostile values
+# (a number that would otherwise crash fitting or silently make a camera an outlier).
+
+#: Largest image side: the biggest sensors shipped (~150 MP) are ~14k px wide.
+MAX_IMAGE_SIDE_PX = 100_000
+#: Largest focal length: 1e6 px is a < 0.6 degree field of view even at 10k px.
+MAX_FOCAL_PX = 1e6
+#: Largest |k1 k2 p1 p2 k3|: real lenses fit within ~1e2; beyond 1e3 the polynomial is noise.
+MAX_DISTORTION_COEFF = 1e3
+#: Largest |t| in metres: a studio rig spans a few metres; 10 km is a wrong unit or garbage.
+MAX_TRANSLATION_M = 1e4
+
+
+def _real(name: str, value: Any) -> float:
+    """A finite float from a real number (int, float, numpy scalar); never from bool or str."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {_short(value)}")
+    try:
+        out = float(value)
+    except (OverflowError, ValueError, TypeError):
+        raise ValueError(f"{name} is out of range, got {_short(value)}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out!r}")
+    return out
+
+
+def _whole(name: str, value: Any) -> int:
+    """An int from an integer, or from a float holding a whole number (JSON ``640.0``); never bool or str."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__} {_short(value)}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = _real(name, value)
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {number!r}")
+    return int(number)
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value) if isinstance(value, (str, bytes, numbers.Number)) else f"<{type(value).__name__}>"
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finite_array(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """A finite float64 array of ``shape``: a numeric ndarray of that size, or nested lists of numbers.
+
+    Lists are checked element by element (numpy would quietly turn ``"1.0"`` into 1.0,
+    ``true`` into 1.0 and ``null`` into NaN).
+    """
+    label = "x".join(map(str, shape))
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise ValueError(f"{name} must be a {label} array of numbers, got dtype {value.dtype}")
+        if value.size != math.prod(shape):
+            raise ValueError(f"{name} must hold {math.prod(shape)} numbers, got shape {value.shape}")
+        arr = value.astype(np.float64).reshape(shape)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must hold finite numbers only")
+        return arr
+    flat: list[float] = []
+
+    def walk(item: Any, dims: tuple[int, ...], where: str) -> None:  # depth is len(shape): at most 2
+        if not dims:
+            flat.append(_real(where, item))
+            return
+        if not isinstance(item, (list, tuple, np.ndarray)) or len(item) != dims[0]:
+            raise ValueError(f"{name} must be a {label} array of numbers, got {_short(item)} at {where}")
+        for i, sub in enumerate(item):
+            walk(sub, dims[1:], f"{where}[{i}]")
+
+    walk(value, shape, name)
+    return np.array(flat, dtype=np.float64).reshape(shape)
+
 
 def _as_rotation(R: Any) -> np.ndarray:
-    mat = np.asarray(R, dtype=np.float64).reshape(3, 3)
+    mat = _finite_array("R", R, (3, 3))
     if not np.allclose(mat @ mat.T, np.eye(3), atol=1e-6) or np.linalg.det(mat) < 0:
         raise ValueError("R must be a proper rotation matrix (orthonormal, det +1)")
     return mat
@@ -36,18 +115,46 @@ class Camera:
     t: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     def __post_init__(self) -> None:
-        dist = tuple(float(d) for d in self.dist)
+        # Sizes are integers (a float holding a whole number, as JSON may write it, is
+        # accepted; a fraction, bool or string is not); every other number is finite.
+        sizes = {}
+        for name in ("width", "height"):
+            value = _whole(name, getattr(self, name))
+            if not 0 < value <= MAX_IMAGE_SIDE_PX:
+                raise ValueError(f"{name} must be a positive number of pixels up to {MAX_IMAGE_SIDE_PX}, "
+                                 f"got {_short(value)}")
+            sizes[name] = value
+            object.__setattr__(self, name, value)
+        for name in ("fx", "fy"):
+            value = _real(name, getattr(self, name))
+            if not 0 < value < MAX_FOCAL_PX:
+                raise ValueError(f"{name} must be a positive focal length below {MAX_FOCAL_PX:g} px, got {value!r}")
+            object.__setattr__(self, name, value)
+        for name, side in (("cx", sizes["width"]), ("cy", sizes["height"])):
+            value = _real(name, getattr(self, name))
+            # The principal point may sit off-centre (shift lenses, crops) but not a whole image away.
+            if not -side <= value <= 2 * side:
+                raise ValueError(f"{name} must lie within [{-side}, {2 * side}] px (one image size around the image), "
+                                 f"got {value!r}")
+            object.__setattr__(self, name, value)
+        if isinstance(self.dist, (str, bytes, Mapping)) or not hasattr(self.dist, "__iter__"):
+            raise ValueError(f"dist must be a list of 4 or 5 numbers (k1 k2 p1 p2 [k3]), got {type(self.dist).__name__}")
+        dist = list(self.dist)
+        if len(dist) not in (4, 5):
+            raise ValueError(f"dist must hold k1 k2 p1 p2 [k3] (4 or 5 numbers), got {len(dist)}")
+        dist = tuple(_real(f"dist[{i}]", d) for i, d in enumerate(dist))
         if len(dist) == 4:
             dist = dist + (0.0,)
-        if len(dist) != 5:
-            raise ValueError("dist must hold k1 k2 p1 p2 [k3]")
+        big = [i for i, d in enumerate(dist) if abs(d) > MAX_DISTORTION_COEFF]
+        if big:
+            raise ValueError(f"dist[{big[0]}] must be at most {MAX_DISTORTION_COEFF:g} in magnitude, got {dist[big[0]]!r}")
         object.__setattr__(self, "dist", dist)
         object.__setattr__(self, "R", _as_rotation(self.R))
-        object.__setattr__(self, "t", np.asarray(self.t, dtype=np.float64).reshape(3))
-        if self.width <= 0 or self.height <= 0:
-            raise ValueError("width and height must be positive")
-        if self.fx <= 0 or self.fy <= 0:
-            raise ValueError("focal lengths must be positive")
+        t = _finite_array("t", self.t, (3,))
+        length = math.hypot(*t.tolist())  # unlike np.linalg.norm, never overflows (t = [1e308, 1e308, 0])
+        if not length <= MAX_TRANSLATION_M:
+            raise ValueError(f"t must be at most {MAX_TRANSLATION_M:g} m long, got {length:g} m")
+        object.__setattr__(self, "t", t)
 
     @property
     def K(self) -> np.ndarray:
@@ -98,19 +205,26 @@ class Camera:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Camera":
+        """A camera from its ``calibration.json`` block; a bad value is a ``ValueError`` naming it.
+
+        Values are passed as decoded (no ``int("640")``/``float("1.5")`` coercion): a
+        string where a number belongs is refused by ``__post_init__``.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"camera entry must be a JSON object, got {type(data).__name__}")
         missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy", "R", "t") if k not in data]
         if missing:
             raise ValueError(f"camera is missing field(s): {', '.join(missing)}")
         return cls(
-            width=int(data["width"]),
-            height=int(data["height"]),
-            fx=float(data["fx"]),
-            fy=float(data["fy"]),
-            cx=float(data["cx"]),
-            cy=float(data["cy"]),
-            dist=tuple(data.get("dist", (0.0,) * 5)),
-            R=np.asarray(data["R"], dtype=np.float64),
-            t=np.asarray(data["t"], dtype=np.float64),
+            width=data["width"],
+            height=data["height"],
+            fx=data["fx"],
+            fy=data["fy"],
+            cx=data["cx"],
+            cy=data["cy"],
+            dist=data.get("dist", (0.0,) * 5),
+            R=data["R"],
+            t=data["t"],
         )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from capture_schema.atomic import canonical_json
+from capture_schema.layout import is_valid_id
 from capture_schema.manifest import manifest_table, parquet_bytes, problems_table
 from capture_schema.storage import Storage
 from capture_schema.validation import ValidationReport, validate_session
@@ -46,6 +47,11 @@ def quarantine_relpath(session_id: str) -> str:
     return f"quarantine/{session_id}.json"
 
 
+def captures_root_relpath() -> str:
+    """The listing of every captures-root entry and what it is (``capture_folders``)."""
+    return "ingest/captures_root.json"
+
+
 def summarize(report: ValidationReport, session_id: str) -> dict:
     info = report.session
     expected = len(info.expressions) * len(info.cameras) if info else 0
@@ -70,9 +76,15 @@ def ingest_session(
     deep: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
-    """Validate and hash one session, write its tables, quarantine it if invalid."""
-    session_dir = Path(session_dir)
+    """Validate and hash one session, write its tables, quarantine it if invalid.
+
+    Raises ``ValueError`` (nothing written) when the folder's name cannot be a session id.
+    """
+    session_dir = Path(os.path.abspath(session_dir))  # "S/.." or "." name the folder they lead to
     session_id = session_dir.name
+    if not is_valid_id(session_id):
+        raise ValueError(f"{session_dir} cannot be ingested: its folder name {session_id!r} is not a valid session "
+                         "id ([A-Za-z0-9_-], 1-128 characters); rename the folder")
     report = validate_session(session_dir, deep=deep, progress=progress)
     subject_id = report.session.subject_id if report.session else ""
     summary = summarize(report, session_id)

@@ -54,11 +54,13 @@ DEFAULT_CAMERAS: tuple[str, ...] = (
 )
 
 #: Ids become Dagster partition keys, file names and webdataset keys: no dots, no separators.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: Matched with ``fullmatch``: ``$`` would also accept a trailing newline ("sim0011\n"),
+#: which would become a second partition, other shard keys and a different subject.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def is_valid_id(value: object) -> bool:
-    return isinstance(value, str) and bool(ID_PATTERN.match(value))
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
 
 
 def sample_key(session_id: str, expression: str, camera_id: str) -> str:

@@ -26,6 +26,7 @@ class ProblemCode(str, Enum):
     CALIBRATION_MISSING = "calibration_missing"
     CALIBRATION_CAMERA_EMPTY = "calibration_camera_empty"
     CALIBRATION_BOARD_INVALID = "calibration_board_invalid"
+    CALIBRATION_IMAGE_INVALID = "calibration_image_invalid"
 
 
 #: What each code means, for docs, ``o2a validate`` and the Dagster UI.
@@ -44,6 +45,7 @@ PROBLEM_DESCRIPTIONS: dict[ProblemCode, str] = {
     ProblemCode.CALIBRATION_MISSING: "the calibration folder is absent",
     ProblemCode.CALIBRATION_CAMERA_EMPTY: "the calibration folder has no board images for a camera",
     ProblemCode.CALIBRATION_BOARD_INVALID: "calibration board.json is absent or invalid",
+    ProblemCode.CALIBRATION_IMAGE_INVALID: "a board image that is corrupt, refused, or one of two for the same moment",
 }
 
 # Which check reports which codes (the Dagster asset checks of ``session_manifest``).
@@ -66,7 +68,8 @@ GRID_CODES = frozenset(
 )
 IMAGE_INTEGRITY_CODES = frozenset({ProblemCode.IMAGE_CORRUPT, ProblemCode.DUPLICATE_IMAGE})
 CALIBRATION_CODES = frozenset(
-    {ProblemCode.CALIBRATION_MISSING, ProblemCode.CALIBRATION_CAMERA_EMPTY, ProblemCode.CALIBRATION_BOARD_INVALID}
+    {ProblemCode.CALIBRATION_MISSING, ProblemCode.CALIBRATION_CAMERA_EMPTY, ProblemCode.CALIBRATION_BOARD_INVALID,
+     ProblemCode.CALIBRATION_IMAGE_INVALID}
 )
 
 

@@ -6,7 +6,7 @@ the field, so ``o2a validate`` can list them all at once.
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +20,11 @@ from capture_schema.layout import (
     SESSION_FILE,
     is_valid_id,
 )
+from capture_schema.json_file import JsonFileError, read_json_file
 from capture_schema.problems import Problem, ProblemCode
 
+#: A 13 x 13 session.json is ~1 KB; even thousands of ids stay far below this bound on what a hostile file costs.
+MAX_SESSION_FILE_BYTES = 64 * 1024
 REQUIRED_FIELDS = ("subject_id", "session_id", "rig_id", "captured_at", "expressions", "cameras")
 
 
@@ -66,16 +69,34 @@ def _check_id_list(data: dict, name: str, problems: list[Problem]) -> tuple[str,
         problems.append(_invalid(name, f"ids must match [A-Za-z0-9_-]+, got {bad[:3]!r}"))
         return None
     if len(set(value)) != len(value):
-        dupes = sorted({v for v in value if value.count(v) > 1})
+        dupes = sorted(v for v, n in Counter(value).items() if n > 1)
         problems.append(_invalid(name, f"ids must be unique, repeated: {dupes}"))
         return None
     return tuple(value)
 
 
-def parse_session(data: Any, folder_name: str | None = None) -> tuple[SessionInfo | None, list[Problem]]:
-    """Check a decoded ``session.json``; return the session (or None) and every problem."""
+@dataclass(frozen=True)
+class ParsedSession:
+    """Everything ``session.json`` yields, even when some fields are bad.
+
+    ``info`` is set only when the whole document is valid; ``expressions``,
+    ``cameras`` and ``calibration`` are each set when that field alone is usable,
+    so a validator can still check the grid and the calibration folder and report
+    every problem in one pass.
+    """
+
+    info: SessionInfo | None
+    problems: list[Problem]
+    expressions: tuple[str, ...] | None = None
+    cameras: tuple[str, ...] | None = None
+    calibration: str | None = DEFAULT_CALIBRATION_DIR
+
+
+def parse_session_fields(data: Any, folder_name: str | None = None) -> ParsedSession:
+    """Check a decoded ``session.json`` field by field; keep what is usable beside every problem."""
     if not isinstance(data, dict):
-        return None, [Problem(SESSION_FILE, ProblemCode.SESSION_FILE_INVALID, "session.json must hold a JSON object")]
+        return ParsedSession(None, [Problem(SESSION_FILE, ProblemCode.SESSION_FILE_INVALID,
+                                            "session.json must hold a JSON object")])
     problems = [
         Problem(SESSION_FILE, ProblemCode.SESSION_FIELD_MISSING, f"required field '{name}' is missing")
         for name in REQUIRED_FIELDS
@@ -100,8 +121,9 @@ def parse_session(data: Any, folder_name: str | None = None) -> tuple[SessionInf
     calibration = data.get("calibration", DEFAULT_CALIBRATION_DIR)
     if not isinstance(calibration, str) or not calibration or Path(calibration).is_absolute():
         problems.append(_invalid("calibration", f"must be a relative folder path, got {calibration!r}"))
+        calibration = None
     if problems:
-        return None, problems
+        return ParsedSession(None, problems, expressions, cameras, calibration)
     extra = {k: v for k, v in data.items() if k not in REQUIRED_FIELDS and k != "calibration"}
     info = SessionInfo(
         subject_id=data["subject_id"],
@@ -113,20 +135,37 @@ def parse_session(data: Any, folder_name: str | None = None) -> tuple[SessionInf
         calibration=calibration,
         extra=extra,
     )
-    return info, []
+    return ParsedSession(info, [], expressions, cameras, calibration)
+
+
+def parse_session(data: Any, folder_name: str | None = None) -> tuple[SessionInfo | None, list[Problem]]:
+    """Check a decoded ``session.json``; return the session (or None) and every problem."""
+    parsed = parse_session_fields(data, folder_name)
+    return parsed.info, parsed.problems
+
+
+def read_session_fields(session_dir: Path) -> ParsedSession:
+    """Read ``<session_dir>/session.json`` and keep every usable field beside its problems."""
+    path = Path(session_dir) / SESSION_FILE
+    if not path.exists() and not path.is_symlink():  # a dangling symlink is invalid, not missing
+        return ParsedSession(None, [Problem(SESSION_FILE, ProblemCode.SESSION_FILE_MISSING,
+                                            "session.json not found; every session folder needs one")])
+    try:
+        # Refuses a FIFO/device/folder, NaN/Infinity, deep nesting and files over 64 KiB:
+        # a session.json is ~1 KB, and the cap bounds the id-list checks' cost.
+        data = read_json_file(path, max_bytes=MAX_SESSION_FILE_BYTES)
+    except JsonFileError as exc:
+        return ParsedSession(None, [Problem(SESSION_FILE, ProblemCode.SESSION_FILE_INVALID,
+                                            f"cannot read session.json as JSON: {exc.reason}")])
+    return parse_session_fields(data, Path(session_dir).name)
 
 
 def read_session(session_dir: Path) -> tuple[SessionInfo | None, list[Problem]]:
-    """Read and check ``<session_dir>/session.json``."""
-    path = Path(session_dir) / SESSION_FILE
-    if not path.is_file():
-        return None, [Problem(SESSION_FILE, ProblemCode.SESSION_FILE_MISSING, "session.json not found; every session folder needs one")]
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, [Problem(SESSION_FILE, ProblemCode.SESSION_FILE_INVALID, f"cannot read session.json as JSON: {exc}")]
-    return parse_session(data, Path(session_dir).name)
+    """Read and check ``<session_dir>/session.json``: the session (or None) and every problem."""
+    parsed = read_session_fields(session_dir)
+    return parsed.info, parsed.problems
 
 
 def write_session(session_dir: Path, info: SessionInfo) -> Path:
     return atomic_write_json(Path(session_dir) / SESSION_FILE, info.to_dict())
+

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from capture_schema.board import BoardSpecError, read_board
-from capture_schema.image_check import EXTENSION_FORMATS, ImageCorrupt, check_image_bytes
-from capture_schema.layout import BOARD_FILE, IMAGE_EXTENSIONS, IMAGES_DIR, SESSION_FILE
+from capture_schema.image_check import EXTENSION_FORMATS, ImageCorrupt, ImageLimits, check_image_bytes, read_capture_file
+from capture_schema.layout import BOARD_FILE, DEFAULT_CALIBRATION_DIR, IMAGE_EXTENSIONS, IMAGES_DIR, SESSION_FILE, is_valid_id
 from capture_schema.problems import Problem, ProblemCode
-from capture_schema.session import SessionInfo, read_session
+from capture_schema.session import ParsedSession, SessionInfo, read_session_fields
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _walk(session_dir: Path, rel_dir: str, problems: list[Problem]) -> list[str]:
-    """Session-relative paths of files below ``rel_dir``, sorted, never following folder links.
+    """``session_dir``-relative paths of files below ``rel_dir``, sorted, never following folder links
+    nor any link that leads out of ``session_dir`` (the session, or a calibration folder).
 
     String paths and ``os.scandir`` keep this cheap: ingest must not cost much more
     per file than reading it.
@@ -78,7 +79,7 @@ def _walk(session_dir: Path, rel_dir: str, problems: list[Problem]) -> list[str]
         if entry.is_symlink():
             if not _inside(Path(entry.path), session_dir):
                 problems.append(Problem(rel, ProblemCode.PATH_OUTSIDE_SESSION,
-                                        "symlink points outside the session folder; copy the data in instead"))
+                                        f"symlink points outside {session_dir.name}/; copy the data in instead"))
                 continue
             if entry.is_dir():  # never descend through folder links: they can loop
                 problems.append(Problem(rel, ProblemCode.UNEXPECTED_FILE,
@@ -91,56 +92,92 @@ def _walk(session_dir: Path, rel_dir: str, problems: list[Problem]) -> list[str]
     return found
 
 
-def _read_and_hash(path: str, deep: bool) -> tuple[str, int, object]:
-    """sha256, byte count and header (or the ImageCorrupt/OSError met) of one file."""
+def _read_and_hash(path: str, deep: bool, limits: ImageLimits) -> tuple[str, int, object]:
+    """sha256, byte count and header (or the ImageCorrupt met) of one file.
+
+    Special files and oversized files are refused before a byte is read, and the
+    header's pixel count before any decode (``ImageLimits``).
+    """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        return "", 0, ImageCorrupt(f"cannot read the file: {exc.strerror or exc}")
+        data = read_capture_file(path, limits)
+    except ImageCorrupt as exc:
+        return "", 0, exc
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return digest, len(data), check_image_bytes(data, deep=deep)
+        return digest, len(data), check_image_bytes(data, deep=deep, limits=limits)
     except ImageCorrupt as exc:
         return digest, len(data), exc
 
 
-def _grid_cells(session_dir: Path, info: SessionInfo, problems: list[Problem]) -> dict[tuple[str, str], str]:
-    """Map each (expression, camera) cell to its session-relative file; report unknown, ambiguous, missing."""
+def _image_file_key(rel: str) -> tuple[str, str] | None:
+    """``(folder, stem)`` of a ``.../<folder>/<stem>.<jpg|png>`` path whose names are valid ids, else None."""
+    parts = rel.split("/")
+    stem, dot, ext = parts[-1].rpartition(".")
+    if len(parts) < 2 or f"{dot}{ext}" not in IMAGE_EXTENSIONS or not (is_valid_id(stem) and is_valid_id(parts[-2])):
+        return None
+    return parts[-2], stem
+
+
+def _grid_cells(session_dir: Path, expressions: tuple[str, ...] | None, cameras: tuple[str, ...] | None,
+                problems: list[Problem]) -> dict[tuple[str, str], str]:
+    """Map each (expression, camera) cell to its session-relative file; report unknown, ambiguous, missing.
+
+    When session.json does not give the expression or camera list, every well-named
+    image is still taken (so it is read and checked), and only the cells that can be
+    known to be missing are reported.
+    """
     images_root = session_dir / IMAGES_DIR
     cells: dict[tuple[str, str], list[str]] = defaultdict(list)
     escapes = images_root.is_symlink() and not _inside(images_root, session_dir)  # reported at top level
     files = _walk(session_dir, IMAGES_DIR, problems) if images_root.is_dir() and not escapes else []
-    expressions, cameras = set(info.expressions), set(info.cameras)
     for rel in files:
-        parts = rel.split("/")
-        stem, dot, ext = parts[-1].rpartition(".")
-        known = len(parts) == 3 and parts[1] in expressions and f"{dot}{ext}" in IMAGE_EXTENSIONS and stem in cameras
+        key = _image_file_key(rel) if rel.count("/") == 2 else None
+        known = key is not None and (expressions is None or key[0] in expressions) and (
+            cameras is None or key[1] in cameras)
         if known:
-            cells[(parts[1], stem)].append(rel)
+            cells[key].append(rel)
         else:
             problems.append(Problem(rel, ProblemCode.UNEXPECTED_FILE,
                                     "not an images/<expression>/<camera_id>.<jpg|png> of this session's grid; "
                                     "move it out of the session folder"))
     chosen: dict[tuple[str, str], str] = {}
-    for expression in info.expressions:
-        for camera in info.cameras:
-            paths = sorted(cells.get((expression, camera), []))
-            if not paths:
-                problems.append(Problem(f"{IMAGES_DIR}/{expression}/{camera}", ProblemCode.IMAGE_MISSING,
-                                        f"no image for expression '{expression}', camera '{camera}'"))
-            elif len(paths) > 1:
-                names = ", ".join(p.rsplit("/", 1)[-1] for p in paths)
-                problems.append(Problem(paths[0], ProblemCode.IMAGE_AMBIGUOUS, f"{len(paths)} files for one cell ({names}); keep one"))
-            else:
-                chosen[(expression, camera)] = paths[0]
+    for key in sorted(cells):
+        paths = sorted(cells[key])
+        if len(paths) > 1:
+            names = ", ".join(p.rsplit("/", 1)[-1] for p in paths)
+            problems.append(Problem(paths[0], ProblemCode.IMAGE_AMBIGUOUS, f"{len(paths)} files for one cell ({names}); keep one"))
+        else:
+            chosen[key] = paths[0]
+    if expressions is not None and cameras is not None:
+        for expression in expressions:
+            for camera in cameras:
+                if (expression, camera) not in cells:
+                    problems.append(Problem(f"{IMAGES_DIR}/{expression}/{camera}", ProblemCode.IMAGE_MISSING,
+                                            f"no image for expression '{expression}', camera '{camera}'"))
     return chosen
 
 
-def _check_calibration(session_dir: Path, info: SessionInfo, problems: list[Problem]) -> None:
-    """The calibration folder may be shared (outside the session) but must stay inside the captures root."""
-    calib = session_dir / info.calibration
-    rel = info.calibration
+def _check_board_file(calib: Path, rel: str, problems: list[Problem]) -> None:
+    board = calib / BOARD_FILE
+    try:
+        if board.is_symlink():
+            raise BoardSpecError("", f"{BOARD_FILE} is a symlink; copy the file into the calibration folder")
+        if not board.is_file():
+            raise BoardSpecError("", f"{BOARD_FILE} not found in the calibration folder")
+        read_board(board)
+    except BoardSpecError as exc:
+        problems.append(Problem(f"{rel}/{BOARD_FILE}", ProblemCode.CALIBRATION_BOARD_INVALID, str(exc)))
+
+
+def _check_calibration(session_dir: Path, rel: str, cameras: tuple[str, ...] | None, limits: ImageLimits,
+                       problems: list[Problem]) -> None:
+    """The calibration folder: a board.json, one folder of board images per camera, nothing else.
+
+    The folder may be shared (outside the session) but must stay inside the captures
+    root. Nothing inside it is followed through a symlink, stray files are reported,
+    and every board image gets the same structural check as a capture image.
+    """
+    calib = session_dir / rel
     if not _inside(calib, session_dir.parent):
         problems.append(Problem(rel, ProblemCode.PATH_OUTSIDE_SESSION,
                                 "calibration path leads outside the captures root; keep shared calibrations beside the sessions"))
@@ -149,22 +186,39 @@ def _check_calibration(session_dir: Path, info: SessionInfo, problems: list[Prob
         problems.append(Problem(rel, ProblemCode.CALIBRATION_MISSING,
                                 f"calibration folder '{rel}' not found (set 'calibration' in session.json to a shared folder)"))
         return
-    try:
-        if not (calib / BOARD_FILE).is_file():
-            raise BoardSpecError("", f"{BOARD_FILE} not found in the calibration folder")
-        read_board(calib / BOARD_FILE)
-    except BoardSpecError as exc:
-        problems.append(Problem(f"{rel}/{BOARD_FILE}", ProblemCode.CALIBRATION_BOARD_INVALID, str(exc)))
-    for camera in info.cameras:
-        cam_dir = calib / camera
-        has_images = cam_dir.is_dir() and any(p.suffix in IMAGE_EXTENSIONS and p.is_file() for p in cam_dir.iterdir())
-        if not has_images:
+    _check_board_file(calib, rel, problems)
+    walked: list[Problem] = []
+    files = _walk(calib, ".", walked)
+    problems.extend(Problem(f"{rel}/{p.path[2:]}", p.code, p.message) for p in walked)
+    frames: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in files:
+        sub = path[2:]  # strip "./"
+        if sub == BOARD_FILE:
+            continue
+        key = _image_file_key(sub) if sub.count("/") == 1 else None
+        if key is None or (cameras is not None and key[0] not in cameras):
+            problems.append(Problem(f"{rel}/{sub}", ProblemCode.UNEXPECTED_FILE,
+                                    "not a board.json or <camera_id>/<NNN>.<jpg|png> of this session's cameras; "
+                                    "move it out of the calibration folder"))
+            continue
+        frames[key[0]][key[1]].append(sub)
+    for camera in cameras if cameras is not None else sorted(frames):
+        if not frames.get(camera):
             problems.append(Problem(f"{rel}/{camera}", ProblemCode.CALIBRATION_CAMERA_EMPTY,
                                     f"no board images (NNN.jpg|png) for camera '{camera}'"))
+        for stem, subs in sorted(frames.get(camera, {}).items()):
+            if len(subs) > 1:
+                problems.append(Problem(f"{rel}/{sorted(subs)[0]}", ProblemCode.CALIBRATION_IMAGE_INVALID,
+                                        f"{len(subs)} board images for moment '{stem}' of camera '{camera}'; keep one"))
+                continue
+            _digest, _size, header = _read_and_hash(str(calib / subs[0]), False, limits)
+            if isinstance(header, ImageCorrupt):
+                problems.append(Problem(f"{rel}/{subs[0]}", ProblemCode.CALIBRATION_IMAGE_INVALID,
+                                        f"{header}; re-export or re-capture this board image"))
 
 
-def _check_top_level(session_dir: Path, info: SessionInfo, problems: list[Problem]) -> None:
-    allowed = {SESSION_FILE, IMAGES_DIR, Path(info.calibration).parts[0]}
+def _check_top_level(session_dir: Path, calibration: str | None, problems: list[Problem]) -> None:
+    allowed = {SESSION_FILE, IMAGES_DIR, Path(calibration or DEFAULT_CALIBRATION_DIR).parts[0]}
     for entry in sorted(session_dir.iterdir()):
         if entry.is_symlink() and not _inside(entry, session_dir):
             problems.append(Problem(entry.name, ProblemCode.PATH_OUTSIDE_SESSION,
@@ -180,36 +234,42 @@ def validate_session(
     deep: bool = False,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    limits: ImageLimits | None = None,
 ) -> ValidationReport:
     """Check one session folder against the capture contract and hash its images.
 
-    ``deep`` also decodes every image (about 20x slower than hashing); the default
-    structural check already catches truncation, bad headers and PNG byte errors.
+    One pass reports every problem that can be found: a bad or missing field of
+    session.json does not stop the grid, image and calibration checks that the
+    remaining fields allow. ``deep`` also decodes every image (about 20x slower than
+    hashing); the default structural check already catches truncation, bad headers
+    and PNG byte errors. ``limits`` caps file size and pixel count (default: from the
+    environment, ``ImageLimits.from_env``).
     """
-    session_dir = Path(session_dir)
+    session_dir = Path(os.path.abspath(session_dir))  # "S/.." and "." name the folder they lead to
+    limits = limits or ImageLimits.from_env()
     if not session_dir.is_dir():
         report = ValidationReport(session_dir, None)
         report.problems.append(Problem(".", ProblemCode.SESSION_FILE_MISSING, f"session folder {session_dir} does not exist"))
         return report
     if (session_dir / SESSION_FILE).is_symlink() and not _inside(session_dir / SESSION_FILE, session_dir):
-        report = ValidationReport(session_dir, None)
-        report.problems.append(Problem(SESSION_FILE, ProblemCode.PATH_OUTSIDE_SESSION,
-                                       "session.json is a symlink out of the session folder; copy it in"))
-        return report
-    info, problems = read_session(session_dir)
-    report = ValidationReport(session_dir, info, problems=list(problems))
-    if info is None:
-        return report
-    _check_top_level(session_dir, info, report.problems)
-    cells = _grid_cells(session_dir, info, report.problems)
-    _check_calibration(session_dir, info, report.problems)
-    report.images = _hash_cells(session_dir, cells, deep, workers, progress, report.problems)
+        parsed = ParsedSession(None, [Problem(SESSION_FILE, ProblemCode.PATH_OUTSIDE_SESSION,
+                                              "session.json is a symlink out of the session folder; copy it in")],
+                               calibration=None)
+    else:
+        parsed = read_session_fields(session_dir)
+    report = ValidationReport(session_dir, parsed.info, problems=list(parsed.problems))
+    _check_top_level(session_dir, parsed.calibration, report.problems)
+    cells = _grid_cells(session_dir, parsed.expressions, parsed.cameras, report.problems)
+    if parsed.calibration is not None:
+        _check_calibration(session_dir, parsed.calibration, parsed.cameras, limits, report.problems)
+    report.images = _hash_cells(session_dir, cells, deep, workers, progress, limits, report.problems)
     _check_consistency(report)
     return report
 
 
 def _hash_cells(session_dir: Path, cells: dict[tuple[str, str], str], deep: bool, workers: int,
-                progress: Callable[[int, int], None] | None, problems: list[Problem]) -> list[ImageRecord]:
+                progress: Callable[[int, int], None] | None, limits: ImageLimits,
+                problems: list[Problem]) -> list[ImageRecord]:
     """Read, hash and check every cell's file, in a few threads each owning a contiguous slice.
 
     hashlib and file reads release the GIL; one slice per thread (not one task per
@@ -223,7 +283,7 @@ def _hash_cells(session_dir: Path, cells: dict[tuple[str, str], str], deep: bool
 
     def run(chunk: list[tuple[tuple[str, str], str]]) -> None:
         for key, rel in chunk:
-            results[key] = _read_and_hash(f"{root}/{rel}", deep)
+            results[key] = _read_and_hash(f"{root}/{rel}", deep, limits)
             if progress is not None:
                 progress(len(results), len(items))
 

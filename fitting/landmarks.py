@@ -158,15 +158,23 @@ def _detection(points: np.ndarray | None, confidence: float, nme: float, size: t
 
 
 def read_image_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3); ``LandmarkInputError`` if absent or undecodable."""
+    """An image file as RGB uint8 (H, W, 3); ``LandmarkInputError`` if absent, unsafe or undecodable.
+
+    Read through ``fitting.image_io.read_image``: FIFOs, devices, symlinks, files over
+    the byte limit and headers over the pixel limit are refused before decoding.
+    """
     import cv2
 
+    from fitting.image_io import ImageReadError, read_image
+
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise LandmarkInputError(f"{path}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise LandmarkInputError(f"{path}: cannot decode the file as an image; re-export it as JPEG or PNG")
+    try:
+        image = read_image(path, cv2.IMREAD_COLOR)
+    except ImageReadError as exc:
+        raise LandmarkInputError(f"{path}: cannot decode the file as an image ({exc.reason}); "
+                                 "re-export it as JPEG or PNG") from None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

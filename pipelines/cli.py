@@ -61,7 +61,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not session_dir.is_dir():
         print(f"o2a ingest: {session_dir} is not a folder", file=sys.stderr)
         return EXIT_USAGE
-    result = ingest_session(session_dir, Storage(args.storage), deep=args.deep)
+    try:
+        result = ingest_session(session_dir, Storage(args.storage), deep=args.deep)
+    except ValueError as exc:
+        print(f"o2a ingest: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     print(f"manifest: {result.manifest_uri}")
     if not result.valid:
         print(f"quarantined: {result.quarantine_uri} ({len(result.report.problems)} problem(s))")
@@ -76,6 +80,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not calib_dir.is_dir():
         print(f"o2a calibrate: {calib_dir} is not a folder", file=sys.stderr)
         return EXIT_USAGE
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"o2a calibrate: cannot write {args.out}: it exists and is not a folder", file=sys.stderr)
+        return EXIT_INVALID
     bars: dict = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -111,6 +118,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.subjects < 1 or args.size < 64:
         print("o2a simulate: --subjects must be >= 1 and --size >= 64", file=sys.stderr)
         return EXIT_USAGE
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"o2a simulate: cannot write {args.out}: it exists and is not a folder", file=sys.stderr)
+        return EXIT_INVALID
     try:
         source = load_face_source(args.face_model, args.face_model_path)
     except (OSError, ValueError) as exc:
@@ -161,6 +171,9 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
         if not source.is_dir():
             print(f"o2a landmarks: {source} is neither an image nor a session folder", file=sys.stderr)
             return EXIT_USAGE
+        if out.exists() and not out.is_dir():
+            print(f"o2a landmarks: cannot write {out}: it exists and is not a folder", file=sys.stderr)
+            return EXIT_INVALID
         found = _detect_session_with_bar(source, args.workers, not args.no_mirror)
     except LandmarkInputError as exc:
         print(f"o2a landmarks: {exc}", file=sys.stderr)
@@ -190,6 +203,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not session_dir.is_dir():
         print(f"o2a fit: {session_dir} is not a folder", file=sys.stderr)
         return EXIT_USAGE
+    if out.exists() and not out.is_dir():
+        print(f"o2a fit: cannot write {out}: it exists and is not a folder", file=sys.stderr)
+        return EXIT_INVALID
     try:
         calibration = read_calibration(Path(args.calibration))
         model = load_face_model(args.model, args.model_path, args.embedding)
@@ -249,8 +265,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from capture_schema.captures_root import NOT_A_SESSION
     from pipelines.resources import CapturesResource, StorageResource
-    from pipelines.runner import build_dataset_index, evaluate_fewshot, run_all_sessions, train_avatar_prior
+    from pipelines.runner import (build_dataset_index, evaluate_fewshot, run_all_sessions, scan_captures,
+                                  train_avatar_prior)
 
     if args.dagster_home:
         home = Path(args.dagster_home).resolve()
@@ -266,16 +284,18 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     storage = StorageResource(url=args.storage)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     print(f"materialising every session asset for sessions under {captures.root_path()}")
+    not_sessions = [e for e in scan_captures(instance, captures, storage) if e.kind == NOT_A_SESSION]
     runs = run_all_sessions(instance, captures, storage)
+    failed = [r for r in runs if not r.success and not r.failed_checks]
+    quarantined = [r for r in runs if r.failed_checks]
+    ok = len(runs) - len(failed) - len(quarantined)
+    print(f"{ok} ok, {len(quarantined)} quarantined, {len(failed)} failed, {len(not_sessions)} not a session")
     if not runs:
         print("no sessions found")
         return EXIT_INVALID
-    failed = [r for r in runs if not r.success and not r.failed_checks]
-    quarantined = [r for r in runs if r.failed_checks]
-    print(f"{len(runs) - len(failed) - len(quarantined)} ok, {len(quarantined)} quarantined, {len(failed)} failed")
-    if len(runs) > len(failed) + len(quarantined) and not build_dataset_index(instance, storage):
+    if ok and not build_dataset_index(instance, storage):
         return EXIT_INVALID
-    if not args.no_prior and len(runs) > len(failed) + len(quarantined):
+    if not args.no_prior and ok:
         prior = {"iterations": args.prior_iterations} if args.prior_iterations else {}
         steps = f"{args.prior_iterations} steps" if prior else "the preset's steps"
         print(f"training the avatar prior on the index's train split (cpu preset, {steps})")
@@ -286,7 +306,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
             if evaluate_fewshot(instance, storage) is None:
                 return EXIT_INVALID
     print(f"outputs: {storage.storage().uri('')}")
-    return EXIT_INVALID if failed else EXIT_OK
+    # Anything not ok (quarantined, failed, not a session) is listed above and makes the exit status 1.
+    return EXIT_INVALID if failed or quarantined or not_sessions else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,13 +385,88 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: A temporary name of ``capture_schema.atomic``: ``.<final name>.<8 random chars>.tmp``.
+_TEMP_NAME = r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp$"
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``calibrate``, ``prior train``, ``pipeline run``, ...: what the user typed, for messages."""
+    sub = next((getattr(args, k) for k in ("prior_command", "pipeline_command", "ablation_command")
+                if getattr(args, k, None)), None)
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
+def _output_roots(args: argparse.Namespace) -> list[Path]:
+    """The places this command writes to (``--out``, a local ``--storage``, ``--dagster-home``)."""
+    roots = []
+    for name in ("out", "storage", "dagster_home"):
+        value = getattr(args, name, None)
+        if not value or ("://" in str(value) and not str(value).startswith("file://")):
+            continue
+        roots.append(Path(str(value).removeprefix("file://")).absolute())
+    return roots
+
+
+def _user_path(filename: object) -> str:
+    """``filename`` with atomic-write temporary names mapped back to the final names the user asked for."""
+    import re
+
+    parts = [m.group("final") if (m := re.match(_TEMP_NAME, part)) else part
+             for part in Path(os.fsdecode(filename)).parts]
+    return str(Path(*parts)) if parts else os.fsdecode(filename)
+
+
+def _failed_output_file(exc: OSError, roots: list[Path]) -> str | None:
+    """The output file a nameless ``OSError`` (a failed ``write()`` on an open file) was writing.
+
+    Best effort: the innermost frame holding a ``path``-like local under one of ``roots``
+    (``capture_schema.atomic`` names it ``path``); None when no frame says.
+    """
+    import traceback
+
+    for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        for name in ("path", "tmp", "filename", "file_path", "target"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
+                candidate = Path(_user_path(value)).absolute()
+                if any(candidate == r or r in candidate.parents for r in roots):
+                    return _user_path(value)
+    return None
+
+
+def _os_error_message(exc: OSError, args: argparse.Namespace) -> str:
+    """``cannot write <path>: <strerror>`` (or ``cannot access`` when it may have been a read).
+
+    "write" when the path is (under, or a folder on the way to) the command's output, or when
+    the error is one only a write can give (ENOSPC, EFBIG, EROFS, EDQUOT).
+    """
+    import errno
+
+    write_errnos = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT}
+    strerror = exc.strerror or str(exc) or type(exc).__name__
+    roots = _output_roots(args)
+    if not isinstance(exc.filename, (str, bytes, os.PathLike)):  # a failed write() on an open file: no name
+        where = _failed_output_file(exc, roots) or (str(roots[0]) if roots else None)
+        verb = "write" if roots or exc.errno in write_errnos else "access"
+        return f"cannot {verb} {where}: {strerror}" if where else f"cannot {verb}: {strerror}"
+    path = Path(_user_path(exc.filename)).absolute()
+    is_output = any(path == r or r in path.parents or path in r.parents for r in roots)
+    verb = "write" if is_output or exc.errno in write_errnos else "access"
+    return f"cannot {verb} {_user_path(exc.filename)}: {strerror}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. An ``OSError`` that escapes it (full disk, file too large, read-only or
+    unwritable output) becomes ``o2a <command>: cannot write <path>: <strerror>`` and exit 1."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        print(f"o2a {_command_name(args)}: {_os_error_message(exc, args)}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 if __name__ == "__main__":

@@ -155,8 +155,11 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
     try:
         result = train_prior(config, data, face_model, Path(args.out), resume=not args.no_resume,
                              log=lambda msg: tqdm.write(msg, file=sys.stdout), on_step=on_step)
-    except (ValueError, RuntimeError) as exc:
-        _error("train", f"{exc}" + (" (here: a new --out, or --no-resume)" if "resume=False" in str(exc) else ""))
+    except (ValueError, RuntimeError) as exc:  # CheckpointError: the checkpoint in --out is foreign or incomplete
+        from training.prior.checkpoint import CheckpointError
+
+        hint = "resume=False" in str(exc) or isinstance(exc, CheckpointError)
+        _error("train", f"{exc}" + (" (here: a new --out, or --no-resume)" if hint else ""))
         return EXIT_INVALID
     finally:
         bar.close()
@@ -172,7 +175,7 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
 def cmd_prior_eval(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from training.prior.checkpoint import load_prior
+    from training.prior.checkpoint import CheckpointError, load_prior
     from training.prior.evaluate import score_frames, summarize
     from training.prior.train import pick_device
 
@@ -184,8 +187,11 @@ def cmd_prior_eval(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         model, ckpt = load_prior(args.checkpoint, pick_device())
-    except ValueError as exc:
+    except CheckpointError as exc:  # names the file (and the missing key of an incomplete checkpoint)
         _error("eval", str(exc))
+        return EXIT_INVALID
+    except OSError as exc:
+        _error("eval", f"cannot read {args.checkpoint}: {exc.strerror or exc}")
         return EXIT_INVALID
     loaded = _load_data("eval", args, args.split)
     if isinstance(loaded, int):
@@ -214,7 +220,7 @@ def cmd_prior_eval(args: argparse.Namespace) -> int:
     subjects = len({s.subject_id for s in scores})
     print(f"{args.split}: PSNR over {summary['frames']} frames of {subjects} subject{'s' * (subjects != 1)}: "
           f"mean {summary['psnr_mean']:.2f} dB, median {summary['psnr_median']:.2f} dB, "
-          f"10th percentile {summary['psnr_p10']:.2f} dB (step {ckpt['step']}, {args.checkpoint})")
+          f"10th percentile {summary['psnr_p10']:.2f} dB (step {ckpt.get('step', 'n/a')}, {args.checkpoint})")
     return EXIT_OK
 
 

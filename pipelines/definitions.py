@@ -9,13 +9,15 @@ from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.face_fits import face_fits
 from pipelines.assets.fewshot import fewshot_report
-from pipelines.assets.ingest import session_manifest
+from pipelines.assets.ingest import capture_folders, session_manifest
 from pipelines.assets.landmarks import face_landmarks
 from pipelines.assets.prior import avatar_prior
 from pipelines.assets.shards import session_shards
 from pipelines.resources import default_resources
 from pipelines.sensors import build_session_sensor
 
+#: The listing of the captures root (every entry a session, a shared calibration, or not a session and why).
+CAPTURES_ASSETS = [capture_folders]
 #: Assets computed once per session partition, in dependency order.
 SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards]
 #: Assets over the whole dataset, materialised after the sessions.
@@ -31,6 +33,12 @@ session_job = dg.define_asset_job(
     "process_session",
     selection=dg.AssetSelection.assets(*SESSION_ASSETS),
     description="Everything the pipeline computes for one capture session.",
+)
+
+captures_job = dg.define_asset_job(
+    "scan_captures_root",
+    selection=dg.AssetSelection.assets(*CAPTURES_ASSETS),
+    description="List every entry of the captures root and why each one that is not a session is not.",
 )
 
 dataset_job = dg.define_asset_job(
@@ -58,8 +66,8 @@ ablation_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + ABLATION_ASSETS,
-    jobs=[session_job, dataset_job, prior_job, fewshot_job, ablation_job],
-    sensors=[build_session_sensor(session_job.name)],
+    assets=CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + ABLATION_ASSETS,
+    jobs=[captures_job, session_job, dataset_job, prior_job, fewshot_job, ablation_job],
+    sensors=[build_session_sensor(session_job, captures_job)],
     resources=default_resources(),
 )

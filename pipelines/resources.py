@@ -12,9 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from capture_schema.layout import is_valid_id
+from capture_schema.captures_root import RootEntry, scan_captures_root
 from capture_schema.storage import Storage
-from capture_schema.validation import iter_session_dirs
 
 DEFAULT_CAPTURES_ROOT = "workspace_data/captures"
 DEFAULT_STORAGE_URL = "file://workspace_data/derived"
@@ -32,12 +31,9 @@ class CapturesResource(dg.ConfigurableResource):
     def session_dir(self, session_id: str) -> Path:
         return self.root_path() / session_id
 
-    def scan(self) -> tuple[list[str], list[str]]:
-        """Session ids usable as partition keys, and folder names that are not."""
-        good, bad = [], []
-        for path in iter_session_dirs(self.root_path()):
-            (good if is_valid_id(path.name) else bad).append(path.name)
-        return good, bad
+    def scan(self) -> list[RootEntry]:
+        """Every entry of the captures root: sessions (partition keys), shared calibrations, and the rest with reasons."""
+        return scan_captures_root(self.root_path())
 
 
 class StorageResource(dg.ConfigurableResource):

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import dagster as dg
 
-from pipelines.definitions import (DATASET_ASSETS, FEWSHOT_ASSETS, PRIOR_ASSETS, SESSION_ASSETS, dataset_job,
-                                   fewshot_job, prior_job, session_job)
+from capture_schema.captures_root import RootEntry, session_ids
+from pipelines.definitions import (CAPTURES_ASSETS, DATASET_ASSETS, FEWSHOT_ASSETS, PRIOR_ASSETS, SESSION_ASSETS,
+                                   captures_job, dataset_job, fewshot_job, prior_job, session_job)
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
 
@@ -30,12 +31,26 @@ class SessionRun:
 
 
 def sync_partitions(instance: dg.DagsterInstance, captures: CapturesResource) -> list[str]:
-    """Add a partition for every valid session folder; return all session ids found."""
-    good, _bad = captures.scan()
+    """Add a partition for every session folder; return all session ids found."""
+    good = session_ids(captures.scan())
     new = unregistered_sessions(instance, good)
     if new:
         instance.add_dynamic_partitions(SESSIONS_PARTITION, new)
     return good
+
+
+def scan_captures(instance: dg.DagsterInstance, captures: CapturesResource, storage: StorageResource,
+                  log: Callable[[str], None] = print, log_level: str = "INFO") -> list[RootEntry]:
+    """Materialise ``capture_folders`` (so the listing is in Dagster too) and return the entries."""
+    job = dg.Definitions(assets=CAPTURES_ASSETS, jobs=[captures_job],
+                         resources={"captures": captures, "storage": storage}).resolve_job_def(captures_job.name)
+    job.execute_in_process(instance=instance, raise_on_error=False,
+                           run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    entries = captures.scan()
+    for entry in entries:
+        if entry.kind != "session":
+            log(f"  {entry.name}: {'calibration' if entry.kind == 'calibration' else 'NOT A SESSION'} ({entry.reason})")
+    return entries
 
 
 def run_all_sessions(

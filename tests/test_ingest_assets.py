@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from capture_schema.ingest import manifest_relpath, quarantine_relpath
 from capture_schema.tables import MANIFEST_SCHEMA
 from conftest import SIM_SIZE, tree_hashes
 from pipelines.assets.ingest import session_manifest
-from pipelines.definitions import defs
+from pipelines.definitions import captures_job, defs, session_job
 from pipelines.partitions import SESSIONS_PARTITION
 from pipelines.resources import CapturesResource, StorageResource
 from pipelines.runner import run_all_sessions
@@ -102,25 +103,54 @@ def test_invalid_session_is_quarantined_not_dropped(captures_root: Path, tmp_pat
     assert pq.read_table(storage / manifest_relpath(key)).num_rows == 169
 
 
-def test_sensor_adds_partitions_and_is_idempotent(captures_root: Path) -> None:
+def _sensor_context(instance, root: Path, cursor: str | None = None):
+    return dg.build_sensor_context(instance=instance, cursor=cursor,
+                                   resources={"captures": CapturesResource(root=str(root))})
+
+
+def test_sensor_adds_partitions_and_is_idempotent(captures_root: Path, tmp_path: Path) -> None:
     instance = dg.DagsterInstance.ephemeral()
-    sensor = build_session_sensor("process_session")
+    sensor = build_session_sensor(session_job, captures_job)
     (captures_root / "bad.name").mkdir()
     (captures_root / "bad.name" / "session.json").write_text("{}")
-    ctx = dg.build_sensor_context(instance=instance, resources={"captures": CapturesResource(root=str(captures_root))})
-    result = sensor(ctx)
+    result = sensor(_sensor_context(instance, captures_root))
     keys = sorted(p.name for p in captures_root.iterdir() if p.name != "bad.name")
-    assert sorted(r.partition_key for r in result.run_requests) == keys
+    session_runs = [r for r in result.run_requests if r.job_name == "process_session"]
+    assert sorted(r.partition_key for r in session_runs) == keys
     assert result.dynamic_partitions_requests[0].partition_keys == keys
+    # The folder that is not a session is not dropped silently: the root's listing is (re)built.
+    assert [r.job_name for r in result.run_requests if r.job_name != "process_session"] == ["scan_captures_root"]
     instance.add_dynamic_partitions(SESSIONS_PARTITION, keys)
-    again = sensor(dg.build_sensor_context(instance=instance, resources={"captures": CapturesResource(root=str(captures_root))}))
-    assert [r.run_key for r in again.run_requests] == [r.run_key for r in result.run_requests]
+    again = sensor(_sensor_context(instance, captures_root, result.cursor))
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in session_runs]  # no second scan run
     assert not again.dynamic_partitions_requests
     # A changed session gets a new run key.
     (captures_root / keys[0] / "images" / "neutral" / "mid_C00.jpg").write_bytes(b"changed")
-    changed = sensor(dg.build_sensor_context(instance=instance, resources={"captures": CapturesResource(root=str(captures_root))}))
-    assert changed.run_requests[0].run_key != result.run_requests[0].run_key
-    assert changed.run_requests[1].run_key == result.run_requests[1].run_key
+    changed = sensor(_sensor_context(instance, captures_root, result.cursor))
+    assert changed.run_requests[0].run_key != session_runs[0].run_key
+    assert changed.run_requests[1].run_key == session_runs[1].run_key
+
+
+def test_sensor_fingerprints_a_shared_calibration(captures_root: Path) -> None:
+    """A session whose calibration folder is shared from beside it re-runs when that folder changes."""
+    import json
+
+    keys = sorted(p.name for p in captures_root.iterdir())
+    shutil.move(captures_root / keys[0] / "calibration", captures_root / "shared_calib")
+    session_file = captures_root / keys[0] / "session.json"
+    session_file.write_text(json.dumps({**json.loads(session_file.read_text()), "calibration": "../shared_calib"}))
+    instance = dg.DagsterInstance.ephemeral()
+    sensor = build_session_sensor(session_job, captures_job)
+    first = sensor(_sensor_context(instance, captures_root))
+    keyed = {r.partition_key: r.run_key for r in first.run_requests if r.partition_key}
+    assert set(keyed) == set(keys)  # the shared folder is not taken for a session
+    board_image = sorted((captures_root / "shared_calib").glob("*/*.png"))[0]
+    st = board_image.stat()
+    os.utime(board_image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-exported: new mtime
+    second = sensor(_sensor_context(instance, captures_root, first.cursor))
+    rekeyed = {r.partition_key: r.run_key for r in second.run_requests if r.partition_key}
+    assert rekeyed[keys[0]] != keyed[keys[0]]
+    assert rekeyed[keys[1]] == keyed[keys[1]]
 
 
 def test_run_all_sessions(captures_root: Path, tmp_path: Path) -> None:

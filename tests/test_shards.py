@@ -324,6 +324,28 @@ def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
         assert _sha(folder / shard["name"]) == shard["sha256"]
     assert sum(ext == "mask.png" for s in report.samples for ext, _ in s.members) > 0
 
+    # One byte of one image flipped after ingest (same length): the shard step fails naming the
+    # image, and the published shards stay those of the bytes ingest hashed.
+    import shutil
+
+    private = tmp_path / "captures"
+    shutil.copytree(sim_dataset.captures_root / key, private / key)
+    image = private / key / "images" / "smile" / "up_L30.jpg"
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    image.write_bytes(bytes(data))
+    before = {p.name: _sha(p) for p in folder.iterdir()}
+    again = dg.materialize(
+        [session_shards], partition_key=key, instance=instance, raise_on_error=False,
+        resources={"captures": CapturesResource(root=str(private)),
+                   "storage": StorageResource(url=f"file://{storage}"), "face_model": FaceModelResource()},
+        run_config={"ops": {"session_shards": {"config": {"max_samples": 100, "train_resolution": 64}}}},
+    )
+    assert not again.success
+    failure = again.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert "images/smile/up_L30.jpg changed since ingest" in failure, failure
+    assert {p.name: _sha(p) for p in folder.iterdir()} == before
+
 
 def test_loader_streams_the_writers_shards_with_filters(session, tmp_path: Path) -> None:
     """The writer's shards, read by the training loader: every sample once, filters exact,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -81,6 +84,67 @@ def _empty_camera_calibration(s: Path) -> None:
         f.unlink()
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A structurally valid PNG (CRCs right) that claims ``width`` x ``height`` but holds one tiny IDAT."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + _png_chunk(b"IEND", b""))
+
+
+def _huge_pngs(s: Path) -> None:
+    """13 header-only PNGs claiming 20000 x 20000 px (one expression row), replacing the JPEGs."""
+    for jpg in sorted((s / "images" / "smile").glob("*.jpg")):
+        jpg.unlink()
+        jpg.with_suffix(".png").write_bytes(header_only_png(20000, 20000))
+
+
+def _fifo_cell(s: Path) -> None:
+    _jpg(s).unlink()
+    os.mkfifo(_jpg(s))
+
+
+def _zero_padded(s: Path) -> None:
+    with open(_jpg(s), "ab") as fh:
+        fh.write(b"\0" * (1 << 20))
+
+
+def _board_images(s: Path, camera: str = CAM2) -> list[Path]:
+    return sorted((s / "calibration" / camera).iterdir())
+
+
+def _corrupt_board_image(s: Path) -> None:
+    path = _board_images(s)[0]
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _board_image_link_out(s: Path) -> None:
+    path = _board_images(s)[0]
+    outside = s.parent.parent / "elsewhere_board.png"
+    shutil.copy(path, outside)
+    path.unlink()
+    path.symlink_to(outside)
+
+
+def _camera_folder_link_out(s: Path) -> None:
+    outside = s.parent.parent / "elsewhere_camera"
+    shutil.move(s / "calibration" / CAM2, outside)
+    (s / "calibration" / CAM2).symlink_to(outside, target_is_directory=True)
+
+
+def _board_json_link_out(s: Path) -> None:
+    outside = s.parent.parent / "elsewhere_board.json"
+    shutil.move(s / "calibration" / "board.json", outside)
+    (s / "calibration" / "board.json").symlink_to(outside)
+
+
+def _nested_session_json(s: Path) -> None:
+    (s / "session.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
 BREAKAGES: list[tuple[str, Callable[[Path], None], ProblemCode]] = [
     ("missing image", lambda s: _jpg(s).unlink(), ProblemCode.IMAGE_MISSING),
     ("extra file in grid", lambda s: (s / "images" / "neutral" / "notes.txt").write_text("x"), ProblemCode.UNEXPECTED_FILE),
@@ -109,6 +173,18 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], ProblemCode]] = [
     ("calibration camera empty", _empty_camera_calibration, ProblemCode.CALIBRATION_CAMERA_EMPTY),
     ("board.json invalid", lambda s: (s / "calibration" / "board.json").write_text('{"type": "charuco"}'), ProblemCode.CALIBRATION_BOARD_INVALID),
     ("board.json missing", lambda s: (s / "calibration" / "board.json").unlink(), ProblemCode.CALIBRATION_BOARD_INVALID),
+    # Hostile input: each refused with a code, never a hang, a traceback or an unbounded read.
+    ("FIFO in an image cell", _fifo_cell, ProblemCode.IMAGE_CORRUPT),
+    ("header-only 20000 px PNGs", _huge_pngs, ProblemCode.IMAGE_CORRUPT),
+    ("1 MiB of zeros after a JPEG", _zero_padded, ProblemCode.IMAGE_CORRUPT),
+    ("id with a trailing newline", lambda s: _edit_session_json(s, subject_id="sim0011\n"), ProblemCode.SESSION_FIELD_INVALID),
+    ("deeply nested session.json", _nested_session_json, ProblemCode.SESSION_FILE_INVALID),
+    ("stray file in calibration", lambda s: (s / "calibration" / "notes.txt").write_text("x"), ProblemCode.UNEXPECTED_FILE),
+    ("stray file in a camera's board images", lambda s: (s / "calibration" / CAM / "readme.txt").write_text("x"), ProblemCode.UNEXPECTED_FILE),
+    ("corrupt board image", _corrupt_board_image, ProblemCode.CALIBRATION_IMAGE_INVALID),
+    ("board image symlink out", _board_image_link_out, ProblemCode.PATH_OUTSIDE_SESSION),
+    ("camera folder symlink out", _camera_folder_link_out, ProblemCode.PATH_OUTSIDE_SESSION),
+    ("board.json symlink out", _board_json_link_out, ProblemCode.CALIBRATION_BOARD_INVALID),
 ]
 
 
@@ -173,3 +249,69 @@ def test_every_code_belongs_to_exactly_one_check() -> None:
     groups = [SESSION_FILE_CODES, GRID_CODES, IMAGE_INTEGRITY_CODES, CALIBRATION_CODES]
     assert sum(len(g) for g in groups) == len(ProblemCode)
     assert frozenset().union(*groups) == set(ProblemCode)
+
+
+def test_one_pass_reports_every_fault(session_copy: Path) -> None:
+    """A session.json missing a field does not hide the grid, image and calibration faults beside it."""
+    _edit_session_json(session_copy, subject_id=None)
+    _jpg(session_copy, "smile", CAM2).unlink()
+    _truncate(session_copy)
+    shutil.copy(_jpg(session_copy, "pucker"), _jpg(session_copy, "surprise"))
+    (session_copy / "notes.md").write_text("x")
+    (session_copy / "calibration" / "board.json").write_text('{"type": "charuco"}')
+    _corrupt_board_image(session_copy)
+    (session_copy / "calibration" / "notes.txt").write_text("x")
+    for f in _board_images(session_copy, "up_C00"):
+        f.unlink()
+    found = {(p.code, p.path) for p in validate_session(session_copy).problems}
+    assert found == {
+        (ProblemCode.SESSION_FIELD_MISSING, "session.json"),
+        (ProblemCode.IMAGE_MISSING, f"images/smile/{CAM2}"),
+        (ProblemCode.IMAGE_CORRUPT, f"images/neutral/{CAM}.jpg"),
+        (ProblemCode.DUPLICATE_IMAGE, f"images/{sorted(['pucker', 'surprise'])[1]}/{CAM}.jpg"),
+        (ProblemCode.UNEXPECTED_FILE, "notes.md"),
+        (ProblemCode.CALIBRATION_BOARD_INVALID, "calibration/board.json"),
+        (ProblemCode.CALIBRATION_IMAGE_INVALID, f"calibration/{CAM2}/{_board_images(session_copy)[0].name}"),
+        (ProblemCode.UNEXPECTED_FILE, "calibration/notes.txt"),
+        (ProblemCode.CALIBRATION_CAMERA_EMPTY, "calibration/up_C00"),
+    }
+
+
+def test_without_a_camera_list_images_are_still_checked(session_copy: Path) -> None:
+    """With 'cameras' unusable, missing cells cannot be known, but every image is still read and checked."""
+    _edit_session_json(session_copy, cameras="all of them")
+    _truncate(session_copy)
+    report = validate_session(session_copy)
+    codes = {(p.code, p.path) for p in report.problems}
+    assert (ProblemCode.SESSION_FIELD_INVALID, "session.json") in codes
+    assert (ProblemCode.IMAGE_CORRUPT, f"images/neutral/{CAM}.jpg") in codes
+    assert len(report.images) == 168
+    assert not any(p.code == ProblemCode.IMAGE_MISSING for p in report.problems)
+
+
+def test_fifo_cell_does_not_hang_the_cli(session_copy: Path) -> None:
+    _fifo_cell(session_copy)
+    o2a = Path(sys.executable).parent / "o2a"
+    proc = subprocess.run([str(o2a), "validate", str(session_copy), "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    problem = [p for p in json.loads(proc.stdout)["problems"] if p["path"] == f"images/neutral/{CAM}.jpg"]
+    assert problem and "FIFO" in problem[0]["message"], problem
+
+
+def test_relative_session_paths_name_the_folder(session_copy: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``o2a ingest S/..`` and ``o2a ingest .`` ingest the folder they lead to, never a nameless one."""
+    storage = tmp_path / "derived"
+    monkeypatch.chdir(session_copy)
+    assert main(["ingest", ".", "--storage", f"file://{storage}"]) == 0
+    assert (storage / "ingest" / session_copy.name / "manifest.parquet").is_file()
+    assert main(["ingest", f"{session_copy}/images/..", "--storage", f"file://{storage}"]) == 0
+    assert sorted(p.name for p in (storage / "ingest").iterdir()) == [session_copy.name]
+    assert not (storage / "manifest.parquet").exists() and not (storage / "quarantine").exists()
+    # A path whose folder name cannot be an id is refused before anything is written.
+    badly_named = tmp_path / "sim 0001.v2"
+    shutil.copytree(session_copy, badly_named)
+    capsys.readouterr()
+    assert main(["ingest", str(badly_named), "--storage", f"file://{tmp_path / 'other'}"]) == 1
+    assert "not a valid session id" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

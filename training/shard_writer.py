@@ -31,7 +31,7 @@ import numpy as np
 
 from capture_schema.atomic import atomic_write_json
 from capture_schema.calibration_file import Calibration
-from capture_schema.image_check import ImageCorrupt, check_image_bytes
+from capture_schema.image_check import ImageCorrupt, ImageLimits, check_image_bytes, read_capture_file
 from capture_schema.layout import is_valid_id, sample_key
 from capture_schema.session import read_session
 from fitting.landmarks import session_image_path
@@ -51,6 +51,11 @@ _FORMATS = {"jpeg": "jpg", "jpg": "jpg", "png": "png"}
 
 class ShardInputError(ValueError):
     """The session cannot be sharded as given; the message says why and how to fix it."""
+
+
+class CaptureChangedError(ShardInputError):
+    """An image's bytes differ from what ingest recorded: the whole shard run fails (nothing is
+    published), since publishing them under the manifest's hash would mix two versions of the data."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,7 @@ class SessionSamples:
                                   "run `o2a validate` on it")
         self.info, self.calibration, self.landmarks, self.fit = info, calibration, landmarks, fit
         self.rows, self.config, self.faces = _manifest_rows(manifest), config, faces
+        self.limits = ImageLimits.from_env()
         self.skipped: list[SkippedSample] = []
         self._samples = self._generate()
 
@@ -208,6 +214,8 @@ class SessionSamples:
                 key = sample_key(self.info.session_id, e, c)
                 try:
                     yield self._sample(key, e, c)
+                except CaptureChangedError:
+                    raise
                 except ShardInputError as exc:
                     self.skipped.append(SkippedSample(key, str(exc)))
 
@@ -217,20 +225,29 @@ class SessionSamples:
         if self.rows is not None and row is None:
             raise ShardInputError("not in the ingest manifest (missing or failed its ingest checks)")
         path = self.session_dir / row["relative_path"] if row else session_image_path(self.session_dir, e, c)
-        if path is None or not path.is_file():
+        if path is None or not os.path.lexists(path):
             raise ShardInputError("image file missing")
-        data = path.read_bytes()
-        ext = path.suffix[1:].lower()
-        if row is not None:
-            if len(data) != row["bytes"]:
-                raise ShardInputError(f"{path.name} is {len(data)} bytes but ingest recorded {row['bytes']}: "
-                                      "the capture changed since ingest; re-run ingest")
-            return data, ext, row["sha256"], _FORMATS[row["format"]], row["width"], row["height"]
         try:
-            header = check_image_bytes(data)
+            data = read_capture_file(path, self.limits)
+        except ImageCorrupt as exc:
+            if row is not None:
+                raise CaptureChangedError(f"{row['relative_path']}: {exc}; it passed ingest, so the capture "
+                                          "changed since: re-run ingest (session_manifest)") from None
+            raise ShardInputError(f"{path.name}: {exc}") from None
+        ext = path.suffix[1:].lower()
+        sha = hashlib.sha256(data).hexdigest()  # of the very bytes that go into the shard
+        if row is not None:
+            if sha != row["sha256"]:
+                raise CaptureChangedError(
+                    f"{row['relative_path']} changed since ingest (sha256 {sha[:12]}..., {len(data)} bytes; the "
+                    f"manifest recorded {row['sha256'][:12]}..., {row['bytes']} bytes): re-run ingest "
+                    "(session_manifest) so the manifest, landmarks and fits describe the bytes that are shipped")
+            return data, ext, sha, _FORMATS[row["format"]], row["width"], row["height"]
+        try:
+            header = check_image_bytes(data, limits=self.limits)
         except ImageCorrupt as exc:
             raise ShardInputError(f"{path.name}: {exc}") from None
-        return data, ext, hashlib.sha256(data).hexdigest(), _FORMATS[header.format], header.width, header.height
+        return data, ext, sha, _FORMATS[header.format], header.width, header.height
 
     def _sample(self, key: str, e: str, c: str) -> ShardSample:
         camera = self.calibration.cameras.get(c)

@@ -25,6 +25,7 @@ The report's ``corner_radius_fraction``, ``distortion_at_image_corner_px`` and
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -179,15 +180,23 @@ def calibration_input_hash(calib_dir: str | os.PathLike[str]) -> str:
     """
     root = Path(calib_dir)
     board = root / BOARD_FILE
-    if not board.is_file():
+    try:
+        has_board = board.is_file()
+    except OSError as exc:
+        raise CalibrationError(f"cannot read calibration folder {str(root)!r}: {exc.strerror or exc}") from None
+    if not has_board:
         raise CalibrationError(f"calibration folder {str(root)!r} has no {BOARD_FILE}", field="")
-    listing = list_calibration_images(root)
+    listing = list_calibration_images(root, skip_empty=True)  # an empty folder adds nothing to hash
     files = [board] + [p for frames in listing.values() for p in frames.values()]
     entries = sorted((p.relative_to(root).as_posix(), p) for p in files)
     digest = hashlib.sha256(b"o2a-calibration-input-v1\0")
     for rel, path in entries:
         name = rel.encode("utf-8")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CalibrationError(f"cannot read {str(path)!r}: {exc.strerror or exc}",
+                                   camera=None if rel == BOARD_FILE else rel.split("/")[0]) from None
         digest.update(len(name).to_bytes(8, "little") + name + len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
@@ -288,13 +297,38 @@ def write_calibration_outputs(result: CalibrationResult, out_dir: str | os.PathL
     """Write ``calibration.json``, ``colmap/``, ``transforms.json`` and ``calibration_report.json``.
 
     Built in a temporary sibling of ``out_dir`` and renamed into place (an existing
-    ``out_dir`` is replaced whole only once the new one is complete).
+    ``out_dir`` is replaced whole only once the new one is complete). An ``out_dir``
+    that is an existing file, or a failed write (disk full, file size limit, read-only
+    or unwritable folder), raises ``OSError`` naming the path; nothing is replaced then.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder (calibration writes a folder)",
+                                 str(out_dir))
     points, observations = _colmap_points(result)
     with atomic_directory(out_dir) as tmp:
         write_calibration(tmp / CALIBRATION_FILE, result.calibration)
         write_colmap_model(result.cameras, tmp / COLMAP_DIR, points3d=points, observations=observations)
+        _check_colmap_written(tmp / COLMAP_DIR, len(result.cameras), len(points))
         write_transforms(tmp / TRANSFORMS_FILE, result.cameras)
         atomic_write_json(tmp / REPORT_FILE, result.report(timings=False))
     return out_dir
+
+
+def _check_colmap_written(model_dir: Path, n_images: int, n_points: int) -> None:
+    """Read the COLMAP model back: pycolmap's writer does not report a failed write.
+
+    Measured under a file-size limit (EFBIG): its C++ streams stop writing and return
+    normally, leaving a truncated ``images.txt`` / ``points3D.txt`` (a full disk goes
+    through the same unchecked streams).
+    """
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(model_dir))
+        complete = rec.num_images() == n_images and rec.num_points3D() == n_points
+    except Exception:  # a truncated file fails to parse (pycolmap raises IndexError, ValueError, ...)
+        complete = False
+    if not complete:
+        raise OSError(errno.EIO, "the COLMAP model was written incompletely (disk full or file size limit?)",
+                      str(model_dir))

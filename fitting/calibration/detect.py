@@ -41,6 +41,7 @@ from capture_schema.board import BoardSpec, BoardSpecError, CharucoBoardSpec, Ch
 from capture_schema.layout import BOARD_FILE
 from fitting.boards import make_charuco_board
 from fitting.calibration.errors import CalibrationError
+from fitting.image_io import ImageReadError, read_image
 
 #: Image files a calibration folder may hold (case-insensitive suffix).
 CALIBRATION_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -133,34 +134,48 @@ def load_board(calib_dir: str | os.PathLike[str]) -> BoardSpec:
     if not Path(calib_dir).is_dir():
         raise CalibrationError(f"calibration folder {str(calib_dir)!r} does not exist")
     path = Path(calib_dir) / BOARD_FILE
-    if not path.is_file():
-        raise CalibrationError(f"calibration folder {str(calib_dir)!r} has no {BOARD_FILE}", field="")
     try:
+        if not path.is_file():
+            raise CalibrationError(f"calibration folder {str(calib_dir)!r} has no {BOARD_FILE}", field="")
         return read_board(path)
     except BoardSpecError as exc:
         raise CalibrationError(f"malformed {BOARD_FILE}: {exc}", field=exc.field) from None
+    except OSError as exc:
+        raise CalibrationError(f"cannot read {str(path)!r}: {exc.strerror or exc}", field="") from None
 
 
 def list_calibration_images(
-    calib_dir: str | os.PathLike[str], cameras: Sequence[str] | None = None
+    calib_dir: str | os.PathLike[str], cameras: Sequence[str] | None = None, *, skip_empty: bool = False
 ) -> dict[str, dict[str, Path]]:
     """``{camera_id: {frame_key: image path}}`` for a calibration folder.
 
-    ``cameras=None`` takes every sub-folder holding at least one image, sorted by
-    name (so pass the rig's own order when it matters: the first camera defines
-    the world frame). A named camera without a folder, a folder with two images
-    for one moment (``001.jpg`` and ``001.png``) or no cameras at all raise
-    ``CalibrationError``.
+    ``cameras=None`` takes every sub-folder not starting with ``.``, sorted by name
+    (so pass the rig's own order when it matters: the first camera defines the
+    world frame); ``cameras`` given, other sub-folders are ignored. A camera folder
+    that is missing, not a folder, unreadable or holds no image, a folder with two
+    images for one moment (``001.jpg`` and ``001.png``) or no cameras at all raise
+    ``CalibrationError`` naming the camera: a camera is never dropped silently.
+    ``skip_empty=True`` leaves camera folders without images out instead (for
+    hashing what is there, ``calibration_input_hash``).
     """
     root = Path(calib_dir)
     if not root.is_dir():
         raise CalibrationError(f"calibration folder {str(root)!r} does not exist")
 
-    def images_of(folder: Path) -> list[Path]:
-        return [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CALIBRATION_IMAGE_SUFFIXES]
+    def images_of(folder: Path, camera: str | None) -> list[Path]:
+        try:
+            return [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in CALIBRATION_IMAGE_SUFFIXES]
+        except OSError as exc:
+            what = f"camera {camera!r}: cannot read its folder" if camera else "cannot read calibration folder"
+            raise CalibrationError(f"{what} {str(folder)!r}: {exc.strerror or exc}", camera=camera) from None
 
     if cameras is None:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and images_of(p))
+        try:
+            names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as exc:
+            raise CalibrationError(f"cannot read calibration folder {str(root)!r}: {exc.strerror or exc}") from None
+        if skip_empty:
+            names = [name for name in names if images_of(root / name, name)]
     else:
         names = [str(c) for c in cameras]
         duplicates = sorted({c for c in names if names.count(c) > 1})
@@ -174,9 +189,18 @@ def list_calibration_images(
     for name in names:
         folder = root / name
         if not folder.is_dir():
+            if folder.exists() or folder.is_symlink():
+                raise CalibrationError(f"camera {name!r}: {str(folder)!r} is not a folder", camera=name)
             raise CalibrationError(f"camera {name!r} has no folder {str(folder)!r}", camera=name)
+        images = images_of(folder, name)
+        if not images:
+            raise CalibrationError(
+                f"camera {name!r}: its folder {str(folder)!r} holds no board images (<NNN>.png|jpg); "
+                "add them, or leave the camera out (remove the folder, or list the others with --cameras)",
+                camera=name,
+            )
         frames: dict[str, Path] = {}
-        for path in sorted(images_of(folder)):
+        for path in sorted(images):
             if path.stem in frames:
                 raise CalibrationError(
                     f"camera {name!r} has two images for moment {path.stem!r}: "
@@ -245,23 +269,21 @@ def detect_chessboard(
     return ViewDetection(np.arange(spec.n_corners, dtype=np.int64), refined.reshape(-1, 2).astype(np.float64))
 
 
-def _read_gray(path: Path) -> np.ndarray | None:
+def _read_gray(path: Path) -> tuple[np.ndarray | None, str]:
+    """The gray image, or None and why not (FIFOs, symlinks, oversized files and headers are refused unread)."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    try:
-        return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
-    except cv2.error:
-        return None
+        return read_image(path, cv2.IMREAD_GRAYSCALE), ""
+    except ImageReadError as exc:
+        return None, exc.reason
 
 
 def _detect_file(detector: _Detector, path: Path) -> tuple[tuple[int, int] | None, ViewDetection | None, str]:
-    gray = _read_gray(path)
+    try:
+        gray, why = _read_gray(path)
+    except (OSError, ValueError, cv2.error) as exc:  # whatever the reader did not turn into a reason: a skip
+        gray, why = None, getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc).strip()[:200]
     if gray is None or gray.ndim != 2 or gray.size == 0:
-        return None, None, "unreadable (not a decodable image)"
+        return None, None, f"unreadable ({why or 'not a decodable image'})"
     size = (int(gray.shape[1]), int(gray.shape[0]))
     try:
         view = detector(gray)

@@ -20,3 +20,10 @@ class CalibrationError(ValueError):
         super().__init__(message)
         self.camera = camera
         self.field = field
+
+
+def implausible_camera(cam: str, stage: str, exc: ValueError) -> CalibrationError:
+    """The error for a camera whose estimated parameters break the camera contract (non-finite,
+    absurd focal length or distortion), which points at the board spec or the captures."""
+    return CalibrationError(f"camera {cam!r}: the {stage} gave implausible parameters ({exc}); check that "
+                            "board.json matches the printed board and that the board images show it", camera=cam)

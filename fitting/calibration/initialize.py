@@ -46,7 +46,7 @@ from fitting.calibration.detect import (
     ViewDetection,
     frame_sort_key,
 )
-from fitting.calibration.errors import CalibrationError
+from fitting.calibration.errors import CalibrationError, implausible_camera
 from fitting.geometry import consensus_pose, inv_h, to_h
 
 #: A view needs this many corners, not all on one line, to give a board pose.
@@ -327,7 +327,10 @@ def initialize_rig(detections: FolderDetections, progress: ProgressCallback | No
         K, dist = intrinsics[cam]
         width, height = detections.cameras[cam].image_size
         T = cam_from_world[cam]
-        cameras[cam] = Camera(width, height, K[0, 0], K[1, 1], K[0, 2], K[1, 2], tuple(dist), T[:3, :3], T[:3, 3])
+        try:
+            cameras[cam] = Camera(width, height, K[0, 0], K[1, 1], K[0, 2], K[1, 2], tuple(dist), T[:3, :3], T[:3, 3])
+        except ValueError as exc:
+            raise implausible_camera(cam, "OpenCV initial calibration", exc) from None
     board_poses = {k: board_poses[k] for k in sorted(board_poses, key=frame_sort_key)}
     return InitialRig(spec, cameras, board_poses, views, rms, n_calib, tree,
                       {c: r for c, r in rejected.items() if r}, n_reordered)

@@ -58,7 +58,7 @@ import numpy as np
 from capture_schema.cameras import Camera
 from fitting.boards import board_object_points
 from fitting.calibration.detect import ProgressCallback
-from fitting.calibration.errors import CalibrationError
+from fitting.calibration.errors import CalibrationError, implausible_camera
 from fitting.calibration.initialize import InitialRig
 from fitting.colmap_solver import FULL_OPENCV_RATIONAL, hold_rational_terms
 
@@ -243,7 +243,10 @@ def refine_rig(
         if np.any(p[list(FULL_OPENCV_RATIONAL)] != 0.0):
             raise RuntimeError(f"k4..k6 of camera {cam!r} moved during refinement: {p[list(FULL_OPENCV_RATIONAL)]}")
         T = np.eye(4) if cam == ref else _matrix(rig.sensor_from_rig(col.sensor_id))
-        cameras[cam] = Camera(col.width, col.height, p[0], p[1], p[2], p[3], tuple(p[4:9]), T[:3, :3], T[:3, 3])
+        try:
+            cameras[cam] = Camera(col.width, col.height, p[0], p[1], p[2], p[3], tuple(p[4:9]), T[:3, :3], T[:3, 3])
+        except ValueError as exc:
+            raise implausible_camera(cam, "bundle adjustment", exc) from None
     board_poses = {}
     for frame_id, key in enumerate(initial.board_poses, start=1):
         if rec.exists_frame(frame_id):

@@ -61,21 +61,42 @@ def _require(data: dict, key: str, expected: str, ndim: int, source: str, check=
     return arr
 
 
+def _read_npz(path: str | os.PathLike, source: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``; an empty, truncated or non-npz file raises ``FlameFormatError``."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        if not os.path.isfile(path):  # missing or unreadable: the caller reports the OSError
+            raise
+        raise FlameFormatError(f"{source}: cannot read as an npz file ({exc})") from None
+    except Exception as exc:  # empty file, garbage bytes, a bad zip, pickled objects
+        raise FlameFormatError(f"{source}: cannot read as an npz file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise FlameFormatError(f"{source}: expected an .npz archive of arrays, found a single .npy array")
+    try:
+        with loaded as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # a truncated member, a member holding pickled objects
+        raise FlameFormatError(f"{source}: cannot read as an npz file ({type(exc).__name__}: {exc})") from None
+
+
 def load_mediapipe_embedding(path: str | os.PathLike, faces: np.ndarray) -> LandmarkEmbedding:
     """Read a mediapipe embedding ``.npz`` (``lmk_face_idx``, ``lmk_b_coords``, ``landmark_indices``)."""
     source = os.fspath(path)
     faces = np.asarray(faces, dtype=np.int64)
-    with np.load(path, allow_pickle=False) as npz:
-        data = {k: npz[k] for k in npz.files}
-    face_idx = _require(data, "lmk_face_idx", "(L,)", 1, source).astype(np.int64)
+    data = _read_npz(path, source)
+    face_idx = _require(data, "lmk_face_idx", "(L,)", 1, source)
     n = len(face_idx)
     bary = _require(data, "lmk_b_coords", f"({n}, 3)", 2, source, lambda a: a.shape == (n, 3))
     ids = _require(data, "landmark_indices", f"({n},)", 1, source, lambda a: a.shape == (n,))
-    if n and (face_idx.min() < 0 or face_idx.max() >= len(faces)):
-        raise FlameFormatError(f"{source}: 'lmk_face_idx' refers to triangles outside the model's {len(faces)}")
     try:
+        face_idx = face_idx.astype(np.int64)
+        if n and (face_idx.min() < 0 or face_idx.max() >= len(faces)):
+            raise FlameFormatError(f"{source}: 'lmk_face_idx' refers to triangles outside the model's {len(faces)}")
         return LandmarkEmbedding(ids.astype(np.int64), faces[face_idx], bary.astype(np.float64))
-    except ValueError as exc:
+    except FlameFormatError:
+        raise
+    except (ValueError, TypeError, IndexError) as exc:  # e.g. text where numbers belong
         raise FlameFormatError(f"{source}: invalid mediapipe embedding: {exc}") from exc
 
 
@@ -97,9 +118,19 @@ def load_flame_model(
     if n_shape < 0 or n_expression < 0:
         raise ValueError("n_shape and n_expression must be non-negative")
     source = os.fspath(model_path)
-    data = load_restricted_pickle(model_path)
+    data = load_restricted_pickle(model_path)  # PickleFormatError / UnsafePickleError name the file
     if not isinstance(data, dict):
         raise FlameFormatError(f"{source}: expected a pickled dict, got {type(data).__name__}")
+    try:
+        return _flame_from_dict(data, source, embedding_path, n_shape, n_expression, name, shape_columns)
+    except FlameFormatError:
+        raise
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:  # odd dtypes or values in a foreign file
+        raise FlameFormatError(f"{source}: not a usable FLAME model ({type(exc).__name__}: {exc})") from None
+
+
+def _flame_from_dict(data: dict, source: str, embedding_path: str | os.PathLike | None, n_shape: int,
+                     n_expression: int, name: str, shape_columns: int | None) -> "FlameModel":
     v_template = _require(data, "v_template", "(N, 3)", 2, source, lambda a: a.shape[1] == 3)
     n = len(v_template)
     faces = _require(data, "f", "(F, 3)", 2, source, lambda a: a.shape[1] == 3).astype(np.int64)
@@ -124,7 +155,7 @@ def load_flame_model(
             )
         shape_columns = FLAME_SHAPE_COLUMNS
     if not 0 <= shape_columns <= total:
-        raise ValueError(f"shape_columns must be in 0..{total}")
+        raise FlameFormatError(f"{source}: shape_columns must be in 0..{total} ('shapedirs' has {total} columns)")
     n_shape = min(n_shape, shape_columns)
     n_expression = min(n_expression, total - shape_columns)
     embedding = None

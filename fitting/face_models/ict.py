@@ -67,16 +67,28 @@ class IctArrays:
 def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise IctFormatError(f"ICT model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise IctFormatError(f"ICT model file {path} is empty")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise IctFormatError(f"{path} is a single .npy array, not an .npz archive")
+        with loaded as data:
             missing = [k for k in keys if k not in data.files]
             if missing:
-                raise IctFormatError(f"{path.name} lacks key(s) {', '.join(missing)} (has {', '.join(data.files)})")
+                raise IctFormatError(f"{path} lacks key(s) {', '.join(missing)} (has {', '.join(data.files) or 'none'})")
             return {k: data[k] for k in keys}
     except IctFormatError:
         raise
-    except Exception as exc:  # a truncated or non-npz file
-        raise IctFormatError(f"cannot read {path} as an npz file: {exc}") from exc
+    except Exception as exc:  # a truncated or non-npz file (zipfile.BadZipFile, EOFError, ...)
+        raise IctFormatError(f"cannot read {path} as an npz file: {type(exc).__name__}: {exc}") from None
+
+
+def _numeric(arr: np.ndarray, dtype: type, where: str) -> np.ndarray:
+    """``arr`` as ``dtype``; text or other non-numbers become an ``IctFormatError`` naming file and key."""
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise IctFormatError(f"{where} holds {arr.dtype} values, expected numbers")
+    return arr.astype(dtype)
 
 
 def _check_shape(arr: np.ndarray, expected: tuple, where: str) -> None:
@@ -93,20 +105,24 @@ def read_ict_arrays(directory: str | Path, n_identity: int = N_IDENTITY) -> IctA
     topo = _load_npz(
         directory / TOPOLOGY_FILE, ("v_template", "faces", "region_ranges", "region_names", "landmarks_multipie68")
     )
-    template = topo["v_template"].astype(np.float32)
+    template = _numeric(topo["v_template"], np.float32, f"{TOPOLOGY_FILE}:v_template")
     _check_shape(template, (None, 3), f"{TOPOLOGY_FILE}:v_template")
     n = len(template)
-    quads = topo["faces"].astype(np.int64)
+    quads = _numeric(topo["faces"], np.int64, f"{TOPOLOGY_FILE}:faces")
     _check_shape(quads, (None, 4), f"{TOPOLOGY_FILE}:faces")
     if quads.size and (quads.min() < 0 or quads.max() >= n):
         raise IctFormatError(f"{TOPOLOGY_FILE}:faces refers to vertices outside 0..{n - 1}")
-    lm68 = topo["landmarks_multipie68"].astype(np.int64)
+    lm68 = _numeric(topo["landmarks_multipie68"], np.int64, f"{TOPOLOGY_FILE}:landmarks_multipie68")
     _check_shape(lm68, (68,), f"{TOPOLOGY_FILE}:landmarks_multipie68")
-    ranges = topo["region_ranges"].astype(np.int64)
+    if lm68.min() < 0 or lm68.max() >= n:
+        raise IctFormatError(f"{TOPOLOGY_FILE}:landmarks_multipie68 refers to vertices outside 0..{n - 1}")
+    _check_shape(topo["region_names"], (None,), f"{TOPOLOGY_FILE}:region_names")
+    ranges = _numeric(topo["region_ranges"], np.int64, f"{TOPOLOGY_FILE}:region_ranges")
     _check_shape(ranges, (len(topo["region_names"]), 2), f"{TOPOLOGY_FILE}:region_ranges")
 
     expr = _load_npz(directory / EXPRESSION_FILE, ("expr_dirs", "expr_names"))
     _check_shape(expr["expr_dirs"], (None, n, 3), f"{EXPRESSION_FILE}:expr_dirs")
+    _numeric(expr["expr_dirs"][:0], np.float32, f"{EXPRESSION_FILE}:expr_dirs")
     _check_shape(expr["expr_names"], (len(expr["expr_dirs"]),), f"{EXPRESSION_FILE}:expr_names")
 
     parts, have = [], 0
@@ -116,8 +132,12 @@ def read_ict_arrays(directory: str | Path, n_identity: int = N_IDENTITY) -> IctA
         data = _load_npz(directory / name, ("id_dirs", "first_mode"))
         dirs = data["id_dirs"]
         _check_shape(dirs, (None, n, 3), f"{name}:id_dirs")
-        if int(data["first_mode"]) != have or first != have:
-            raise IctFormatError(f"{name} starts at identity mode {int(data['first_mode'])}, expected {have}")
+        _numeric(dirs[:0], np.float32, f"{name}:id_dirs")
+        first_mode = _numeric(np.asarray(data["first_mode"]), np.int64, f"{name}:first_mode")
+        if first_mode.size != 1:
+            raise IctFormatError(f"{name}:first_mode has shape {first_mode.shape}, expected one integer")
+        if int(first_mode.reshape(())) != have or first != have:
+            raise IctFormatError(f"{name} starts at identity mode {int(first_mode.reshape(()))}, expected {have}")
         parts.append(dirs[: n_identity - have].astype(np.float32))
         have += len(parts[-1])
         if len(dirs) < count and have < n_identity:
@@ -161,6 +181,9 @@ def load_ict_model(
     are ``id000..``; expression names are ICT's ARKit names (``jawOpen``, ...).
     """
     arrays = read_ict_arrays(directory, n_identity)
+    if "face" not in arrays.region_names:
+        raise IctFormatError(f"{Path(directory) / TOPOLOGY_FILE}:region_names has no 'face' region "
+                             f"(has {', '.join(arrays.region_names) or 'none'})")
     regions = tuple(arrays.region_names if regions is None else regions)
     unknown = [r for r in regions if r not in arrays.region_names]
     if unknown:

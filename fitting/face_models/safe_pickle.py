@@ -19,11 +19,15 @@ from typing import IO, Any
 import numpy as np
 import scipy.sparse
 
-__all__ = ["ChumpyStandIn", "UnsafePickleError", "load_restricted_pickle"]
+__all__ = ["ChumpyStandIn", "PickleFormatError", "UnsafePickleError", "load_restricted_pickle"]
 
 
 class UnsafePickleError(ValueError):
     """The pickle references a global outside the allow-list (or misuses an allowed one)."""
+
+
+class PickleFormatError(ValueError):
+    """The file is not a complete, well-formed pickle (empty, truncated or garbage bytes)."""
 
 
 class ChumpyStandIn:
@@ -190,13 +194,29 @@ def load_restricted_pickle(path_or_fileobj: str | os.PathLike | IO[bytes] | byte
     """Unpickle with ``encoding="latin1"`` (Python-2 era files), resolving only allow-listed globals.
 
     Raises ``UnsafePickleError`` naming the refused global and the file before that
-    global is ever called.
+    global is ever called, and ``PickleFormatError`` naming the file when it is empty,
+    truncated or not a pickle at all (whatever the unpickler tripped over: ``EOFError``,
+    ``UnpicklingError``, a ``KeyError`` for a bad memo reference, ``struct.error``, ...).
+    ``OSError`` (a missing or unreadable file) passes through unchanged.
     """
     if isinstance(path_or_fileobj, (str, os.PathLike)):
+        source = os.fspath(path_or_fileobj)
         with open(path_or_fileobj, "rb") as f:
-            return _RestrictedUnpickler(f, os.fspath(path_or_fileobj)).load()
+            return _load(f, str(source))
     if isinstance(path_or_fileobj, (bytes, bytearray)):  # in-memory data
-        return _RestrictedUnpickler(io.BytesIO(path_or_fileobj), "<bytes>").load()
+        return _load(io.BytesIO(path_or_fileobj), "<bytes>")
     source = str(getattr(path_or_fileobj, "name", "<file object>"))
-    return _RestrictedUnpickler(path_or_fileobj, source).load()
+    return _load(path_or_fileobj, source)
+
+
+def _load(file: IO[bytes], source: str) -> Any:
+    try:
+        return _RestrictedUnpickler(file, source).load()
+    except (UnsafePickleError, OSError):
+        raise
+    except EOFError:
+        raise PickleFormatError(f"{source} is empty or truncated: not a complete pickle") from None
+    except Exception as exc:  # garbage bytes: any opcode may fail in its own way (MemoryError included)
+        detail = str(exc).strip() or type(exc).__name__
+        raise PickleFormatError(f"{source} is not a readable pickle ({type(exc).__name__}: {detail[:200]})") from None
 

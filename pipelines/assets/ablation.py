@@ -135,7 +135,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
 
         from training.fewshot.evaluate import evaluate_subjects, held_out_subjects
         from training.fewshot.report import summary_markdown, summary_table, write_report
-        from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
+        from training.prior.checkpoint import CHECKPOINT_NAME, CheckpointError, load_prior
         from training.prior.train import pick_device
 
         config = spec.get(context.partition_key)
@@ -151,7 +151,11 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / CHECKPOINT_NAME
             local.write_bytes(store.read_bytes(prior_path))
-            prior, _ = load_prior(local, pick_device())
+            try:
+                prior, _ = load_prior(local, pick_device())
+            except CheckpointError as exc:
+                raise dg.Failure(f"configuration {config.name}: its prior cannot be used: {exc}; "
+                                 "re-materialise ablation_prior") from None
             work = store.local_path(target) if store.is_local else Path(tmp) / "fewshot"
             result = evaluate_subjects(prior, model, index, subjects, spec.fewshot_config(), None, context.log.info)
             scores = pd.DataFrame(result.rows)

@@ -94,7 +94,10 @@ def camera_calibration(
     calib_dir = (session_dir / info.calibration).resolve()
     if not calib_dir.is_dir():
         raise dg.Failure(f"session {session_id}: calibration folder {calib_dir} not found")
-    key = calibration_key(calibration_input_hash(calib_dir), info.cameras)
+    try:
+        key = calibration_key(calibration_input_hash(calib_dir), info.cameras)
+    except CalibrationError as exc:
+        raise dg.Failure(f"session {session_id}: {exc}") from None
     target = calibration_relpath(key)
     reused = store.exists(f"{target}/calibration.json")
     if reused:

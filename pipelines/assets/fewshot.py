@@ -78,7 +78,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     from training.fewshot.metrics import load_lpips
     from training.fewshot.report import summary_markdown, summary_table, write_report
     from training.fewshot.selection import __doc__ as selection_rule
-    from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
+    from training.prior.checkpoint import CHECKPOINT_NAME, CheckpointError, load_prior
     from training.prior.train import pick_device
 
     fs_config = _fewshot_config(config)
@@ -100,7 +100,10 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     with tempfile.TemporaryDirectory() as tmp:
         local_prior = Path(tmp) / CHECKPOINT_NAME
         local_prior.write_bytes(store.read_bytes(prior_path))
-        prior, ckpt = load_prior(local_prior, pick_device())
+        try:
+            prior, ckpt = load_prior(local_prior, pick_device())
+        except CheckpointError as exc:
+            raise dg.Failure(f"the avatar prior cannot be used: {exc}; re-materialise avatar_prior") from None
     if ckpt.get("face_model") not in (None, model.name):
         raise dg.Failure(f"the prior was trained with face model {ckpt.get('face_model')!r}, not {model.name!r}")
     lpips_model, lpips_note = load_lpips()

@@ -10,7 +10,9 @@ import hashlib
 
 import dagster as dg
 
-from capture_schema.ingest import IngestResult, ingest_session
+from capture_schema.atomic import canonical_json
+from capture_schema.captures_root import SESSION, session_ids, unusable
+from capture_schema.ingest import IngestResult, captures_root_relpath, ingest_session
 from capture_schema.problems import (
     CALIBRATION_CODES,
     GRID_CODES,
@@ -111,3 +113,37 @@ def session_manifest(
     if result.quarantine_uri:
         metadata["quarantine"] = dg.MetadataValue.path(result.quarantine_uri)
     return dg.MaterializeResult(metadata=metadata, check_results=_check_results(result), data_version=dg.DataVersion(version))
+
+
+@dg.asset(
+    group_name="ingest",
+    kinds={"json"},
+    check_specs=[dg.AssetCheckSpec("every_folder_is_a_session", asset="capture_folders",
+                                   description="every entry of the captures root is a session or a shared "
+                                               "calibration in use (a warning: the others are listed with reasons)")],
+)
+def capture_folders(context: dg.AssetExecutionContext, captures: CapturesResource,
+                    storage: StorageResource) -> dg.MaterializeResult:
+    """Every entry of the captures root and what it is: a session, a shared calibration, or not a session and why."""
+    entries = captures.scan()
+    store = storage.storage()
+    rel = captures_root_relpath()
+    store.write_if_changed(rel, canonical_json([e.to_dict() for e in entries]).encode())
+    bad = unusable(entries)
+    for entry in bad:
+        context.log.warning(f"{entry.name!r} is not a session: {entry.reason}")
+    table = ["| entry | what | reason |", "|---|---|---|"] + [
+        f"| `{e.name}` | {e.kind} | {e.reason.replace('|', '/')} |" for e in entries if e.kind != SESSION]
+    return dg.MaterializeResult(
+        metadata={
+            "sessions": len(session_ids(entries)),
+            "not_sessions": len(bad),
+            "listing": dg.MetadataValue.path(store.uri(rel)),
+            "entries_not_sessions": dg.MetadataValue.md("\n".join(table) if len(table) > 2
+                                                        else "Every entry is a session."),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="every_folder_is_a_session", passed=not bad, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"not_sessions": dg.MetadataValue.md(
+                "\n".join(f"- `{e.name}`: {e.reason}" for e in bad) or "none")})],
+    )
