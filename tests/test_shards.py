@@ -291,6 +291,10 @@ def test_inspect_reports_scattered_members(tmp_path: Path) -> None:
 
 
 def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
+    """The whole session chain in Dagster; an image changed after ingest fails the shard step naming it,
+    and re-materialising unchanged input recomputes nothing."""
+    import shutil
+
     from pipelines.assets.calibration import camera_calibration
     from pipelines.assets.face_fits import face_fits
     from pipelines.assets.ingest import session_manifest
@@ -303,14 +307,37 @@ def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
     key = sim_dataset.session_ids[1]
     instance.add_dynamic_partitions(SESSIONS_PARTITION, [key])
     storage = tmp_path / "derived"
-    result = dg.materialize(
-        [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards],
-        partition_key=key, instance=instance, raise_on_error=False,
-        resources={"captures": CapturesResource(root=str(sim_dataset.captures_root)),
-                   "storage": StorageResource(url=f"file://{storage}"), "face_model": FaceModelResource()},
-        run_config={"ops": {"face_landmarks": {"config": {"workers": 2}},
-                            "session_shards": {"config": {"max_samples": 100, "train_resolution": 64}}}},
-    )
+    captures = tmp_path / "captures"
+    shutil.copytree(sim_dataset.captures_root / key, captures / key)
+    chain = [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards]
+
+    def materialize(assets, max_samples: int = 100):
+        ops = {"face_landmarks": {"config": {"workers": 2}},
+               "session_shards": {"config": {"max_samples": max_samples, "train_resolution": 64}}}
+        names = {a.key.path[-1] for a in assets}
+        return dg.materialize(
+            assets, partition_key=key, instance=instance, raise_on_error=False,
+            resources={"captures": CapturesResource(root=str(captures)),
+                       "storage": StorageResource(url=f"file://{storage}"), "face_model": FaceModelResource()},
+            run_config={"ops": {name: op for name, op in ops.items() if name in names}},
+        )
+
+    # One byte of one image flipped after ingest (same length): the shard step fails naming the image
+    # and publishes nothing.
+    assert materialize(chain[:4]).success
+    image = captures / key / "images" / "smile" / "up_L30.jpg"
+    original = image.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01
+    image.write_bytes(bytes(flipped))
+    failed = materialize(chain[4:])
+    assert not failed.success
+    failure = failed.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert "images/smile/up_L30.jpg changed since ingest" in failure, failure
+    assert not (storage / "shards" / key).exists()
+
+    image.write_bytes(original)
+    result = materialize(chain[4:])
     assert result.success
     meta = result.asset_materializations_for_node("session_shards")[0].metadata
     assert (meta["shards"].value, meta["samples"].value, meta["skipped_samples"].value) == (2, 169, 0)
@@ -324,27 +351,22 @@ def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
         assert _sha(folder / shard["name"]) == shard["sha256"]
     assert sum(ext == "mask.png" for s in report.samples for ext, _ in s.members) > 0
 
-    # One byte of one image flipped after ingest (same length): the shard step fails naming the
-    # image, and the published shards stay those of the bytes ingest hashed.
-    import shutil
+    # Unchanged input: every step reuses its published output; nothing is rewritten.
+    def snapshot() -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in storage.rglob("*") if p.is_file()}
 
-    private = tmp_path / "captures"
-    shutil.copytree(sim_dataset.captures_root / key, private / key)
-    image = private / key / "images" / "smile" / "up_L30.jpg"
-    data = bytearray(image.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    image.write_bytes(bytes(data))
-    before = {p.name: _sha(p) for p in folder.iterdir()}
-    again = dg.materialize(
-        [session_shards], partition_key=key, instance=instance, raise_on_error=False,
-        resources={"captures": CapturesResource(root=str(private)),
-                   "storage": StorageResource(url=f"file://{storage}"), "face_model": FaceModelResource()},
-        run_config={"ops": {"session_shards": {"config": {"max_samples": 100, "train_resolution": 64}}}},
-    )
-    assert not again.success
-    failure = again.get_step_failure_events()[0].step_failure_data.user_failure_data.description
-    assert "images/smile/up_L30.jpg changed since ingest" in failure, failure
-    assert {p.name: _sha(p) for p in folder.iterdir()} == before
+    before = snapshot()
+    again = materialize(chain)
+    assert again.success
+    for step in ("face_landmarks", "face_fits", "session_shards"):
+        assert again.asset_materializations_for_node(step)[0].metadata["reused"].value is True, step
+    assert snapshot() == before
+    checks = {e.check_name: e.passed for e in again.get_asset_check_evaluations()}
+    assert checks["faces_found"] and checks["reprojection_within_threshold"]
+    # A changed setting is a changed input: the shards are rewritten, the fit is not.
+    changed = materialize(chain[4:], max_samples=200)
+    assert changed.asset_materializations_for_node("session_shards")[0].metadata["reused"].value is False
+    assert changed.asset_materializations_for_node("session_shards")[0].metadata["shards"].value == 1
 
 
 def test_loader_streams_the_writers_shards_with_filters(session, tmp_path: Path) -> None:

@@ -43,15 +43,23 @@ def session_pointer_relpath(session_id: str) -> str:
     return f"calibration_by_session/{session_id}.json"
 
 
+def _session_calibration_relpath(store, session_id: str) -> str:
+    pointer = session_pointer_relpath(session_id)
+    if not store.exists(pointer):
+        raise dg.Failure(f"session {session_id} has no calibration yet: materialise camera_calibration first")
+    return f"{json.loads(store.read_bytes(pointer))['calibration']}/calibration.json"
+
+
 def read_session_calibration(store, session_id: str):
     """The ``Calibration`` that ``camera_calibration`` chose for a session (via its pointer file)."""
     from capture_schema.calibration_file import Calibration
 
-    pointer = session_pointer_relpath(session_id)
-    if not store.exists(pointer):
-        raise dg.Failure(f"session {session_id} has no calibration yet: materialise camera_calibration first")
-    target = json.loads(store.read_bytes(pointer))["calibration"]
-    return Calibration.from_dict(json.loads(store.read_bytes(f"{target}/calibration.json")))
+    return Calibration.from_dict(json.loads(store.read_bytes(_session_calibration_relpath(store, session_id))))
+
+
+def session_calibration_digest(store, session_id: str) -> str:
+    """sha256 of the calibration.json a session uses: its cameras' identity as an input of later steps."""
+    return hashlib.sha256(store.read_bytes(_session_calibration_relpath(store, session_id))).hexdigest()
 
 
 def _camera_table(calibration) -> str:

@@ -4,12 +4,17 @@ Thin by design: the work is ``fitting.landmarks``. The zarr store and the
 per-image Parquet summary go under ``landmarks/<session_id>/``.
 """
 
+import hashlib
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 
+from capture_schema.ingest import manifest_relpath
+from capture_schema.layout import SESSION_FILE
 from capture_schema.manifest import parquet_bytes
+from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_outcome, stored_digest,
+                                    write_record)
 from pipelines.assets.ingest import session_manifest
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, StorageResource
@@ -35,6 +40,7 @@ def landmarks_relpath(session_id: str) -> str:
     deps=[session_manifest],
     group_name="fitting",
     kinds={"mediapipe", "zarr"},
+    code_version=CODE_VERSIONS["face_landmarks"],
     check_specs=[dg.AssetCheckSpec("faces_found", asset="face_landmarks", blocking=True,
                                    description="a face was found in at least min_detected_fraction of the images")],
 )
@@ -42,9 +48,45 @@ def face_landmarks(
     context: dg.AssetExecutionContext, config: LandmarksConfig, captures: CapturesResource, storage: StorageResource
 ) -> dg.MaterializeResult:
     """478 mediapipe landmarks per image ([expression, camera, 478, 2] pixels), detection mask and confidence."""
+    session_id = context.partition_key
+    store = storage.storage()
+    target = landmarks_relpath(session_id)
+    inputs = {"manifest": stored_digest(store, manifest_relpath(session_id)),
+              "session_json": hashlib.sha256((captures.session_dir(session_id) / SESSION_FILE).read_bytes()).hexdigest(),
+              "mirror_check": config.mirror_check, "mediapipe": library_version("mediapipe")}
+    fp = fingerprint("face_landmarks", inputs)
+    outcome = recorded_outcome(store, target, fp)
+    reused = outcome is not None
+    if reused:
+        context.log.info(f"{session_id}: images and settings unchanged since the landmarks at {store.uri(target)} "
+                         "were detected: reusing them")
+    else:
+        outcome = _detect(context, config, captures, store, session_id, target, fp, inputs)
+    fraction = outcome["faces_found"] / max(outcome["images"], 1)
+    check = dg.AssetCheckResult(
+        check_name="faces_found", passed=fraction >= config.min_detected_fraction,
+        metadata={"detected_fraction": round(fraction, 4), "min_detected_fraction": config.min_detected_fraction},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "images": outcome["images"],
+            "faces_found": outcome["faces_found"],
+            "low_confidence": outcome["low_confidence"],
+            "no_face": dg.MetadataValue.md("\n".join(f"- {m}" for m in outcome["no_face"]) or "none"),
+            "landmarks_zarr": dg.MetadataValue.path(store.uri(f"{target}/landmarks.zarr")),
+            "summary": dg.MetadataValue.path(store.uri(f"{target}/summary.parquet")),
+            "reused": reused,
+        },
+        check_results=[check],
+        data_version=dg.DataVersion(fp),
+    )
+
+
+def _detect(context: dg.AssetExecutionContext, config: LandmarksConfig, captures: CapturesResource, store,
+            session_id: str, target: str, fp: str, inputs: dict) -> dict:
+    """Detect, publish the zarr store, the summary and ``inputs.json`` together; the outcome summary."""
     from fitting.landmarks import detect_session, landmark_summary_table, write_landmarks_zarr
 
-    session_id = context.partition_key
     step = {"next": 0}
 
     def progress(done: int, total: int) -> None:
@@ -54,29 +96,15 @@ def face_landmarks(
 
     found = detect_session(captures.session_dir(session_id), workers=config.workers or None,
                            mirror=config.mirror_check, progress=progress)
-    store = storage.storage()
-    target = landmarks_relpath(session_id)
+    outcome = {
+        "images": int(found.detected.size),
+        "faces_found": int(found.detected.sum()),
+        "low_confidence": int((found.detected & (found.confidence < 0.5)).sum()),
+        "no_face": [f"{found.expressions[e]}/{found.cameras[c]}" for e, c in zip(*(~found.detected).nonzero())],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         write_landmarks_zarr(found, Path(tmp) / "landmarks.zarr")
         (Path(tmp) / "summary.parquet").write_bytes(parquet_bytes(landmark_summary_table(found)))
+        write_record(Path(tmp), fp, inputs, outcome)
         store.put_directory(tmp, target)
-    n_images = found.detected.size
-    n_found = int(found.detected.sum())
-    low = int((found.detected & (found.confidence < 0.5)).sum())
-    missing = [f"{found.expressions[e]}/{found.cameras[c]}" for e, c in zip(*(~found.detected).nonzero())]
-    fraction = n_found / max(n_images, 1)
-    check = dg.AssetCheckResult(
-        check_name="faces_found", passed=fraction >= config.min_detected_fraction,
-        metadata={"detected_fraction": round(fraction, 4), "min_detected_fraction": config.min_detected_fraction},
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "images": n_images,
-            "faces_found": n_found,
-            "low_confidence": low,
-            "no_face": dg.MetadataValue.md("\n".join(f"- {m}" for m in missing) or "none"),
-            "landmarks_zarr": dg.MetadataValue.path(store.uri(f"{target}/landmarks.zarr")),
-            "summary": dg.MetadataValue.path(store.uri(f"{target}/summary.parquet")),
-        },
-        check_results=[check],
-    )
+    return outcome

@@ -8,15 +8,18 @@ temporary folder and published whole under ``shards/<session_id>/`` (tars plus
 import hashlib
 import io
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 
 from capture_schema.ingest import manifest_relpath, quarantine_relpath
-from pipelines.assets.calibration import camera_calibration, read_session_calibration
-from pipelines.assets.face_fits import face_fits, face_fits_relpath
+from pipelines.assets.calibration import camera_calibration, read_session_calibration, session_calibration_digest
+from pipelines.assets.face_fits import face_fits, face_fits_relpath, face_model_identity
 from pipelines.assets.ingest import session_manifest
 from pipelines.assets.landmarks import face_landmarks, landmarks_relpath
+from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_fingerprint,
+                                    recorded_outcome, stored_digest, write_record)
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
 
@@ -46,17 +49,14 @@ def shards_relpath(session_id: str) -> str:
     deps=[session_manifest, camera_calibration, face_landmarks, face_fits],
     group_name="training_data",
     kinds={"webdataset"},
+    code_version=CODE_VERSIONS["session_shards"],
 )
 def session_shards(
     context: dg.AssetExecutionContext, config: ShardsConfig, captures: CapturesResource,
     storage: StorageResource, face_model: FaceModelResource,
 ) -> dg.MaterializeResult:
     """One webdataset sample per image (original bytes + camera, landmarks and 3DMM fit as JSON)."""
-    import pyarrow.parquet as pq
-
-    from fitting.landmarks import read_landmarks_zarr
-    from fitting.session_fit import read_session_fit
-    from training.shard_writer import ShardConfig, ShardInputError, session_samples, write_session_shards
+    from training.shard_writer import ShardConfig
 
     session_id = context.partition_key
     store = storage.storage()
@@ -65,6 +65,55 @@ def session_shards(
                          "fix it and re-materialise session_manifest first")
     shard_config = ShardConfig(max_bytes=int(config.max_mb * 2**20), max_samples=config.max_samples,
                                train_resolution=config.train_resolution or None, masks=config.masks)
+    target = shards_relpath(session_id)
+    upstream = [recorded_fingerprint(store, landmarks_relpath(session_id)),
+                recorded_fingerprint(store, face_fits_relpath(session_id))]
+    try:
+        inputs = {"manifest": stored_digest(store, manifest_relpath(session_id)), "landmarks": upstream[0],
+                  "fit": upstream[1], "calibration": session_calibration_digest(store, session_id),
+                  "config": asdict(shard_config), "opencv": library_version("opencv-contrib-python"),
+                  "face_model": face_model_identity(face_model) if shard_config.masks else None}
+    except FileNotFoundError as exc:
+        raise dg.Failure(f"session {session_id}: an input is missing ({exc}); materialise session_manifest "
+                         "first") from None
+    fp = fingerprint("session_shards", inputs)
+    outcome = recorded_outcome(store, target, fp) if all(upstream) else None
+    reused = outcome is not None
+    if reused:
+        context.log.info(f"{session_id}: manifest, landmarks, fit, calibration and settings unchanged since the "
+                         f"shards at {store.uri(target)} were written: reusing them")
+    else:
+        outcome = _write_shards(context, captures, store, face_model, shard_config, session_id, target, fp, inputs)
+    skipped = [f"- {key}: {reason}" for key, reason in outcome["skipped"]]
+    if skipped:
+        context.log.warning(f"{session_id}: {len(skipped)} image(s) left out of the shards")
+    if len(skipped) > SKIPPED_SHOWN:
+        skipped = skipped[:SKIPPED_SHOWN] + [f"- ... and {len(skipped) - SKIPPED_SHOWN} more (see shards.json)"]
+    return dg.MaterializeResult(
+        metadata={
+            "shards": outcome["shards"],
+            "samples": outcome["samples"],
+            "total_mb": round(outcome["total_bytes"] / 1e6, 3),
+            "skipped_samples": len(outcome["skipped"]),
+            "skipped": dg.MetadataValue.md("\n".join(skipped) or "none"),
+            "shards_json": dg.MetadataValue.path(store.uri(f"{target}/shards.json")),
+            "train_resolution": config.train_resolution,
+            "reused": reused,
+        },
+        data_version=dg.DataVersion(outcome["data_version"]),
+    )
+
+
+def _write_shards(context: dg.AssetExecutionContext, captures: CapturesResource, store,
+                  face_model: FaceModelResource, shard_config, session_id: str, target: str, fp: str,
+                  inputs: dict) -> dict:
+    """Write the shards, publish them with ``shards.json`` and ``inputs.json`` as one folder; the outcome."""
+    import pyarrow.parquet as pq
+
+    from fitting.landmarks import read_landmarks_zarr
+    from fitting.session_fit import read_session_fit
+    from training.shard_writer import ShardInputError, session_samples, write_session_shards
+
     try:
         manifest = pq.read_table(io.BytesIO(store.read_bytes(manifest_relpath(session_id))))
         with store.local_directory(f"{landmarks_relpath(session_id)}/landmarks.zarr") as path:
@@ -95,24 +144,13 @@ def session_shards(
                                   config=shard_config, faces=faces)
         with tempfile.TemporaryDirectory() as tmp:
             shard_set = write_session_shards(samples, Path(tmp), session_id, shard_config, progress=progress)
-            store.put_directory(tmp, shards_relpath(session_id))
+            outcome = {
+                "shards": len(shard_set.shards), "samples": shard_set.n_samples, "total_bytes": shard_set.total_bytes,
+                "skipped": [[s.key, s.reason] for s in shard_set.skipped],
+                "data_version": hashlib.sha256("".join(s.sha256 for s in shard_set.shards).encode()).hexdigest()[:16],
+            }
+            write_record(Path(tmp), fp, inputs, outcome)
+            store.put_directory(tmp, target)
     except ShardInputError as exc:
         raise dg.Failure(f"session {session_id}: {exc}") from None
-    skipped = [f"- {s.key}: {s.reason}" for s in shard_set.skipped]
-    if skipped:
-        context.log.warning(f"{session_id}: {len(skipped)} image(s) left out of the shards")
-    if len(skipped) > SKIPPED_SHOWN:
-        skipped = skipped[:SKIPPED_SHOWN] + [f"- ... and {len(skipped) - SKIPPED_SHOWN} more (see shards.json)"]
-    target = shards_relpath(session_id)
-    return dg.MaterializeResult(
-        metadata={
-            "shards": len(shard_set.shards),
-            "samples": shard_set.n_samples,
-            "total_mb": round(shard_set.total_bytes / 1e6, 3),
-            "skipped_samples": len(shard_set.skipped),
-            "skipped": dg.MetadataValue.md("\n".join(skipped) or "none"),
-            "shards_json": dg.MetadataValue.path(store.uri(f"{target}/shards.json")),
-            "train_resolution": config.train_resolution,
-        },
-        data_version=dg.DataVersion(hashlib.sha256("".join(s.sha256 for s in shard_set.shards).encode()).hexdigest()[:16]),
-    )
+    return outcome
