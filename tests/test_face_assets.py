@@ -24,7 +24,7 @@ from pipelines.partitions import SESSIONS_PARTITION
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
 
 
-def _materialize(instance, sim_dataset, storage: Path, key: str, max_rmse_px: float = 4.0):
+def _materialize(instance, sim_dataset, storage: Path, key: str, max_fit_residual: float | None = None):
     return dg.materialize(
         [session_manifest, camera_calibration, face_landmarks, face_fits],
         partition_key=key,
@@ -32,7 +32,8 @@ def _materialize(instance, sim_dataset, storage: Path, key: str, max_rmse_px: fl
         resources={"captures": CapturesResource(root=str(sim_dataset.captures_root)),
                    "storage": StorageResource(url=f"file://{storage}"),
                    "face_model": FaceModelResource()},
-        run_config={"ops": {"face_fits": {"config": {"max_rmse_px": max_rmse_px}},
+        run_config={"ops": {"face_fits": {"config": {} if max_fit_residual is None
+                                          else {"max_fit_residual": max_fit_residual}},
                             "face_landmarks": {"config": {"workers": 2}}}},
         raise_on_error=False,
     )
@@ -46,7 +47,8 @@ def test_landmark_and_fit_assets_materialise_with_checks(sim_dataset, tmp_path: 
     result = _materialize(instance, sim_dataset, storage, key)
     assert result.success
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks["faces_found"] is True and checks["reprojection_within_threshold"] is True
+    assert checks["faces_found"] is True and checks["fit_within_detector_noise"] is True
+    assert checks["cameras_agree_with_fit"] is True
 
     lm_meta = result.asset_materializations_for_node("face_landmarks")[0].metadata
     assert lm_meta["images"].value == 169 and lm_meta["faces_found"].value >= 160
@@ -77,9 +79,9 @@ def test_landmark_and_fit_assets_materialise_with_checks(sim_dataset, tmp_path: 
     assert "could not be loaded" in failure.step_failure_data.error.message
 
     # A threshold no fit can meet fails the blocking check (and so stops downstream assets).
-    strict = _materialize(instance, sim_dataset, tmp_path / "strict", key, max_rmse_px=0.01)
+    strict = _materialize(instance, sim_dataset, tmp_path / "strict", key, max_fit_residual=0.01)
     checks = {e.check_name: e.passed for e in strict.get_asset_check_evaluations()}
-    assert checks["reprojection_within_threshold"] is False
+    assert checks["fit_within_detector_noise"] is False
 
 
 def test_cli_landmarks_on_one_image_and_on_a_face_free_image(tmp_path: Path, capsys) -> None:

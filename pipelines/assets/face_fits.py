@@ -17,6 +17,7 @@ from pipelines.assets.calibration import camera_calibration, read_session_calibr
 from pipelines.assets.landmarks import face_landmarks, landmarks_relpath
 from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, local_file_identity,
                                     recorded_fingerprint, recorded_outcome, write_record)
+from fitting.fit_quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
 
@@ -24,11 +25,15 @@ THUMBNAIL_PX = 320
 
 
 class FaceFitConfig(dg.Config):
-    """Acceptance threshold of a fit."""
+    """Acceptance thresholds of a fit, as residuals relative to the detector's expected noise
+    at each view's angle (``fitting.fit_quality``: what they measure and the measured distributions)."""
 
-    max_rmse_px: float = 4.0
-    """The ``reprojection_within_threshold`` check fails when the median per-view RMSE of the
-    used views exceeds this (pixels; mediapipe itself errs ~1.5 px frontal, 6-9 px at 60 degrees)."""
+    max_fit_residual: float = FIT_QUALITY_MAX
+    """``fit_within_detector_noise`` fails when the median over the used views of (landmark residual /
+    mediapipe's expected error at that view angle) exceeds this."""
+    max_camera_residual: float = CAMERA_CONSISTENCY_MAX
+    """``cameras_agree_with_fit`` fails naming every camera whose median of that ratio over all its
+    detected views (those the fit dropped as outliers included) exceeds this."""
 
 
 def face_fits_relpath(session_id: str) -> str:
@@ -54,8 +59,14 @@ def face_model_identity(face_model: FaceModelResource) -> dict:
     group_name="fitting",
     kinds={"torch", "zarr"},
     code_version=CODE_VERSIONS["face_fits"],
-    check_specs=[dg.AssetCheckSpec("reprojection_within_threshold", asset="face_fits", blocking=True,
-                                   description="median per-view landmark RMSE of the used views <= max_rmse_px")],
+    check_specs=[
+        dg.AssetCheckSpec("fit_within_detector_noise", asset="face_fits", blocking=True,
+                          description="median over the used views of landmark residual / the detector's expected "
+                                      "error at that view angle <= max_fit_residual"),
+        dg.AssetCheckSpec("cameras_agree_with_fit", asset="face_fits", blocking=True,
+                          description="for every camera, the median of that ratio over its detected views "
+                                      "(outliers included) <= max_camera_residual: catches a moved or swapped camera"),
+    ],
 )
 def face_fits(
     context: dg.AssetExecutionContext, config: FaceFitConfig, captures: CapturesResource,
@@ -78,9 +89,8 @@ def face_fits(
         outcome = _fit(context, captures, store, face_model, session_id, target, fp, inputs)
     if outcome["flagged_frames"]:
         context.log.warning(f"frames fitted from fewer than 2 views or not at all: {outcome['flagged_frames']}")
+    fit_quality, cameras = _gate_checks(outcome, config)
     median_rmse = outcome["median_view_rmse_px"]
-    passed = median_rmse is not None and median_rmse <= config.max_rmse_px
-    overlay = _overlay_markdown(store, target, outcome["overlay_caption"])
     return dg.MaterializeResult(
         metadata={
             "model": outcome["model"],
@@ -89,17 +99,42 @@ def face_fits(
             else float("nan"),
             "views": dg.MetadataValue.json(outcome["views"]),
             "flagged_frames": dg.MetadataValue.json(outcome["flagged_frames"]),
-            "overlay": dg.MetadataValue.md(overlay),
+            "overlay": dg.MetadataValue.md(_overlay_markdown(store, target, outcome["overlay_caption"])),
             "fit_zarr": dg.MetadataValue.path(store.uri(f"{target}/fit.zarr")),
             "views_table": dg.MetadataValue.path(store.uri(f"{target}/views.parquet")),
             "reused": reused,
         },
-        check_results=[dg.AssetCheckResult(
-            check_name="reprojection_within_threshold", passed=passed,
-            metadata={"median_view_rmse_px": median_rmse if median_rmse is not None else float("nan"),
-                      "max_rmse_px": config.max_rmse_px})],
+        check_results=[fit_quality, cameras],
         data_version=dg.DataVersion(fp),
     )
+
+
+def _gate_checks(outcome: dict, config: FaceFitConfig) -> tuple[dg.AssetCheckResult, dg.AssetCheckResult]:
+    """Both fit gates from the outcome's numbers under the current thresholds (so a reused fit is
+    judged by today's settings, and a threshold change needs no refit)."""
+    median = outcome["fit_quality_median"]
+    fit_quality = dg.AssetCheckResult(
+        check_name="fit_within_detector_noise",
+        passed=median is not None and median <= config.max_fit_residual,
+        metadata={"median_normalised_residual": median if median is not None else float("nan"),
+                  "max_fit_residual": config.max_fit_residual, "used_views": outcome["fit_quality_views"]})
+    per_camera = outcome["camera_median"]
+    judged = {c: v for c, v in per_camera.items() if v is not None}
+    failing = sorted((c for c, v in judged.items() if v > config.max_camera_residual), key=lambda c: -judged[c])
+    table = ["| camera | median normalised residual | detected views |", "|---|---|---|"] + [
+        f"| {c} | {'-' if v is None else f'{v:.2f}'} | {outcome['camera_views'][c]} |" for c, v in per_camera.items()]
+    cameras = dg.AssetCheckResult(
+        check_name="cameras_agree_with_fit", passed=not failing,
+        description=(f"camera(s) {', '.join(failing)} disagree with the fit in most frames: check their calibration "
+                     "(moved, rotated or swapped camera)" if failing else None),
+        metadata={"failing_cameras": dg.MetadataValue.json(failing),
+                  "worst_camera_residual": max(judged.values()) if judged else float("nan"),
+                  "max_camera_residual": config.max_camera_residual,
+                  "unjudged_cameras": dg.MetadataValue.json(
+                      [c for c, v in per_camera.items() if v is None]),  # < MIN_CAMERA_VIEWS detections
+                  "min_camera_views": MIN_CAMERA_VIEWS,
+                  "per_camera": dg.MetadataValue.md("\n".join(table))})
+    return fit_quality, cameras
 
 
 def _overlay_markdown(store, target: str, caption: str | None) -> str:
@@ -114,6 +149,7 @@ def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, f
          session_id: str, target: str, fp: str, inputs: dict) -> dict:
     """Fit, publish fit.zarr, views.parquet, overlay.png and ``inputs.json`` together; the outcome summary."""
     from fitting.fit_overlay import session_overlay
+    from fitting.fit_quality import evaluate_fit
     from fitting.landmarks import read_landmarks_zarr
     from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
     from pipelines.assets.store_io import finite, load_face_model  # store_io imports this module's dependants
@@ -132,7 +168,12 @@ def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, f
     overlay, e, c = session_overlay(result, captures.session_dir(session_id), calibration.cameras, landmarks,
                                     model.faces)
     used = fit.view_status == "used"
+    gates = evaluate_fit(result, calibration)
     outcome = finite({
+        "fit_quality_median": gates.fit_quality.median_normalised,
+        "fit_quality_views": gates.fit_quality.n_views,
+        "camera_median": gates.camera_consistency.camera_median,
+        "camera_views": gates.camera_consistency.camera_views,
         "model": model.name,
         "median_view_rmse_px": float(np.median(fit.view_rmse_px[used])) if used.any() else None,
         "max_view_rmse_px": round(float(np.max(fit.view_rmse_px[used])), 3) if used.any() else None,
