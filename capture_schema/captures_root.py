@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from capture_schema.layout import SESSION_FILE, is_valid_id
+from capture_schema.safe_read import file_kind
 from capture_schema.session import read_session_fields
 
 SESSION, CALIBRATION, NOT_A_SESSION = "session", "calibration", "not_a_session"
@@ -28,18 +29,6 @@ class RootEntry:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def _kind_of(st: os.stat_result) -> str:
-    if stat.S_ISLNK(st.st_mode):
-        return "a symlink"
-    if stat.S_ISREG(st.st_mode):
-        return "a file"
-    if stat.S_ISFIFO(st.st_mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(st.st_mode):
-        return "a socket"
-    return "a device or other special file"
 
 
 def _calibration_users(root: Path, sessions: list[str]) -> dict[str, list[str]]:
@@ -84,7 +73,7 @@ def scan_captures_root(root: str | os.PathLike[str]) -> list[RootEntry]:
             out.append(RootEntry(name, CALIBRATION, f"shared calibration folder of {len(users)} session(s): "
                                                     f"{', '.join(users[:5])}{' ...' if len(users) > 5 else ''}"))
         elif name not in folders:
-            out.append(RootEntry(name, NOT_A_SESSION, f"{_kind_of(st)}, not a session folder; move it out of "
+            out.append(RootEntry(name, NOT_A_SESSION, f"{file_kind(st.st_mode) or 'a file'}, not a session folder; move it out of "
                                                       "the captures root"))
         elif name in candidates:
             out.append(RootEntry(name, NOT_A_SESSION, f"holds a {SESSION_FILE} but its name is not a valid id "

@@ -35,13 +35,13 @@ Messages never name the file: the caller knows the path and adds it.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
+
+from capture_schema.safe_read import SYMLINK, RefusedFile, read_bounded
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -101,66 +101,29 @@ class ImageLimits:
         return cls(**values)
 
 
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISLNK, "a symbolic link"),
-)
-
-
-def _not_a_regular_file(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    if kind == "a symbolic link":
-        return "the file is a symbolic link; links are not followed when reading captures, copy the image in instead"
-    return f"the file is {kind}, not an image file; replace it with the image file"
-
-
 def read_capture_file(path: str | os.PathLike[str], limits: ImageLimits | None = None) -> bytes:
     """The bytes of one raw capture file, or ``ImageCorrupt`` saying why it is refused.
 
-    Never blocks (``O_NONBLOCK``: a FIFO is refused, not waited on), never follows a
-    symlink (``O_NOFOLLOW``), reads nothing from a FIFO, socket, device or directory,
-    and refuses a file over ``limits.max_bytes`` before reading it. ``limits=None``
-    means ``ImageLimits.from_env()``. OS errors (permission denied, ...) become
-    ``ImageCorrupt`` with the system's reason.
+    Never blocks (a FIFO is refused, not waited on), never follows a symlink, reads
+    nothing from a FIFO, socket, device or directory, and refuses a file over
+    ``limits.max_bytes`` before reading it (``safe_read.read_bounded``).
+    ``limits=None`` means ``ImageLimits.from_env()``. OS errors (permission denied,
+    ...) become ``ImageCorrupt`` with the system's reason.
     """
     limits = ImageLimits.from_env() if limits is None else limits
     try:
-        # lstat first: opening a device node can itself have effects, so kinds that
-        # are refused anyway are refused unopened. fstat below is the authoritative check.
-        reason = _not_a_regular_file(os.lstat(path).st_mode)
-        if reason:
-            raise ImageCorrupt(reason)
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink swapped in after the lstat
-            raise ImageCorrupt(_not_a_regular_file(stat.S_IFLNK)) from None
-        raise ImageCorrupt(f"cannot open the file: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        reason = _not_a_regular_file(st.st_mode)  # swapped after the lstat: still refused, still unread
-        if reason:
-            raise ImageCorrupt(reason)
-        too_big = f"the {limits.max_bytes:,}-byte limit for one image (set {ENV_MAX_IMAGE_BYTES} to raise it)"
-        if st.st_size > limits.max_bytes:
-            raise ImageCorrupt(f"the file is {st.st_size:,} bytes, over {too_big}")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(st.st_size + 1)  # one byte more shows whether it grew since fstat
-            if len(data) > st.st_size:
-                data += fh.read(limits.max_bytes + 1 - len(data))
-                if len(data) > limits.max_bytes:
-                    raise ImageCorrupt(f"the file grew while being read, past {too_big}")
-        return data
-    except OSError as exc:
-        raise ImageCorrupt(f"cannot read the file: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
+        return read_bounded(path, limits.max_bytes, follow_symlinks=False)
+    except RefusedFile as exc:
+        if exc.kind == SYMLINK:
+            reason = "the file is a symbolic link; links are not followed when reading captures, copy the image in instead"
+        elif exc.kind:
+            reason = f"the file is {exc.kind}, not an image file; replace it with the image file"
+        elif exc.limit is not None:
+            reason = (f"{exc.reason}, over the {exc.limit:,}-byte limit for one image "
+                      f"(set {ENV_MAX_IMAGE_BYTES} to raise it)")
+        else:
+            reason = exc.reason
+        raise ImageCorrupt(reason) from None
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,9 @@
 Every failure is a ``JsonFileError`` (a ``ValueError``) naming the file and the reason;
 no input, however hostile, gives a traceback, blocks or allocates without bound:
 
-- the file is opened non-blocking and ``fstat``-ed first: a FIFO, device, socket or
-  folder is refused without reading (opening a FIFO for reading would otherwise wait
-  forever for a writer);
-- a file larger than ``max_bytes`` is refused before it is read;
+- the file is read by ``safe_read.read_bounded``: a FIFO, device, socket or folder is
+  refused without reading (opening a FIFO for reading would otherwise wait forever
+  for a writer), and a file larger than ``max_bytes`` before it is read;
 - the text must be UTF-8 and strict JSON: ``NaN``, ``Infinity``, ``-Infinity`` (which
   Python's ``json`` accepts by default) and numbers that overflow to infinity
   (``1e400``) are refused, as are duplicate keys in an object (which ``json`` would
@@ -22,8 +21,9 @@ import json
 import math
 import os
 import re
-import stat
 from typing import Any
+
+from capture_schema.safe_read import RefusedFile, read_bounded
 
 #: The contract's documents are a few KB (a 13-camera calibration.json is ~10 KB);
 #: 4 MiB leaves room for any plausible growth and bounds the memory a hostile file costs.
@@ -140,47 +140,17 @@ def parse_json_text(text: str, source: str | os.PathLike[str] = "<text>") -> Any
 def read_json_file(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Read and decode a small strict-JSON file; every failure is a ``JsonFileError``."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise JsonFileError(path, f"cannot open: {exc.strerror or exc}", "io") from None
+        data = read_bounded(path, max_bytes, follow_symlinks=True)
+    except RefusedFile as exc:
+        if exc.kind:
+            reason = f"not a regular file (it is {exc.kind})"
+        elif exc.limit is not None:
+            reason = f"too large: {exc.reason}, at most {exc.limit} allowed"
+        else:
+            reason = exc.reason
+        raise JsonFileError(path, reason, "io") from None
     try:
-        try:
-            info = os.fstat(fd)
-        except OSError as exc:
-            raise JsonFileError(path, f"cannot stat: {exc.strerror or exc}", "io") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise JsonFileError(path, f"not a regular file (it is a {_file_kind(info.st_mode)})", "io")
-        if info.st_size > max_bytes:
-            raise JsonFileError(path, f"too large: {info.st_size} bytes, at most {max_bytes} allowed", "io")
-        chunks = []
-        total = 0
-        try:
-            while True:  # read at most max_bytes + 1, in case the file grows while we read
-                chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > max_bytes:
-                    raise JsonFileError(path, f"too large: more than {max_bytes} bytes", "io")
-        except OSError as exc:
-            raise JsonFileError(path, f"cannot read: {exc.strerror or exc}", "io") from None
-    finally:
-        os.close(fd)
-    try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JsonFileError(path, f"not UTF-8 text (invalid byte at offset {exc.start})", "io") from None
     return parse_json_text(text, path)
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "folder"
-    if stat.S_ISFIFO(mode):
-        return "FIFO"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "device"
-    return "special file"

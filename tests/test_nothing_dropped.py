@@ -46,7 +46,7 @@ def test_every_entry_is_classified(mixed_root: Path, sim_dataset) -> None:
         "README.txt": NOT_A_SESSION, "pipe": NOT_A_SESSION, "linked": NOT_A_SESSION}
     assert "not a valid id" in entries["bad.name"].reason
     assert "no session.json" in entries["notes"].reason
-    assert "FIFO" in entries["pipe"].reason and "symlink" in entries["linked"].reason
+    assert "FIFO" in entries["pipe"].reason and "symbolic link" in entries["linked"].reason
     assert sid in entries["rig_calibration"].reason
 
 
