@@ -18,6 +18,7 @@ from capture_schema.atomic import canonical_json
 from capture_schema.ingest import quarantine_relpath
 from capture_schema.session import read_session
 from pipelines.assets.ingest import session_manifest
+from pipelines.assets.reuse import stored_digest
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, StorageResource
 
@@ -67,7 +68,7 @@ def read_session_calibration(store, session_id: str):
 
 def session_calibration_digest(store, session_id: str) -> str:
     """sha256 of the calibration.json a session uses: its cameras' identity as an input of later steps."""
-    return hashlib.sha256(store.read_bytes(_session_calibration_relpath(store, session_id))).hexdigest()
+    return stored_digest(store, _session_calibration_relpath(store, session_id))
 
 
 def _camera_table(calibration) -> str:
