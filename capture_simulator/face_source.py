@@ -1,4 +1,5 @@
-"""Where a simulated subject's face shape comes from: the built-in model or ICT-FaceKit.
+"""Where a simulated subject's face shape comes from: the built-in model (with or without
+shape outside its span) or ICT-FaceKit.
 
 The renderer always draws the built-in 478-vertex topology (mediapipe's mesh, textured
 by the astronaut photo through its uv); a face source says where those 478 vertices
@@ -13,10 +14,14 @@ by the astronaut photo through its uv); a face source says where those 478 verti
   template's iris carried by the least-squares affine map that takes the template's
   eye contour of that eye onto the ICT-driven contour (it follows lid and eye shape,
   and is squashed shut with the lids in a blink, as the built-in model's iris is).
+* ``OffSpanFaceSource`` (``offspan``): built-in subjects plus fixed smooth identity and
+  expression fields with every component in the built-in model's span removed, so the
+  fitter cannot represent its subjects exactly; its ground truth is the built-in model
+  with those fields appended (``builtin+offspan``). No licensed data, unlike ``ict``.
 
-Both put the head's rotation centre (``centre``, model frame) at the world origin,
-where the rig aims: the built-in template is centred there already (``centre`` = 0,
-so nothing changes), ICT's origin sits ~10 cm behind the face, so its ``centre`` is
+Every source puts the head's rotation centre (``centre``, model frame) at the world
+origin, where the rig aims: the built-in template is centred there already (``centre`` = 0,
+so nothing changes, for ``offspan`` too), ICT's origin sits ~10 cm behind the face, so its ``centre`` is
 the mean face's landmark centroid.
 """
 
@@ -34,7 +39,7 @@ from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance, sample_
 from fitting import morphable_model as mm
 from fitting.face_models.base import FaceModel
 
-FACE_SOURCE_KINDS = ("builtin", "ict")
+FACE_SOURCE_KINDS = ("builtin", "ict", "offspan")
 
 #: ICT identity coefficients: N(0, 1) (ICT's modes are scaled to unit variance), clipped
 #: at 2 sigma so no subject is a caricature the photo texture no longer fits.
@@ -207,11 +212,16 @@ def _affine_map(src: np.ndarray, dst: np.ndarray, points: np.ndarray) -> np.ndar
 
 
 def load_face_source(kind: str = "builtin", path: str | Path | None = None) -> FaceSource:
-    """``builtin``, or ``ict`` with ``path`` = the folder of ICT-FaceKit's packaged npz files."""
+    """``builtin``, ``ict`` with ``path`` = the folder of ICT-FaceKit's packaged npz files, or
+    ``offspan`` (``OffSpanFaceSource`` with its default settings)."""
     if kind == "builtin":
         return BuiltinFaceSource()
     if kind == "ict":
         if not path:
             raise ValueError("face model 'ict' needs the folder holding the ICT-FaceKit npz files (--face-model-path)")
         return IctFaceSource(path)
+    if kind == "offspan":
+        from capture_simulator.off_span import OffSpanFaceSource  # it builds on this module's classes
+
+        return OffSpanFaceSource()
     raise ValueError(f"unknown face model {kind!r}; expected one of {', '.join(FACE_SOURCE_KINDS)}")
