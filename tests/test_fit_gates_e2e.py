@@ -1,8 +1,10 @@
 """A face the built-in model does not know passes every blocking check; a bumped or swapped camera does not.
 
-The subject is an ICT-FaceKit identity and expressions (outside the built-in model's
-12 identity and 22 expression modes, and not its template), rendered by the
-simulator and taken through every session asset in Dagster with the built-in model.
+The subject is outside the built-in model's span (12 identity and 22 expression modes)
+and not its template: an ICT-FaceKit identity and expressions (when the shared data is
+on the machine), and an ``offspan`` subject (built-in modes plus fields the model cannot
+express; no licensed data, so this case always runs). It is rendered by the simulator
+and taken through every session asset in Dagster with the built-in model.
 Then the rig the pipeline holds is made wrong the two ways a studio meets most: one
 camera knocked by 3 degrees after calibration, and two cameras' cables swapped.
 The fit's own residuals stay near the detector's noise in the views it keeps, so
@@ -24,20 +26,22 @@ from conftest import SHARED_DATA
 from fitting.face_models.ict import TOPOLOGY_FILE
 
 ICT_DIR = SHARED_DATA / "ict_facekit"
-pytestmark = pytest.mark.skipif(
+needs_ict = pytest.mark.skipif(
     not (ICT_DIR / TOPOLOGY_FILE).is_file(),
     reason=f"ICT-FaceKit packaged files not found in {ICT_DIR} (shared data is absent on this machine)",
 )
 BUMPED, SWAPPED = "mid_L30", ("up_L30", "up_R30")
 
 
-@pytest.fixture(scope="module")
-def ict_captures(tmp_path_factory) -> Path:
-    from capture_simulator.face_source import IctFaceSource
+@pytest.fixture(scope="module", params=[pytest.param("ict", marks=needs_ict), "offspan"])
+def out_of_span_captures(request, tmp_path_factory) -> Path:
+    from capture_simulator.face_source import load_face_source
     from capture_simulator.simulate import simulate_dataset
 
-    root = tmp_path_factory.mktemp("ict_sim")
-    sim = simulate_dataset(root, n_subjects=1, size=512, seed=3, n_board_poses=10, face_source=IctFaceSource(ICT_DIR))
+    source = load_face_source(request.param, ICT_DIR if request.param == "ict" else None)
+    assert source.model.name != "builtin"  # the truth is not the fitted model
+    root = tmp_path_factory.mktemp(f"{request.param}_sim")
+    sim = simulate_dataset(root, n_subjects=1, size=512, seed=3, n_board_poses=10, face_source=source)
     return sim.captures_root
 
 
@@ -63,18 +67,18 @@ def _rotated_about_centre(block: dict, degrees: float, axis: np.ndarray) -> dict
     return {**block, "R": R2.tolist(), "t": (-R2 @ centre).tolist()}
 
 
-def test_out_of_span_face_passes_and_a_bumped_or_swapped_camera_is_quarantined(ict_captures: Path,
+def test_out_of_span_face_passes_and_a_bumped_or_swapped_camera_is_quarantined(out_of_span_captures: Path,
                                                                                 tmp_path: Path) -> None:
     from pipelines.assets.face_fits import face_fits
     from pipelines.assets.shards import session_shards
     from pipelines.definitions import SESSION_ASSETS
     from pipelines.partitions import SESSIONS_PARTITION
 
-    key = sorted(p.name for p in ict_captures.iterdir())[0]
+    key = sorted(p.name for p in out_of_span_captures.iterdir())[0]
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(SESSIONS_PARTITION, [key])
     storage = tmp_path / "derived"
-    result = _materialize(SESSION_ASSETS, instance, ict_captures, storage, key)
+    result = _materialize(SESSION_ASSETS, instance, out_of_span_captures, storage, key)
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert result.success and all(e.passed for e in checks.values()), {
         n: (e.passed, {k: v.value for k, v in e.metadata.items()}) for n, e in checks.items()}
@@ -88,7 +92,7 @@ def test_out_of_span_face_passes_and_a_bumped_or_swapped_camera_is_quarantined(i
 
     def fit_with(calibration: dict):
         calibration_file.write_text(json.dumps(calibration))
-        return _materialize([face_fits, session_shards], instance, ict_captures, storage, key)
+        return _materialize([face_fits, session_shards], instance, out_of_span_captures, storage, key)
 
     bumped = json.loads(good)
     bumped["cameras"][BUMPED] = _rotated_about_centre(bumped["cameras"][BUMPED], 3.0, np.array([0.3, 1.0, 0.2]))
@@ -105,6 +109,6 @@ def test_out_of_span_face_passes_and_a_bumped_or_swapped_camera_is_quarantined(i
         assert not run.asset_materializations_for_node("session_shards")  # the blocking gate stopped it
     # The right rig again: the fit passes again (recomputed: its calibration input changed back).
     calibration_file.write_bytes(good)
-    again = _materialize([face_fits], instance, ict_captures, storage, key)
+    again = _materialize([face_fits], instance, out_of_span_captures, storage, key)
     assert all(e.passed for e in again.get_asset_check_evaluations())
     shutil.rmtree(storage)
