@@ -114,3 +114,30 @@ def trained_prior(prior_pipeline) -> dict:
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("avatar_prior")[0].metadata.items()}
     return {"checkpoint": Path(metadata["checkpoint"]), "metadata": metadata,
             "storage_root": Path(prior_pipeline["storage"][len("file://"):])}
+
+
+def assert_ground_truth_is_the_source_model(out: Path, source, n_identity: int) -> None:
+    """What ``o2a simulate OUT`` wrote for its first subject is ``source``'s truth model: the identity
+    has ``n_identity`` coefficients, each frame's expression is the source's preset, and the stored
+    2D landmarks are that model's posed landmarks projected through the true cameras."""
+    import json
+
+    import numpy as np
+
+    from capture_schema.calibration_file import read_calibration
+
+    gt = next((out / "ground_truth").iterdir())
+    frames = json.loads((gt / "frames.json").read_text())
+    assert frames["face_model"] == source.model.name
+    identity = np.asarray(frames["identity_coeffs"])
+    assert identity.shape == (n_identity,)
+    landmarks = np.load(gt / "landmarks_2d.npz")["landmarks"]
+    cams = list(read_calibration(gt / "calibration.json").cameras.values())
+    for e, frame in enumerate(frames["frames"][:3]):
+        coeffs = np.asarray(frame["expression_coeffs"])
+        assert np.allclose(coeffs, source.expression_coeffs(frame["expression"]))
+        posed = source.model.vertices(identity, coeffs, np.asarray(frame["head_rotation"]),
+                                      np.asarray(frame["head_translation"]))
+        lm = source.model.landmark_embedding.points(posed)
+        for c in (0, 6):
+            assert np.abs(cams[c].project(lm) - landmarks[e, c, :len(lm)]).max() < 1e-3

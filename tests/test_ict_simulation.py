@@ -17,14 +17,13 @@ about the identity would achieve at best.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, assert_ground_truth_is_the_source_model
 from fitting.face_models.ict import TOPOLOGY_FILE
 
 ICT_DIR = SHARED_DATA / "ict_facekit"
@@ -107,23 +106,7 @@ def test_cli_simulates_ict_subjects(tmp_path: Path, source) -> None:
     out = tmp_path / "sim"
     assert main(["simulate", str(out), "--subjects", "1", "--size", "64", "--quiet",
                  "--face-model", "ict", "--face-model-path", str(ICT_DIR)]) == 0
-    gt = next((out / "ground_truth").iterdir())
-    frames = json.loads((gt / "frames.json").read_text())
-    assert frames["face_model"] == source.model.name
-    identity = np.asarray(frames["identity_coeffs"])
-    assert identity.shape == (100,)
-    landmarks = np.load(gt / "landmarks_2d.npz")["landmarks"]
-    from capture_schema.calibration_file import read_calibration
-
-    cams = list(read_calibration(gt / "calibration.json").cameras.values())
-    for e, frame in enumerate(frames["frames"][:3]):
-        coeffs = np.asarray(frame["expression_coeffs"])
-        assert np.allclose(coeffs, source.expression_coeffs(frame["expression"]))
-        posed = source.model.vertices(identity, coeffs, np.asarray(frame["head_rotation"]),
-                                      np.asarray(frame["head_translation"]))
-        lm = source.model.landmark_embedding.points(posed)
-        for c in (0, 6):  # the stored 2D landmarks are the truth model's landmarks, projected
-            assert np.abs(cams[c].project(lm) - landmarks[e, c, :468]).max() < 1e-3
+    assert_ground_truth_is_the_source_model(out, source, 100)
 
 
 def test_cli_simulate_needs_the_ict_folder(tmp_path: Path) -> None:

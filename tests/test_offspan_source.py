@@ -15,13 +15,13 @@ is fitted exactly (< 0.001 mm).
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import assert_ground_truth_is_the_source_model
 from fitting import morphable_model as mm
 
 SEEDS = range(10)
@@ -185,23 +185,9 @@ def test_texture_warp_moves_only_the_texture(source) -> None:
 
 
 def test_cli_simulates_offspan_subjects(tmp_path: Path, source) -> None:
-    from capture_schema.calibration_file import read_calibration
     from pipelines.cli import main
 
     out = tmp_path / "sim"
     assert main(["simulate", str(out), "--subjects", "1", "--size", "256", "--quiet",
                  "--face-model", "offspan"]) == 0
-    gt = next((out / "ground_truth").iterdir())
-    frames = json.loads((gt / "frames.json").read_text())
-    assert frames["face_model"] == source.model.name
-    identity = np.asarray(frames["identity_coeffs"])
-    assert identity.shape == (source.morphable.n_identity + 12,)
-    landmarks = np.load(gt / "landmarks_2d.npz")["landmarks"]
-    cams = list(read_calibration(gt / "calibration.json").cameras.values())
-    for e, frame in enumerate(frames["frames"][:3]):
-        coeffs = np.asarray(frame["expression_coeffs"])
-        assert np.allclose(coeffs, source.expression_coeffs(frame["expression"]))
-        posed = source.model.vertices(identity, coeffs, np.asarray(frame["head_rotation"]),
-                                      np.asarray(frame["head_translation"]))
-        for c in (0, 6):  # the stored 2D landmarks are the truth model's vertices, projected
-            assert np.abs(cams[c].project(posed) - landmarks[e, c]).max() < 1e-3
+    assert_ground_truth_is_the_source_model(out, source, source.morphable.n_identity + 12)
