@@ -128,6 +128,15 @@ def summary(values) -> str:
             f"p99 {pct(values, 99):5.2f}  max {values.max():5.2f}  min {values.min():5.2f}")
 
 
+def work_directory(work_dir: Path | None) -> tuple[Path, "tempfile.TemporaryDirectory | None"]:
+    """The folder simulated sessions are cached in: ``work_dir`` (kept), or a temporary one to clean up."""
+    if work_dir is None:
+        tmp = tempfile.TemporaryDirectory()
+        return Path(tmp.name), tmp
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return work_dir, None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ict-subjects", type=int, default=3)
@@ -148,13 +157,7 @@ def main() -> None:
     from fitting.morphable_model import OUTER_EYE_CORNERS
     from fitting.session_fit import fit_session
 
-    tmp = None
-    if args.work_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        work = Path(tmp.name)
-    else:
-        work = args.work_dir
-        work.mkdir(parents=True, exist_ok=True)
+    work, tmp = work_directory(args.work_dir)
     sources = []
     if args.ict_subjects > 0:
         if (args.ict_dir / TOPOLOGY_FILE).is_file():

@@ -34,7 +34,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -108,13 +107,7 @@ def main() -> None:
     from fitting.session_fit import fit_session
 
     fg = _fit_gate_helpers()
-    tmp = None
-    if args.work_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        work = Path(tmp.name)
-    else:
-        work = args.work_dir
-        work.mkdir(parents=True, exist_ok=True)
+    work, tmp = fg.work_directory(args.work_dir)
     runs = []
     if args.builtin_subjects > 0:
         runs.append(("builtin", BuiltinFaceSource(), args.builtin_subjects))
