@@ -6,7 +6,7 @@ by the astronaut photo through its uv); a face source says where those 478 verti
 *are* (``render_shape``) and which ``FaceModel`` holds the ground truth (``model``).
 
 * ``BuiltinFaceSource``: the built-in model itself; the render shape is its vertices,
-  so the simulator's output is what it always was.
+  so a fit by the built-in model can be exact (a control, not the default).
 * ``IctFaceSource``: ICT-FaceKit drives the positions. The 468 non-iris vertices are
   ICT's embedded mediapipe landmarks (``model.landmark_embedding``), so a detector
   that finds the drawn face finds points on ICT's surface and the ground-truth mesh
@@ -17,7 +17,8 @@ by the astronaut photo through its uv); a face source says where those 478 verti
 * ``OffSpanFaceSource`` (``offspan``): built-in subjects plus fixed smooth identity and
   expression fields with every component in the built-in model's span removed, so the
   fitter cannot represent its subjects exactly; its ground truth is the built-in model
-  with those fields appended (``builtin+offspan``). No licensed data, unlike ``ict``.
+  with those fields appended (``builtin+offspan``). No licensed data, unlike ``ict``;
+  the simulator's default.
 
 Every source puts the head's rotation centre (``centre``, model frame) at the world
 origin, where the rig aims: the built-in template is centred there already (``centre`` = 0,
@@ -39,7 +40,7 @@ from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance, sample_
 from fitting import morphable_model as mm
 from fitting.face_models.base import FaceModel
 
-FACE_SOURCE_KINDS = ("builtin", "ict", "offspan")
+FACE_SOURCE_KINDS = ("offspan", "builtin", "ict")
 
 #: ICT identity coefficients: N(0, 1) (ICT's modes are scaled to unit variance), clipped
 #: at 2 sigma so no subject is a caricature the photo texture no longer fits.
@@ -211,7 +212,7 @@ def _affine_map(src: np.ndarray, dst: np.ndarray, points: np.ndarray) -> np.ndar
     return np.hstack([points, np.ones((len(points), 1))]) @ A
 
 
-def load_face_source(kind: str = "builtin", path: str | Path | None = None) -> FaceSource:
+def load_face_source(kind: str = "offspan", path: str | Path | None = None) -> FaceSource:
     """``builtin``, ``ict`` with ``path`` = the folder of ICT-FaceKit's packaged npz files, or
     ``offspan`` (``OffSpanFaceSource`` with its default settings)."""
     if kind == "builtin":

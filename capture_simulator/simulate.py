@@ -6,11 +6,19 @@ no real capture has (true cameras, morphable-model parameters, 2D landmarks) for
 tests and evaluation. Deterministic for a seed: same seed, same bytes.
 
 A ``FaceSource`` (``capture_simulator.face_source``) says which model shapes the
-subjects: the built-in one (default) or ICT-FaceKit. ``frames.json`` names it
-(``face_model``) and holds identity and per-frame expression coefficients in that
-model's spaces, with the head pose mapping its model frame to the world, so
-``face_source.model.vertices(identity, expression, R, t)`` is the true mesh;
-``landmarks_2d.npz`` holds the projected 478 points of the drawn face.
+subjects. The default is ``OffSpanFaceSource`` (``capture_simulator.off_span``): the
+built-in model's subjects plus shape outside its span, so a fit by the built-in model
+is never exact and mediapipe errs on them as on a face it has not seen (the built-in
+template is mediapipe's own mesh of one photo). ``BuiltinFaceSource`` (the model's own
+faces) and ``IctFaceSource`` are the alternatives. ``frames.json`` names the source's
+truth model (``face_model``) and holds identity and per-frame expression coefficients
+in that model's spaces, with the head pose mapping its model frame to the world, so
+``face_source.model.vertices(identity, expression, R, t)`` is the true mesh.
+``mesh_3d.npz`` holds the drawn face itself (built-in topology, metres): ``vertices``
+(13, 478, 3) posed in the world per expression and ``neutral`` (478, 3) the subject's
+neutral face at zero head pose, so a test can compare a fit with the
+truth without rebuilding any model; ``landmarks_2d.npz`` holds the projected 478
+points of the drawn face.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from capture_schema.layout import (
 )
 from capture_schema.session import SessionInfo, write_session
 from capture_simulator.board_render import DEFAULT_BOARD, DEFAULT_N_BOARD_POSES, board_poses, render_board_view
-from capture_simulator.face_source import BuiltinFaceSource, FaceSource
+from capture_simulator.face_source import FaceSource
+from capture_simulator.off_span import OffSpanFaceSource
 from capture_simulator.render_face import project_landmarks, render_view
 from capture_simulator.rig import default_rig
 from capture_simulator.subjects import SubjectAppearance
@@ -92,25 +101,28 @@ def render_calibration_captures(
 def _simulate_subject(args: tuple) -> dict:
     """Render one session's 13 x 13 grid; returns encoded images and ground truth (picklable)."""
     index, seed, rig, source = args
-    source = source or BuiltinFaceSource()
     model, texture = load_default_model(), load_default_texture()  # the drawn topology, uv and texture
     rng = np.random.default_rng([seed, 2, index])
     appearance = source.sample_subject(rng)
     images: dict[tuple[str, str], bytes] = {}
     frames = []
     landmarks = np.zeros((len(DEFAULT_EXPRESSIONS), len(rig), 478, 2))
+    meshes = np.zeros((len(DEFAULT_EXPRESSIONS), 478, 3))
     for e, expression in enumerate(DEFAULT_EXPRESSIONS):
         coeffs = source.expression_coeffs(expression)
         shape = source.render_shape(appearance.identity, coeffs)
         R, t = source.posed(*_head_pose(rng))
+        meshes[e] = shape @ R.T + t
         frames.append({"expression": expression, "expression_coeffs": coeffs.tolist(),
                        "head_rotation": R.tolist(), "head_translation": t.tolist()})
         for c, (cam_id, camera) in enumerate(rig.items()):
             image = render_view(model, texture, appearance, coeffs, R, t, camera, shape=shape)
             images[(expression, cam_id)] = _encode_jpeg_rgb(image)
             landmarks[e, c] = project_landmarks(model, appearance, coeffs, R, t, camera, shape=shape)
+    R0, t0 = source.posed(np.eye(3), np.zeros(3))  # the source's model frame in the built-in head frame
+    neutral = source.render_shape(appearance.identity, source.expression_coeffs("neutral")) @ R0.T + t0
     return {"index": index, "appearance": appearance, "images": images, "frames": frames, "landmarks": landmarks,
-            "face_model": source.name}
+            "meshes": meshes, "neutral": neutral, "face_model": source.name}
 
 
 def _appearance_dict(appearance: SubjectAppearance) -> dict:
@@ -155,6 +167,10 @@ def _write_session(captures_root: Path, gt_root: Path, rendered: dict, rig: dict
     np.savez_compressed(tmp, landmarks=rendered["landmarks"].astype(np.float32),
                         expressions=np.array(DEFAULT_EXPRESSIONS), cameras=np.array(list(rig)))
     os.replace(tmp, gt / "landmarks_2d.npz")
+    tmp = gt / ".mesh_3d.tmp.npz"
+    np.savez_compressed(tmp, vertices=rendered["meshes"].astype(np.float32),
+                        neutral=rendered["neutral"].astype(np.float32), expressions=np.array(DEFAULT_EXPRESSIONS))
+    os.replace(tmp, gt / "mesh_3d.npz")
     return session_id
 
 
@@ -172,7 +188,7 @@ def simulate_dataset(
 ) -> SimulatedDataset:
     """Simulate ``n_subjects`` sessions (one rig, one shared board capture) under ``out``.
 
-    ``face_source`` shapes the subjects (None: the built-in model, see the module docstring).
+    ``face_source`` shapes the subjects (None: ``OffSpanFaceSource()``, see the module docstring).
     """
     if n_subjects < 1:
         raise ValueError("n_subjects must be >= 1")
@@ -181,7 +197,8 @@ def simulate_dataset(
     rig = default_rig(size=size, seed=seed)
     calib, poses = render_calibration_captures(rig, board, n_board_poses, seed)
     workers = workers or min(os.cpu_count() or 1, n_subjects, 4)
-    jobs = [(i, seed, rig, face_source) for i in range(n_subjects)]
+    source = face_source or OffSpanFaceSource()
+    jobs = [(i, seed, rig, source) for i in range(n_subjects)]
     bar = None
     if progress:
         from tqdm import tqdm

@@ -342,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--face-model", default="builtin", choices=("builtin", "ict", "offspan"),
-                   help="model that shapes the subjects and holds the ground truth (offspan: built-in faces "
-                        "plus deformations outside its span)")
+    p.add_argument("--face-model", default="offspan", choices=("offspan", "builtin", "ict"),
+                   help="model that shapes the subjects and holds the ground truth (default offspan: built-in "
+                        "faces plus shape outside its span, so no fit is exact; builtin: the model's own faces)")
     p.add_argument("--face-model-path", help="ICT-FaceKit npz folder (with --face-model ict)")
     p.set_defaults(func=cmd_simulate)
 

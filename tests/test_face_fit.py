@@ -7,30 +7,25 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import sim_ground_truth
+from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
 from fitting.face_fit import (FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FRAME_OK, VIEW_NOT_DETECTED, VIEW_OUTLIER,
                               VIEW_USED, fit_frames)
 from fitting.face_models.builtin import builtin_face_model
 from fitting.session_fit import (fit_session, fit_single_image, fit_views_table, read_session_fit,
                                  write_session_fit)
 
-#: mediapipe errs ~1.5 px on frontal simulator views and more off-axis (PITFALLS); a fit
-#: pools 150+ views, so it must land below the issue's 2 px at 512 px.
-MEAN_REPROJECTION_PX = 2.0
-#: 1 px at 1 m through f ~1100 px is ~0.9 mm; the fit's ~1.6 px landmark error plus depth
-#: uncertainty puts the mesh within a few mm. 3 mm is about 2.5 % of the face width.
-MEAN_VERTEX_MM = 3.0
+#: The simulated subjects lie outside the built-in model's span (``offspan``), so no fit can reach
+#: the truth; the yardstick is the best the model can do (``conftest.best_in_span``). Measured on
+#: the suite's first subject: that floor is 2.16 mm / 1.86 px from the truth, the fit 3.3 mm /
+#: 2.8 px. The pixel margin is ``FIT_OVER_FLOOR_PX``; 1 px at 1 m through f ~1100 px is ~0.9 mm and
+#: depth is less certain than position, so the mesh must land within 2 mm of the best in-span
+#: face (with in-span subjects the bounds were 2.0 px / 3.0 mm from the truth itself).
+MEAN_VERTEX_OVER_FLOOR_MM = 2.0
 
 
 @pytest.fixture(scope="module")
 def model():
     return builtin_face_model()
-
-
-def _true_vertices(model, truth: dict) -> np.ndarray:
-    return np.stack([model.vertices(truth["identity"], np.asarray(f["expression_coeffs"]),
-                                    np.asarray(f["head_rotation"]), np.asarray(f["head_translation"]))
-                     for f in truth["frames"]])
 
 
 def test_single_view_fit_of_a_real_photo(model) -> None:
@@ -56,18 +51,26 @@ def test_session_fit_matches_the_simulators_truth(model, sim_dataset, sim_landma
     truth = sim_ground_truth(sim_dataset)
     result = fit_session(model, sim_landmarks, truth["calibration"])
     fit = result.fit
+    assert truth["face_model"] != model.name  # the subject is not one the model can draw exactly
     assert list(fit.frame_status) == [FRAME_OK] * 13
+    best = best_in_span(model, truth)
+    floor_px = mean_reprojection_px(truth, best)
+    floor_mm = 1000 * np.linalg.norm(best - truth["vertices"], axis=-1).mean()
     reproj = np.linalg.norm(fit.projected - truth["landmarks_2d"], axis=-1)
-    vertex_mm = 1000 * np.linalg.norm(fit.vertices - _true_vertices(model, truth), axis=-1)
-    print(f"mean landmark reprojection vs truth {reproj.mean():.2f} px; posed vertices "
-          f"{vertex_mm.mean():.2f} mm mean, {np.percentile(vertex_mm, 95):.2f} mm p95")
-    assert reproj.mean() < MEAN_REPROJECTION_PX
-    assert vertex_mm.mean() < MEAN_VERTEX_MM
-    # The identity is recovered as a shape: the fitted neutral face is much nearer the true one
-    # than the model's mean face is.
-    true_shape = model.vertices(truth["identity"])
-    fitted_gap = np.linalg.norm(model.vertices(fit.identity) - true_shape, axis=1).mean()
-    mean_gap = np.linalg.norm(model.vertices() - true_shape, axis=1).mean()
+    vertex_mm = 1000 * np.linalg.norm(fit.vertices - truth["vertices"], axis=-1)
+    print(f"mean landmark reprojection vs truth {reproj.mean():.2f} px (in-span floor {floor_px:.2f}); posed "
+          f"vertices {vertex_mm.mean():.2f} mm mean (floor {floor_mm:.2f}), {np.percentile(vertex_mm, 95):.2f} mm p95")
+    assert floor_mm > 1.0  # the subject really is off the model's span (offspan: ~2.4 mm RMS)
+    assert reproj.mean() < floor_px + FIT_OVER_FLOOR_PX
+    assert vertex_mm.mean() < floor_mm + MEAN_VERTEX_OVER_FLOOR_MM
+    # The identity is recovered as a shape: the fitted neutral face is much nearer the model's best
+    # approximation of the true neutral face (least squares on its identity modes) than the
+    # model's mean face is.
+    basis = model.identity_basis.reshape(len(model.identity_basis), -1).T.astype(np.float64)
+    coef, *_ = np.linalg.lstsq(basis, (truth["neutral"] - model.template).reshape(-1), rcond=None)
+    best_neutral = model.template + (basis @ coef).reshape(model.template.shape)
+    fitted_gap = np.linalg.norm(model.vertices(fit.identity) - best_neutral, axis=1).mean()
+    mean_gap = np.linalg.norm(model.vertices() - best_neutral, axis=1).mean()
     print(f"identity shape error {1000 * fitted_gap:.2f} mm (mean face: {1000 * mean_gap:.2f} mm)")
     assert fitted_gap < 0.5 * mean_gap
 

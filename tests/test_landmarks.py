@@ -150,7 +150,11 @@ def test_session_grid_shapes_and_order(inline, session_dir) -> None:
     assert inline.expressions == tuple(info["expressions"]) and inline.cameras == tuple(info["cameras"])
     e, c = len(inline.expressions), len(inline.cameras)
     assert inline.landmarks.shape == (e, c, N_LANDMARKS, 2) and inline.landmarks.dtype == np.float32
-    assert inline.detected.shape == (e, c) and inline.detected.dtype == bool and inline.detected.all()
+    assert inline.detected.shape == (e, c) and inline.detected.dtype == bool
+    # Every view up to 30 degrees is found; at 60 degrees mediapipe may miss an off-span face now
+    # and then (measured: 1 of 52 such views on the suite's first subject, none on the second).
+    wide = np.array(["60" in cam for cam in inline.cameras])
+    assert inline.detected[:, ~wide].all() and inline.detected[:, wide].mean() > 0.9
     assert inline.confidence.dtype == inline.mirror_nme.dtype == np.float32
     assert inline.image_size.dtype == np.int32 and (inline.image_size == 512).all()
     assert inline.mirror and inline.detector == DETECTOR_NAME
@@ -193,7 +197,7 @@ def test_missing_and_corrupt_images_are_reported_not_detected(inline, session_co
         i, j = damaged.expressions.index(expression), damaged.cameras.index(camera)
         assert not damaged.detected[i, j] and damaged.confidence[i, j] == 0
         assert np.isnan(damaged.landmarks[i, j]).all() and (damaged.image_size[i, j] == 0).all()
-    assert damaged.detected.sum() == inline.detected.size - 2
+    assert damaged.detected.sum() == inline.detected.sum() - 2
     keep = damaged.detected
     assert np.array_equal(damaged.landmarks[keep], inline.landmarks[keep])
 

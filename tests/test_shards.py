@@ -195,6 +195,15 @@ def test_killed_writer_leaves_no_visible_partial_shard(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [f"sess-{i:06d}.tar" for i in range(6)] + ["shards.json"]
 
 
+def _first_sample_bytes(path: Path) -> int:
+    """Tar bytes (headers and padded data) of the first sample in a shard, read with ``tarfile``."""
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    first_key = members[0].name.split(".", 1)[0]
+    following = [m.offset for m in members if m.name.split(".", 1)[0] != first_key]
+    return following[0] if following else path.stat().st_size
+
+
 def test_size_bounds(session, tmp_path: Path) -> None:
     by_count = _write(session, tmp_path / "count", ShardConfig(max_samples=50))
     assert [s.n_samples for s in by_count.shards] == [50, 50, 50, 19]
@@ -203,8 +212,8 @@ def test_size_bounds(session, tmp_path: Path) -> None:
     sizes = [p.stat().st_size for p in by_size.paths]
     assert len(sizes) >= 10 and max(sizes) <= max_bytes and sizes == [s.bytes for s in by_size.shards]
     assert by_size.n_samples == 169
-    # Greedy: each shard (but the last) would have overflowed with the next sample.
-    assert all(size + 26_000 > max_bytes for size in sizes[:-1])
+    # Greedy: each shard (but the last) would have overflowed with the next shard's first sample.
+    assert all(size + _first_sample_bytes(path) > max_bytes for size, path in zip(sizes[:-1], by_size.paths[1:]))
     # A sample bigger than the bound still gets a shard, alone.
     big = [ShardSample(f"s/e/c{i}", {"bin": b"x" * 5000, "json": b"{}"}) for i in range(3)]
     alone = write_session_shards(big, tmp_path / "big", "s", ShardConfig(max_bytes=4096))
