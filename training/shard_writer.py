@@ -263,8 +263,10 @@ class SessionSamples:
         if self.config.train_resolution:
             from training.foreground import train_members
 
-            vertices = None if cell is None or not self.config.masks else self.fit.fit.vertices[cell[0]]
-            extra, train = train_members(data, camera, self.config.train_resolution, vertices, self.faces)
+            vertices, rotation = None, None
+            if cell is not None and self.config.masks:
+                vertices, rotation = self.fit.fit.vertices[cell[0]], self.fit.fit.rotation[cell[0]]
+            extra, train = train_members(data, camera, self.config.train_resolution, vertices, self.faces, rotation)
             if extra is None:
                 raise ShardInputError("image does not decode")
             members.update(extra)
