@@ -88,9 +88,11 @@ def test_joint_geometry_beats_frozen_cameras_when_cameras_are_perturbed(fewshot_
     """Inputs' cameras rotated by 1 degree: refining cameras and 3DMM recovers most of the loss."""
     mean, scores = fewshot_run["mean"], fewshot_run["scores"]
     joint, frozen = mean["perturbed", "prior", 3], mean["perturbed", "prior_fixed_geometry", 3]
-    assert joint >= frozen + 1.0, f"joint {joint:.2f} dB vs frozen {frozen:.2f} dB"
     paired = scores[scores.condition == "perturbed"].pivot_table(index="key", columns="method", values="psnr")
-    assert (paired["prior"] > paired["prior_fixed_geometry"]).mean() >= 0.75
+    better = (paired["prior"] > paired["prior_fixed_geometry"]).mean()
+    print(f"\nperturbed cameras, K=3: joint {joint:.2f} dB, frozen {frozen:.2f} dB, joint better on {better:.2f} of frames")
+    assert joint >= frozen + 1.0, f"joint {joint:.2f} dB vs frozen {frozen:.2f} dB"
+    assert better >= 0.75
     runs = json.loads((fewshot_run["folder"] / "runs.json").read_text())
     [joint_run] = [r for r in runs if r["condition"] == "perturbed" and r["method"] == "prior"]
     assert 0.2 <= joint_run["camera_rotation_deg_max"] <= 3.0  # it turned the cameras, by about the error
@@ -102,6 +104,7 @@ def test_scores_rise_with_k(fewshot_run) -> None:
     near the prior's own held-in quality (~21 dB), so the rise is small but must be there."""
     scores = fewshot_run["scores"]
     estimated = scores[scores.condition == "estimated"].groupby(["method", "k"])[["psnr", "ssim_mask"]].mean()
+    print("\n" + estimated.to_string())
     for method, metric in (("prior", "psnr"), ("prior", "ssim_mask"), ("latent_only", "psnr")):
         by_k = [estimated.loc[(method, k), metric] for k in (1, 3, 5)]
         assert by_k[0] < by_k[1] < by_k[2], f"{method} {metric}: {by_k}"

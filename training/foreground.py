@@ -31,6 +31,8 @@ DILATE_FRACTION = 0.15
 HEAD_DEPTH_M = 0.12
 #: How far below the face the neck proxy reaches (sure background).
 NECK_DROP_M = 0.12
+#: The neck proxy stays this fraction of the face size away from the face's silhouette.
+NECK_MARGIN_FRACTION = 0.05
 BORDER_FRACTION = 0.03
 GRABCUT_ITERATIONS = 5
 RNG_SEED = 0
@@ -78,11 +80,11 @@ def head_proxy(vertices: np.ndarray, rotation: np.ndarray) -> np.ndarray:
 
 
 def neck_proxy(vertices: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """Points standing in for the neck: the face's lower half carried ``NECK_DROP_M`` (from a
-    third to all of it) down and up to half ``HEAD_DEPTH_M`` back. Sure background outside the
+    """Points standing in for the neck: the face's lower half carried ``NECK_DROP_M`` (from half
+    to all of it) down and up to half ``HEAD_DEPTH_M`` back. Sure background outside the
     face itself, so skin-coloured neck is not pulled into a head mask."""
     _, lower, back, down = _halves(vertices, rotation)
-    shifts = [f * NECK_DROP_M * down + b * HEAD_DEPTH_M * back for f in (1 / 3, 1.0) for b in (0.0, 0.5)]
+    shifts = [f * NECK_DROP_M * down + b * HEAD_DEPTH_M * back for f in (0.5, 1.0) for b in (0.0, 0.5)]
     return np.concatenate([lower + s for s in shifts])
 
 
@@ -101,8 +103,10 @@ def head_mask(image_bgr: np.ndarray, mesh_mask: np.ndarray, head: np.ndarray | N
     grown = cv2.dilate(mesh_mask if head is None else np.maximum(mesh_mask, head), kernel)
     labels = np.full((height, width), cv2.GC_PR_BGD, np.uint8)
     labels[grown > 0] = cv2.GC_PR_FGD
-    if neck is not None:
-        labels[(neck > 0) & (mesh_mask == 0)] = cv2.GC_BGD
+    if neck is not None:  # never on the face or a margin around it: the fit may be a few px off
+        margin = max(1, int(round(NECK_MARGIN_FRACTION * face_px)))
+        near_face = cv2.dilate(mesh_mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2))
+        labels[(neck > 0) & (near_face == 0)] = cv2.GC_BGD
     band = max(1, int(round(BORDER_FRACTION * max(width, height))))
     labels[:band], labels[-band:], labels[:, :band], labels[:, -band:] = (cv2.GC_BGD,) * 4
     if not (labels == cv2.GC_PR_FGD).any():
