@@ -9,7 +9,9 @@ is known, the upper half of the face (brows up, in the model frame) is also carr
 the face and those copies stands in for the skull and hair: in an oblique view the back
 of the head reaches far beyond the face, and dark hair left as *probable background*
 was cut away (measured on the 12-subject test fixture: held-in PSNR of the prior fell to
-9-14 dB in 30-60 degree views whose masks dropped the hair). The silhouette is then grown
+9-14 dB in 30-60 degree views whose masks dropped the hair). The lower half carried down
+(``neck_proxy``) is *sure* background away from the face, so skin-coloured neck is not
+pulled in. The silhouette is then grown
 by ``DILATE_FRACTION`` of the face size and marked *probable* foreground; a band along
 the image border is *sure* background and everything else *probable* background. grabCut
 then settles the boundary from the colours. Its k-means initialisation draws from
