@@ -44,12 +44,12 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/ingest.py
-	$(PY) benchmarks/calibration.py
-	$(PY) benchmarks/fitting.py
-	$(PY) benchmarks/shards.py
-	$(PY) benchmarks/prior.py
-	$(PY) benchmarks/fewshot.py
+	$(PY) -m benchmarks.ingest
+	$(PY) -m benchmarks.calibration
+	$(PY) -m benchmarks.fitting
+	$(PY) -m benchmarks.shards
+	$(PY) -m benchmarks.prior
+	$(PY) -m benchmarks.fewshot
 
 clean:
 	rm -rf $(DATA)

@@ -5,36 +5,24 @@ keeps), best of ``--repeat`` runs each. The baseline calibrates each camera alon
 (13 small problems, no shared board poses); the refinement solves one problem over
 every camera's intrinsics, distortion and pose and every board pose.
 
-    .venv/bin/python benchmarks/calibration.py [--calib DIR] [--size PX] [--poses N]
+    .venv/bin/python -m benchmarks.calibration [--calib DIR] [--size PX] [--poses N]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-# benchmarks/fitting.py would shadow the ``fitting`` package if this folder stayed on sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from fitting.boards import board_object_points  # noqa: E402
-from fitting.calibration.detect import detect_folder, load_board  # noqa: E402
-from fitting.calibration.initialize import initialize_rig  # noqa: E402
-from fitting.calibration.refine import refine_rig  # noqa: E402
-
-
-def best_of(repeat: int, fn) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from benchmarks.common import best_of
+from fitting.boards import board_object_points
+from fitting.calibration.detect import detect_folder, load_board
+from fitting.calibration.initialize import initialize_rig
+from fitting.calibration.refine import refine_rig
 
 
 def opencv_per_camera(initial, sizes: dict[str, tuple[int, int]]) -> float:

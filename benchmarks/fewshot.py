@@ -6,7 +6,7 @@ optimisation step and total adaptation seconds, then seconds per rendered 64 px
 evaluation frame; ratios are against a stage-1 step measured in the same run.
 Needs the demo's outputs (``make demo``) or ``--prior``/``--index`` of your own.
 
-    .venv/bin/python benchmarks/fewshot.py [--prior PATH] [--index PATH] [--subject ID] [--k 3]
+    .venv/bin/python -m benchmarks.fewshot [--prior PATH] [--index PATH] [--subject ID] [--k 3]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 DEMO = Path("workspace_data/derived")
 

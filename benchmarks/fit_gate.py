@@ -14,7 +14,7 @@ the pipeline does) and fitted with the built-in model through the TRUE cameras. 
 3. the same after (a) rotating one camera by 3 degrees about its centre, (b) swapping two
    cameras' calibrations, for several cameras and pairs.
 
-    .venv/bin/python benchmarks/fit_gate.py [--ict-subjects 3] [--builtin-subjects 2]
+    .venv/bin/python -m benchmarks.fit_gate [--ict-subjects 3] [--builtin-subjects 2]
         [--perturb-sessions 2] [--work-dir DIR]   # DIR keeps simulated sessions and landmarks for a rerun
 
 The defaults take ~5 minutes on 2 cores. The numbers quoted in ``fitting/fit_quality.py``
@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from benchmarks.common import pct, summary, work_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ICT_DIR = ROOT.parent / "shared" / "data" / "ict_facekit"
@@ -111,30 +109,6 @@ def landmarks_for(session: Path, cache: Path):
     write_landmarks_zarr(lm, path)
     print(f"  detected {session.name} in {time.perf_counter() - t0:.0f} s", flush=True)
     return lm
-
-
-def pct(values, q) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    return float(np.percentile(values, q)) if values.size else float("nan")
-
-
-def summary(values) -> str:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return "n=0"
-    return (f"n={values.size:4d} median {np.median(values):5.2f}  p95 {pct(values, 95):5.2f}  "
-            f"p99 {pct(values, 99):5.2f}  max {values.max():5.2f}  min {values.min():5.2f}")
-
-
-def work_directory(work_dir: Path | None) -> tuple[Path, "tempfile.TemporaryDirectory | None"]:
-    """The folder simulated sessions are cached in: ``work_dir`` (kept), or a temporary one to clean up."""
-    if work_dir is None:
-        tmp = tempfile.TemporaryDirectory()
-        return Path(tmp.name), tmp
-    work_dir.mkdir(parents=True, exist_ok=True)
-    return work_dir, None
 
 
 def main() -> None:

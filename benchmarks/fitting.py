@@ -6,31 +6,19 @@ same single process; the fit is the batched torch problem over all 13 frames
 and 13 views. Best of ``--repeat`` runs each, on a simulated session (or
 ``--session DIR --calibration FILE``). Goal: fit <= 0.5 x detection.
 
-    .venv/bin/python benchmarks/fitting.py [--repeat N] [--session DIR --calibration FILE]
+    .venv/bin/python -m benchmarks.fitting [--repeat N] [--session DIR --calibration FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-# This file is named like the ``fitting`` package; run as a script, its folder would come
-# first on sys.path and shadow the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-
-def best_of(repeat: int, fn) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from benchmarks.common import best_of
 
 
 def main() -> None:

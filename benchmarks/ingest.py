@@ -8,7 +8,7 @@ measures the small files as they are. The baseline is the simplest correct tool:
 grid image and sha256 it, one after another. Ingest adds validation of the whole
 session, structural image checks and writing the Parquet manifest.
 
-    .venv/bin/python benchmarks/ingest.py [--captures DIR] [--subjects N] [--size PX]
+    .venv/bin/python -m benchmarks.ingest [--captures DIR] [--subjects N] [--size PX]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks.common import best_of
 from capture_schema.ingest import ingest_session
 from capture_schema.storage import Storage
 from capture_schema.validation import iter_session_dirs
@@ -47,15 +47,6 @@ def read_and_hash(files: list[Path]) -> int:
     return total
 
 
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captures", help="an existing captures root (default: simulate one)")
@@ -80,15 +71,15 @@ def main() -> None:
         nbytes = read_and_hash(files)  # warm the page cache for both sides
         print(f"{len(sessions)} sessions, {len(files)} images, {nbytes / 1e6:.1f} MB")
 
-        baseline = best_of(args.repeat, lambda: read_and_hash(files))
+        baseline, _ = best_of(args.repeat, lambda: read_and_hash(files))
 
         def ingest(deep: bool) -> None:
             storage = Storage(f"file://{tempfile.mkdtemp(dir=tmp)}")
             for session_dir in sessions:
                 ingest_session(session_dir, storage, deep=deep)
 
-        ours = best_of(args.repeat, lambda: ingest(False))
-        deep = best_of(1, lambda: ingest(True))
+        ours, _ = best_of(args.repeat, lambda: ingest(False))
+        deep, _ = best_of(1, lambda: ingest(True))
 
     def rate(seconds: float) -> str:
         return f"{nbytes / 1e6 / seconds:8.1f} MB/s  {len(files) / seconds:8.0f} images/s"

@@ -15,7 +15,7 @@ As in benchmarks/ingest.py, simulated images are re-encoded ``--upscale`` times
 larger (default 4: 512 -> 2048 px, studio-like); ``--upscale 1`` keeps 512 px files,
 where per-sample overheads weigh most.
 
-    .venv/bin/python benchmarks/loader_decode.py [--subjects N] [--upscale F] [--resolution PX]
+    .venv/bin/python -m benchmarks.loader_decode [--subjects N] [--upscale F] [--resolution PX]
 """
 
 from __future__ import annotations
@@ -25,22 +25,18 @@ import hashlib
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/fitting.py shadows the ``fitting`` package (the simulator needs it) when this
-# folder is first on sys.path, as it is for a script: drop it.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import webdataset as wds  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, Dataset
 
-from training.loader import build_dataset, make_loader, scale_intrinsics, train_size  # noqa: E402
+from training.loader import build_dataset, make_loader, scale_intrinsics, train_size
 
 BATCH = 8
 

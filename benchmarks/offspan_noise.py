@@ -18,7 +18,7 @@ the pipeline runs it), and prints
    ``CAMERA_CONSISTENCY_MAX``), and the fitted mesh's distance from the true one (posed, 478
    vertices; the truth is the face source's own model, ``source.model``).
 
-    .venv/bin/python benchmarks/offspan_noise.py [--offspan-subjects 3] [--builtin-subjects 2]
+    .venv/bin/python -m benchmarks.offspan_noise [--offspan-subjects 3] [--builtin-subjects 2]
         [--warp-mm 1.5] [--identity-rms-mm MM] [--expression-fraction F] [--no-fit]
         [--work-dir DIR]   # DIR keeps simulated sessions and landmarks for a rerun
 
@@ -31,15 +31,14 @@ simulations and detections (then ~1 minute).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from benchmarks import fit_gate as fg
+from benchmarks.common import pct, summary, work_directory
 
 HERE = Path(__file__).resolve().parent
 #: REFERENCE.md, "Detector noise on faces that are not the built-in template": independently
@@ -47,14 +46,6 @@ HERE = Path(__file__).resolve().parent
 REFERENCE_PX = {(0, 10): "1.8-2.5", (10, 20): "1.8-2.5", (20, 30): "2.5-4.0", (30, 40): "2.5-4.0",
                 (50, 60): "7-26", (60, 70): "7-26"}
 BINS = (0, 10, 20, 30, 40, 50, 60, 70)
-
-
-def _fit_gate_helpers():
-    """benchmarks/fit_gate.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("_fit_gate_helpers", HERE / "fit_gate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def simulate(label: str, source, n: int, out: Path, size: int, seed: int) -> list[tuple[Path, Path]]:
@@ -106,8 +97,7 @@ def main() -> None:
     from fitting.morphable_model import OUTER_EYE_CORNERS
     from fitting.session_fit import fit_session
 
-    fg = _fit_gate_helpers()
-    work, tmp = fg.work_directory(args.work_dir)
+    work, tmp = work_directory(args.work_dir)
     runs = []
     if args.builtin_subjects > 0:
         runs.append(("builtin", BuiltinFaceSource(), args.builtin_subjects))
@@ -183,7 +173,7 @@ def main() -> None:
             if not m.any():
                 continue
             print(f"{label:18s} {lo:3d}-{hi:<4d} {m.sum():5d} {np.median(a['px'][m]):7.2f} "
-                  f"{fg.pct(a['px'][m], 90):7.2f} {np.median(a['nme'][m]):6.2f} "
+                  f"{pct(a['px'][m], 90):7.2f} {np.median(a['nme'][m]):6.2f} "
                   f"{REFERENCE_PX.get((lo, hi), '-'):>13s}")
         print(f"{label:18s} detected {a['n_detected'].sum()}/{a['n_views'].sum()} views; within 30 degrees: median "
               f"{np.median(a['px'][a['angle'] < 30]):.2f} px, NME {np.median(a['nme'][a['angle'] < 30]):.2f} %")
@@ -191,8 +181,8 @@ def main() -> None:
         print(f"\n=== built-in model fit, true cameras: gates (fit quality <= {FIT_QUALITY_MAX}, worst camera <= "
               f"{CAMERA_CONSISTENCY_MAX}) and mesh error ===")
         for label, a in results.items():
-            print(f"{label:18s} fit quality {fg.summary(a['fitq'])}")
-            print(f"{label:18s} worst camera {fg.summary(a['worst'])}")
+            print(f"{label:18s} fit quality {summary(a['fitq'])}")
+            print(f"{label:18s} worst camera {summary(a['worst'])}")
             print(f"{label:18s} passed {int(a['passed'].sum())}/{len(a['passed'])}; outlier views per session "
                   f"{a['outliers'].tolist()}")
             print(f"{label:18s} posed mesh mean error mm {np.round(a['vertex_mm'], 2).tolist()}; mean landmark "

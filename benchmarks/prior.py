@@ -9,18 +9,16 @@ Data: ``--index`` (e.g. the demo's ``workspace_data/derived/dataset/index.parque
 else the demo's index when it exists, else 12 simulated subjects at 384 px taken
 through the pipeline into a temporary folder (about 3 minutes).
 
-    .venv/bin/python benchmarks/prior.py [--index PATH] [--iterations N] [--frames N]
+    .venv/bin/python -m benchmarks.prior [--index PATH] [--iterations N] [--frames N]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 DEMO_INDEX = Path("workspace_data/derived/dataset/index.parquet")
 

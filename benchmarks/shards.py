@@ -11,7 +11,7 @@ sharding alone; the manifest comes from ingest, as in the pipeline. Simulated
 images are re-encoded ``--upscale`` times larger (default 4: 512 -> 2048 px,
 ~studio JPEG sizes), as in ``benchmarks/ingest.py``. Goal: ratio >= 0.8.
 
-    .venv/bin/python benchmarks/shards.py [--captures DIR --calibration FILE] [--subjects N] [--upscale K]
+    .venv/bin/python -m benchmarks.shards [--captures DIR --calibration FILE] [--subjects N] [--upscale K]
 """
 
 from __future__ import annotations
@@ -19,24 +19,21 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import sys
 import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# benchmarks/fitting.py would shadow the ``fitting`` package if this folder stayed on sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from capture_schema.calibration_file import Calibration, read_calibration  # noqa: E402
-from capture_schema.ingest import ingest_session  # noqa: E402
-from capture_schema.storage import Storage  # noqa: E402
-from capture_schema.validation import iter_session_dirs  # noqa: E402
-from training.shard_writer import ShardConfig, session_samples, write_session_shards  # noqa: E402
+from capture_schema.calibration_file import Calibration, read_calibration
+from capture_schema.ingest import ingest_session
+from capture_schema.storage import Storage
+from capture_schema.validation import iter_session_dirs
+from training.shard_writer import ShardConfig, session_samples, write_session_shards
 
 
 @dataclass(frozen=True)

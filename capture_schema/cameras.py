@@ -169,21 +169,13 @@ class Camera:
         return np.asarray(points, dtype=np.float64) @ self.R.T + self.t
 
     def distort_normalized(self, xy: np.ndarray) -> np.ndarray:
-        """Apply OpenCV's radial-tangential model to normalised image coordinates."""
-        k1, k2, p1, p2, k3 = self.dist
-        x, y = xy[..., 0], xy[..., 1]
-        r2 = x * x + y * y
-        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+        """Apply OpenCV's radial-tangential model to normalised image coordinates (..., 2)."""
+        xd, yd = distort(xy[..., 0], xy[..., 1], self.dist)
         return np.stack([xd, yd], axis=-1)
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """Project world points (N, 3) to distorted pixel coordinates (N, 2)."""
-        cam = self.world_to_camera(points)
-        xy = cam[..., :2] / cam[..., 2:3]
-        xy = self.distort_normalized(xy)
-        return np.stack([self.fx * xy[..., 0] + self.cx, self.fy * xy[..., 1] + self.cy], axis=-1)
+        return project_points(points, self.K, self.dist, self.R, self.t)
 
     def depth(self, points: np.ndarray) -> np.ndarray:
         """Z of world points in this camera's frame (positive in front)."""
@@ -226,6 +218,37 @@ class Camera:
             R=data["R"],
             t=data["t"],
         )
+
+
+def distort(x: Any, y: Any, dist: Any) -> tuple[Any, Any]:
+    """OpenCV's radial-tangential model ``k1 k2 p1 p2 k3`` on normalised coordinates ``x, y``.
+
+    Written once, with arithmetic only, so numpy arrays and torch tensors (the
+    differentiable projection in ``fitting.camera_model``) share the same formula;
+    ``dist`` is any 5-sequence whose items broadcast against ``x``.
+    """
+    k1, k2, p1, p2, k3 = dist
+    r2 = x * x + y * y
+    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return xd, yd
+
+
+def project_points(points: np.ndarray, K: np.ndarray, dist: Any, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Distorted pixels (N, 2) of world points (N, 3) through a camera given as arrays.
+
+    For callers that hold ``K, dist, R, t`` (a training frame's crop camera) rather than a
+    validated ``Camera``; no depth check (points behind the camera project mirrored).
+    """
+    cam = np.asarray(points, dtype=np.float64) @ np.asarray(R, np.float64).T + np.asarray(t, np.float64)
+    x, y = cam[..., 0] / cam[..., 2], cam[..., 1] / cam[..., 2]
+    coeffs = np.zeros(5)
+    given = np.asarray(dist, np.float64).reshape(-1)
+    coeffs[: len(given)] = given  # k1 k2 p1 p2 [k3]
+    xd, yd = distort(x, y, coeffs)
+    K = np.asarray(K, np.float64)
+    return np.stack([K[0, 0] * xd + K[0, 1] * yd + K[0, 2], K[1, 1] * yd + K[1, 2]], axis=-1)
 
 
 def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, -1.0, 0.0])) -> tuple[np.ndarray, np.ndarray]:

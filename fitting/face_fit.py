@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from capture_schema.cameras import Camera
-from fitting.camera_torch import CameraBatch, axis_angle_to_matrix
+from fitting.camera_model import CameraBatch, axis_angle_to_matrix
 from fitting.face_models.base import FaceModel
 from fitting.geometry import consensus_pose, inv_h, to_h
 from fitting import morphable_model as mm

@@ -21,43 +21,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from capture_schema.cameras import Camera
-
-#: Termination of OpenCV's iterative undistortion (count, epsilon).
-UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10)
+from fitting.camera_model import undistort_normalized
 
 #: Points per batched SVD (bounds the temporary (batch, 2C, 4) arrays).
 _BATCH = 65536
 
 
 def undistort_points(camera: Camera, pixels: np.ndarray) -> np.ndarray:
-    """Distorted pixels ``(N, 2)`` -> undistorted normalised coordinates ``(N, 2)``.
-
-    NaN rows stay NaN. Uses ``cv2.undistortPoints`` with an explicit termination
-    criterion (OpenCV 5 dropped ``undistortPointsIter``; the default 5 iterations
-    are not enough for strong barrel distortion near the image corners). The
-    criterion goes by keyword: OpenCV 5's positional order is
-    ``(src, K, dist, dst, R, P, criteria)``.
-    """
-    uv = np.asarray(pixels, dtype=np.float64)
-    if uv.ndim != 2 or uv.shape[1] != 2:
-        raise ValueError(f"pixels must be an (N, 2) array, got shape {uv.shape}")
-    out = np.full(uv.shape, np.nan)
-    ok = np.all(np.isfinite(uv), axis=1)
-    if ok.any():
-        und = cv2.undistortPoints(
-            uv[ok].reshape(-1, 1, 2),
-            camera.K,
-            np.asarray(camera.dist, dtype=np.float64),
-            R=None,
-            P=None,
-            criteria=UNDISTORT_CRITERIA,
-        )
-        out[ok] = und.reshape(-1, 2)
-    return out
+    """Distorted pixels ``(N, 2)`` -> undistorted normalised coordinates ``(N, 2)``; NaN rows stay NaN."""
+    return undistort_normalized(pixels, camera.K, camera.dist)
 
 
 def check_observations(cameras: Sequence[Camera], pixels: np.ndarray, what: str = "triangulation") -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fitting.camera_torch import axis_angle_to_matrix
+from fitting.camera_model import axis_angle_to_matrix
 from training.fewshot.adapt import GeometryCorrections
 from training.fewshot.config import FewShotConfig, fewshot_preset
 from training.fewshot.evaluate import perturb_cameras

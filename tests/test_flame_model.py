@@ -15,7 +15,7 @@ import scipy.sparse
 import torch
 from scipy.spatial.transform import Rotation
 
-from fitting.face_models.flame import POSE_NAMES, FlameFormatError, _rodrigues, load_flame_model
+from fitting.face_models.flame import POSE_NAMES, FlameFormatError, load_flame_model
 from fitting.face_models.safe_pickle import ChumpyStandIn, UnsafePickleError, load_restricted_pickle
 from conftest import SHARED_DATA
 
@@ -304,24 +304,6 @@ def test_gradients_reach_every_coefficient(synthetic) -> None:
         (model.vertices_torch(ident_t, expr_t) * weights).sum().backward()
         for grad in (ident_t.grad, expr_t.grad):
             assert torch.isfinite(grad).all() and (grad.abs() > 1e-12).all()
-
-
-def test_rodrigues_matches_scipy_including_tiny_angles() -> None:
-    rng = np.random.default_rng(0)
-    axes = rng.normal(size=(6, 3))
-    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
-    rotvecs = axes * np.array([0.0, 1e-7, 1e-4, 0.5, 2.0, 3.1])[:, None]
-    ours = _rodrigues(torch.tensor(rotvecs)).numpy()
-    assert np.allclose(ours, Rotation.from_rotvec(rotvecs).as_matrix(), atol=1e-14)
-    jac = torch.autograd.functional.jacobian(_rodrigues, torch.zeros(3, dtype=torch.float64))  # (3, 3, 3)
-    skew = [np.cross(np.eye(3), e) for e in np.eye(3)]  # skew(e) @ v == e x v
-    assert np.allclose(jac.numpy(), np.stack(skew, axis=-1), atol=1e-15)
-    # Just inside the series branch: dR/dr_i = S_i + (S_i K + K S_i) / 2 + O(theta^2).
-    r = 1e-5 * axes[0]
-    jac = torch.autograd.functional.jacobian(_rodrigues, torch.tensor(r)).numpy()
-    k = sum(ri * si for ri, si in zip(r, skew))
-    expected = np.stack([s + (s @ k + k @ s) / 2 for s in skew], axis=-1)
-    assert np.allclose(jac, expected, rtol=0, atol=1e-9)
 
 
 def test_non_standard_column_count_needs_explicit_split(tmp_path: Path) -> None:

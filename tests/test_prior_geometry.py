@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from capture_schema.cameras import Camera
+from capture_schema.cameras import Camera, project_points
 from fitting.face_models import load_face_model
 from training.prior import anchors as anchors_mod
 from training.prior.anchors import nearest_anchors, spread_vertices, support_falloff
@@ -29,7 +29,6 @@ from training.prior.frames import (
     collate_frames,
     crop_camera_rays,
     head_crop,
-    project_points,
 )
 from training.prior.model import AvatarPrior, camera_rays, render_frames
 from training.prior.rays import composite, importance_samples, sphere_bounds, stratified_samples

@@ -19,7 +19,8 @@ from training.loader import SampleFilter
 from training.prior.checkpoint import load_prior
 from training.prior.dataset import frame_loader, prior_data_from_index
 from training.prior.evaluate import image_psnr, render_batch, target_images
-from training.prior.frames import MASKED_BACKGROUND, project_points
+from capture_schema.cameras import project_points
+from training.prior.frames import MASKED_BACKGROUND
 
 #: Held-in frames scored per training subject: frontal, oblique and profile views, four expressions.
 HELD_IN_CELLS = (("neutral", "mid_C00"), ("smile", "mid_L30"), ("mouth_open", "up_R30"), ("eyes_closed", "low_C00"),

@@ -176,27 +176,6 @@ def _flame_from_dict(data: dict, source: str, embedding_path: str | os.PathLike 
     )
 
 
-def _rodrigues(rotvec):
-    """Batched axis-angle ``(..., 3)`` -> rotation matrices ``(..., 3, 3)``.
-
-    Series expansions below ~1e-4 rad keep values and gradients finite at zero pose
-    (where fitting starts); ``1 - cos`` is written as ``2 sin^2(t/2)`` for float32.
-    """
-    import torch
-
-    theta2 = (rotvec * rotvec).sum(-1, keepdim=True)[..., None]  # (..., 1, 1)
-    small = theta2 < 1e-8
-    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
-    theta = safe2.sqrt()
-    a = torch.where(small, 1 - theta2 / 6 + theta2**2 / 120, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta2 / 24 + theta2**2 / 720, 2 * torch.sin(theta / 2) ** 2 / safe2)
-    x, y, z = rotvec.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(*rotvec.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + a * k + b * (k @ k)
-
-
 class FlameModel(FaceModel):
     """FLAME with shape, expression and jaw/neck/eye pose as coefficients (see module docstring)."""
 
@@ -270,6 +249,8 @@ class FlameModel(FaceModel):
         """Vertices ``(B, N', 3)`` in the project frame; ``vertex_ids`` restricts blendshapes and skinning."""
         import torch
 
+        from fitting.camera_model import axis_angle_to_matrix
+
         if identity.ndim != 2 or identity.shape[1] != self.n_identity:
             raise ValueError(f"identity must be (B, {self.n_identity}), got {tuple(identity.shape)}")
         if tuple(expression.shape) != (identity.shape[0], self.n_expression):
@@ -287,7 +268,7 @@ class FlameModel(FaceModel):
 
         pose = expression[:, -len(POSE_NAMES) :].reshape(batch, len(POSE_JOINTS), 3)
         order = list(POSE_JOINTS.values())  # joint index of each 3-value block
-        rot_pose = _rodrigues(pose)
+        rot_pose = axis_angle_to_matrix(pose)
         eye = torch.eye(3, dtype=dtype, device=identity.device).expand(batch, 3, 3)
         rots = [eye] + [rot_pose[:, order.index(j)] for j in range(1, len(FLAME_PARENTS))]
         pose_feature = torch.stack([r - eye for r in rots[1:]], dim=1).reshape(batch, 36)

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fitting.camera_torch import axis_angle_to_matrix
+from fitting.camera_model import axis_angle_to_matrix
 from fitting.face_models.base import FaceModel
 from training.fewshot.config import ROTATION_SCALE_DEG, TRANSLATION_SCALE_MM, FewShotConfig
 from training.prior.frames import posed_vertices

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from fitting.camera_torch import axis_angle_to_matrix
+from fitting.camera_model import axis_angle_to_matrix
 from fitting.face_models.base import FaceModel
 from training.fewshot.adapt import Adapted, adapt_latent, refine, train_scratch
 from training.fewshot.config import FewShotConfig

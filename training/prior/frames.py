@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from capture_schema.cameras import project_points
+from fitting.camera_model import undistort_normalized
 from fitting.face_models.base import FaceModel
 
 #: Colour the head is composited onto where a mask says "background" (and what the field renders there).
@@ -47,14 +49,6 @@ class CropWindow:
         return A @ np.asarray(K, np.float64)
 
 
-def project_points(points: np.ndarray, K: np.ndarray, dist: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Pixels (N, 2) of world points through an OpenCV camera."""
-    rvec, _ = cv2.Rodrigues(np.asarray(R, np.float64))
-    pix, _ = cv2.projectPoints(np.asarray(points, np.float64).reshape(-1, 1, 3), rvec, np.asarray(t, np.float64),
-                               np.asarray(K, np.float64), np.asarray(dist, np.float64))
-    return pix.reshape(-1, 2)
-
-
 def head_crop(pixels: np.ndarray, size: int, crop_scale: float) -> CropWindow:
     """The square window around projected mesh ``pixels``, resampled to ``size`` px."""
     lo, hi = pixels.min(axis=0), pixels.max(axis=0)
@@ -71,8 +65,7 @@ def crop_camera_rays(window: CropWindow, K: np.ndarray, dist: np.ndarray) -> np.
     n = window.size
     grid = np.stack(np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64)), axis=-1)
     image_xy = window.to_image(grid.reshape(-1, 2))
-    normalized = cv2.undistortPoints(image_xy.reshape(-1, 1, 2), np.asarray(K, np.float64),
-                                     np.asarray(dist, np.float64)).reshape(-1, 2)
+    normalized = undistort_normalized(image_xy, K, dist)
     dirs = np.concatenate([normalized, np.ones((len(normalized), 1))], axis=1)
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     return dirs.reshape(n, n, 3).astype(np.float32)
