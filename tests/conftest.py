@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,39 @@ import pytest
 
 SIM_SIZE = 512
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _reference_data_message(path: Path, what: str) -> str:
+    return f"{what} not found at {path}"
+
+
+def need_reference_data(path: Path, what: str) -> None:
+    """Skip a test whose reference data ``path`` is absent on this machine; in CI (``CI`` set), fail instead.
+
+    The shared reference data (``../shared/data``) is read in place and never copied into
+    the repo; a developer machine may lack it, but a CI run that silently skips it tests less.
+    """
+    if path.exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{_reference_data_message(path, what)}; CI is set, so reference data must be present",
+                    pytrace=False)
+    pytest.skip(_reference_data_message(path, what))
+
+
+def needs_reference_data(path: Path, what: str) -> pytest.MarkDecorator:
+    """The mark form of ``need_reference_data`` (for tests and fixture params): skip, or fail in CI."""
+    if path.exists():
+        return pytest.mark.reference_data
+    if os.environ.get("CI"):
+        return pytest.mark.reference_data(missing=str(path), what=what)
+    return pytest.mark.skip(reason=_reference_data_message(path, what))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("reference_data"):
+        if "missing" in mark.kwargs:
+            need_reference_data(Path(mark.kwargs["missing"]), mark.kwargs["what"])
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import need_reference_data
+
 from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +34,7 @@ NOBODY = 65534
 
 
 def _need_stereo() -> None:
-    if not STEREO.is_dir():
-        pytest.skip(f"real reference data {STEREO} is absent (copied from /work/shared/data; see tests/data)")
+    need_reference_data(STEREO, "real reference data (copied from the shared data into tests/data)")
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, str, str]:

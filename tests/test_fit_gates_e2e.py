@@ -22,14 +22,11 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_reference_data
 from fitting.face_models.ict import TOPOLOGY_FILE
 
 ICT_DIR = SHARED_DATA / "ict_facekit"
-needs_ict = pytest.mark.skipif(
-    not (ICT_DIR / TOPOLOGY_FILE).is_file(),
-    reason=f"ICT-FaceKit packaged files not found in {ICT_DIR} (shared data is absent on this machine)",
-)
+needs_ict = needs_reference_data(ICT_DIR / TOPOLOGY_FILE, "ICT-FaceKit packaged files (shared data)")
 BUMPED, SWAPPED = "mid_L30", ("up_L30", "up_R30")
 
 

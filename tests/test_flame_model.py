@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from fitting.face_models.flame import POSE_NAMES, FlameFormatError, load_flame_model
 from fitting.face_models.safe_pickle import ChumpyStandIn, UnsafePickleError, load_restricted_pickle
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, need_reference_data
 
 FLAME_DIR = SHARED_DATA / "flame_format"
 NV = 30
@@ -27,8 +27,7 @@ POSE_BLOCK = {"jaw": 2, "neck": 1, "eye_left": 3, "eye_right": 4}  # coefficient
 
 def _shared(name: str) -> Path:
     path = FLAME_DIR / name
-    if not path.is_file():
-        pytest.skip(f"shared FLAME test file {path} is absent (shared/data/flame_format is not checked out)")
+    need_reference_data(path, "shared FLAME-layout test file (shared data)")
     return path
 
 

@@ -23,14 +23,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import SHARED_DATA, assert_ground_truth_is_the_source_model
+from conftest import SHARED_DATA, assert_ground_truth_is_the_source_model, needs_reference_data
 from fitting.face_models.ict import TOPOLOGY_FILE
 
 ICT_DIR = SHARED_DATA / "ict_facekit"
-needs_ict = pytest.mark.skipif(
-    not (ICT_DIR / TOPOLOGY_FILE).is_file(),
-    reason=f"ICT-FaceKit packaged files not found in {ICT_DIR} (shared data is absent on this machine)",
-)
+needs_ict = needs_reference_data(ICT_DIR / TOPOLOGY_FILE, "ICT-FaceKit packaged files (shared data)")
 FACE_END = 9409  # ICT's face region: vertices 0..9408 (``region_ranges`` of the topology file)
 EXPRESSIONS = ("neutral", "smile", "mouth_open")
 #: A small head pose per frame (degrees about x, y, z; metres), as a subject's drift.

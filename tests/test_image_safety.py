@@ -251,6 +251,21 @@ def test_truncated_jpeg_with_eoi_reappended_fails_the_deep_check(jpeg: bytes) ->
     assert check_image_bytes(jpeg, deep=True).format == "jpeg"
 
 
+def test_jpeg_corrupted_inside_its_scan_fails_only_the_deep_check(jpeg: bytes) -> None:
+    """Sixteen bytes of the entropy-coded data overwritten, length and markers intact: the structure
+    cannot see it, OpenCV decodes it with a warning, libjpeg-turbo in strict mode refuses it."""
+    sos = jpeg.index(b"\xff\xda")
+    scan_start = sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big")
+    middle = (scan_start + len(jpeg) - 2) // 2
+    garbage = np.random.default_rng(0).integers(0, 255, 16, dtype=np.uint8).tobytes()  # no 0xFF: no new marker
+    broken = jpeg[:middle] + garbage + jpeg[middle + 16 :]
+    assert len(broken) == len(jpeg) and broken != jpeg
+    assert check_image_bytes(broken).format == "jpeg"
+    assert cv2.imdecode(np.frombuffer(broken, np.uint8), cv2.IMREAD_COLOR) is not None
+    with pytest.raises(ImageCorrupt, match="does not decode.*Corrupt JPEG data"):
+        check_image_bytes(broken, deep=True)
+
+
 def test_truncated_jpeg_without_eoi_is_refused(jpeg: bytes) -> None:
     with pytest.raises(ImageCorrupt, match="truncated"):
         check_image_bytes(jpeg[: len(jpeg) // 2])

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from capture_schema.cameras import Camera, look_at
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, need_reference_data
 from fitting.point_bundle_adjustment import refine_cameras_and_points
 from fitting.triangulation import (
     error_summary,
@@ -388,8 +388,7 @@ def load_aniposelib_rig(directory: Path) -> tuple[list[Camera], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def mouse():
-    if not (MOUSE_DIR.is_dir() and any(MOUSE_DIR.glob("calibration_*.toml")) and any(MOUSE_DIR.glob("points_*.npz"))):
-        pytest.skip(f"real aniposelib data not found at {MOUSE_DIR} (shared reference data is not part of the repo)")
+    need_reference_data(MOUSE_DIR / "reference_linear_triangulation.json", "real aniposelib rig data (shared data)")
     cams, p2d = load_aniposelib_rig(MOUSE_DIR)
     reference = json.loads((MOUSE_DIR / "reference_linear_triangulation.json").read_text())
     return cams, p2d, reference
