@@ -16,14 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+from capture_schema import derived_layout as layout
 
 DEMO = Path("workspace_data/derived")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prior", type=Path, default=DEMO / "prior" / "anchored" / "checkpoint.pt")
-    parser.add_argument("--index", type=Path, default=DEMO / "dataset" / "index.parquet")
+    parser.add_argument("--prior", type=Path, default=DEMO / layout.prior_checkpoint("anchored"))
+    parser.add_argument("--index", type=Path, default=DEMO / layout.INDEX)
     parser.add_argument("--subject", help="held-out subject (default: the first of the test split)")
     parser.add_argument("--k", type=int, default=3)
     args = parser.parse_args()

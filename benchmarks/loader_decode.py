@@ -36,6 +36,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset
 
+from capture_schema import derived_layout as layout
 from training.loader import build_dataset, make_loader, scale_intrinsics, train_size
 
 BATCH = 8
@@ -51,7 +52,7 @@ def write_session_shards(session_dir: Path, calibration_json: Path, out_root: Pa
     if info is None:
         raise ValueError(f"{session_dir}: {problems}")
     cameras = read_calibration(calibration_json).cameras
-    folder = out_root / "shards" / info.session_id
+    folder = out_root / layout.shards_dir(info.session_id)
     folder.mkdir(parents=True, exist_ok=True)
     samples, loose = [], []
     for expression in info.expressions:
@@ -78,7 +79,7 @@ def write_session_shards(session_dir: Path, calibration_json: Path, out_root: Pa
             loose.append(path)
     urls = []
     for n, start in enumerate(range(0, len(samples), max_samples)):
-        name = f"{info.session_id}-{n:06d}.tar"
+        name = layout.shard_name(info.session_id, n)
         tmp = folder / f".{name}.tmp"
         with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0, user="o2a", group="o2a", mode=0o444) as writer:
             for sample in samples[start:start + max_samples]:

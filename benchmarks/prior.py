@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from capture_schema import derived_layout as layout
 
-DEMO_INDEX = Path("workspace_data/derived/dataset/index.parquet")
+DEMO_INDEX = Path("workspace_data/derived") / layout.INDEX
 
 
 def simulated_index(root: Path) -> Path:
@@ -37,7 +38,7 @@ def simulated_index(root: Path) -> Path:
     run_all_sessions(instance, CapturesResource(root=str(sim.captures_root)), storage, log=lambda _: None,
                      log_level="WARNING")
     build_dataset_index(instance, storage, log=lambda _: None, log_level="WARNING")
-    return root / "derived" / "dataset" / "index.parquet"
+    return root / "derived" / layout.INDEX
 
 
 def run(backbone: str, iterations: int, frames: int, index: Path, out: Path) -> dict[str, float]:

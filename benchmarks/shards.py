@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from capture_schema import derived_layout as layout
 from capture_schema.calibration_file import Calibration, read_calibration
 from capture_schema.ingest import ingest_session
 from capture_schema.storage import Storage
@@ -157,7 +158,7 @@ def part_b_loader_throughput(sessions: list[BenchSession], shards_dir: Path, res
     spec.loader.exec_module(loader_decode)
     cv2.setNumThreads(1)  # one core per image on both sides; parallelism comes from workers
     torch.set_num_threads(1)
-    urls = sorted(str(p) for p in shards_dir.rglob("*.tar"))
+    urls = sorted(str(p) for p in shards_dir.rglob(f"*{layout.SHARD_SUFFIX}"))
     from capture_schema.session import read_session
     from fitting.landmarks import session_image_path
 
@@ -176,7 +177,7 @@ def part_b_loader_throughput(sessions: list[BenchSession], shards_dir: Path, res
     # the loader then decodes that small PNG instead of the full original (identical pixels).
     train_dir = shards_dir.parent / "train_shards"
     write_ours(sessions, train_dir, ShardConfig(train_resolution=resolution, masks=False))
-    urls = sorted(str(p) for p in train_dir.rglob("*.tar"))
+    urls = sorted(str(p) for p in train_dir.rglob(f"*{layout.SHARD_SUFFIX}"))
     r = loader_decode.loader_throughput(urls, loose, resolution, repeat=repeat)
     for w in (0, 2):
         print(f"ratio shards with train members / loose, {w} workers : {r[f'ratio_w{w}']:.2f} wall, "

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from capture_schema.atomic import atomic_directory
+from capture_schema.derived_layout import ZARR_METADATA_FILE
 
 
 def write_array_group(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
@@ -44,8 +45,8 @@ def read_array_group(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
     import zarr
 
     path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"{path} is not a zarr v3 group (no zarr.json)")
+    if not (path / ZARR_METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a zarr v3 group (no {ZARR_METADATA_FILE})")
     group = zarr.open_group(str(path), mode="r", zarr_format=3)
     arrays = {name: np.asarray(arr[...]) for name, arr in group.arrays()}
     return arrays, dict(group.attrs)

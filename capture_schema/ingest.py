@@ -1,11 +1,9 @@
 """Ingest one session: validate, hash, and record its manifest (or quarantine it).
 
-Layout under the storage root::
-
-    ingest/<session_id>/manifest.parquet   images that passed their own checks
-    ingest/<session_id>/problems.parquet   every problem found (empty when valid)
-    ingest/<session_id>/summary.json       counts and the valid flag
-    quarantine/<session_id>.json           present only while the session is invalid
+Written under the storage root (paths from ``capture_schema.derived_layout``): the
+manifest of the images that passed their own checks, every problem found (empty when
+valid), a summary (counts and the valid flag), and a quarantine record present only
+while the session is invalid.
 
 A quarantined session keeps its manifest and problems: nothing is dropped, and
 it is released automatically the next time it validates cleanly.
@@ -18,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
 from capture_schema.layout import is_valid_id
 from capture_schema.manifest import manifest_table, parquet_bytes, problems_table
@@ -37,19 +36,6 @@ class IngestResult:
     @property
     def valid(self) -> bool:
         return self.report.valid
-
-
-def manifest_relpath(session_id: str) -> str:
-    return f"ingest/{session_id}/manifest.parquet"
-
-
-def quarantine_relpath(session_id: str) -> str:
-    return f"quarantine/{session_id}.json"
-
-
-def captures_root_relpath() -> str:
-    """The listing of every captures-root entry and what it is (``capture_folders``)."""
-    return "ingest/captures_root.json"
 
 
 def summarize(report: ValidationReport, session_id: str) -> dict:
@@ -88,22 +74,23 @@ def ingest_session(
     report = validate_session(session_dir, deep=deep, progress=progress)
     subject_id = report.session.subject_id if report.session else ""
     summary = summarize(report, session_id)
-    changed = storage.write_if_changed(manifest_relpath(session_id), parquet_bytes(manifest_table(report, session_id, subject_id)))
-    problems_rel = f"ingest/{session_id}/problems.parquet"
-    changed |= storage.write_if_changed(problems_rel, parquet_bytes(problems_table(report, session_id)))
-    changed |= storage.write_if_changed(f"ingest/{session_id}/summary.json", canonical_json(summary).encode())
+    changed = storage.write_if_changed(layout.manifest(session_id),
+                                       parquet_bytes(manifest_table(report, session_id, subject_id)))
+    changed |= storage.write_if_changed(layout.session_problems(session_id),
+                                        parquet_bytes(problems_table(report, session_id)))
+    changed |= storage.write_if_changed(layout.ingest_summary(session_id), canonical_json(summary).encode())
     quarantine_uri = None
     if report.valid:
-        storage.delete(quarantine_relpath(session_id))
+        storage.delete(layout.quarantine(session_id))
     else:
         record = {**summary, "problems": report.to_dict()["problems"], "session_dir": session_dir.name}
-        storage.write_if_changed(quarantine_relpath(session_id), canonical_json(record).encode())
-        quarantine_uri = storage.uri(quarantine_relpath(session_id))
+        storage.write_if_changed(layout.quarantine(session_id), canonical_json(record).encode())
+        quarantine_uri = storage.uri(layout.quarantine(session_id))
     return IngestResult(
         session_id=session_id,
         report=report,
-        manifest_uri=storage.uri(manifest_relpath(session_id)),
-        problems_uri=storage.uri(problems_rel),
+        manifest_uri=storage.uri(layout.manifest(session_id)),
+        problems_uri=storage.uri(layout.session_problems(session_id)),
         quarantine_uri=quarantine_uri,
         changed=changed,
     )

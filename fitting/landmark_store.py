@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from capture_schema.array_store import read_array_group, write_array_group
+from capture_schema.derived_layout import ZARR_METADATA_FILE
 from fitting.landmarks import N_LANDMARKS, SessionLandmarks
 
 FORMAT = "o2a.landmarks/1"
@@ -52,8 +53,9 @@ def write_landmarks_zarr(landmarks: SessionLandmarks, path: str | os.PathLike[st
 def read_landmarks_zarr(path: str | os.PathLike[str]) -> SessionLandmarks:
     """Read a store written by ``write_landmarks_zarr``."""
     path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise LandmarkStoreError(f"{path}: no landmark store here (zarr.json missing); run landmark detection first")
+    if not (path / ZARR_METADATA_FILE).is_file():
+        raise LandmarkStoreError(f"{path}: no landmark store here ({ZARR_METADATA_FILE} missing); "
+                                 "run landmark detection first")
     try:
         arrays, attrs = read_array_group(path)
         if attrs.get("format") != FORMAT:

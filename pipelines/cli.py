@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from capture_schema import derived_layout as layout
 from pipelines.cli_ablation import add_ablation_commands
 from pipelines.cli_errors import command_name, os_error_message
 from pipelines.cli_prior import add_prior_commands
@@ -179,10 +180,11 @@ def cmd_landmarks(args: argparse.Namespace) -> int:
     except LandmarkInputError as exc:
         print(f"o2a landmarks: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    write_landmarks_zarr(found, out / "landmarks.zarr")
-    atomic_write_bytes(out / "summary.parquet", parquet_bytes(landmark_summary_table(found)))
+    zarr_path, summary_path = out / layout.LANDMARKS_ZARR, out / layout.LANDMARKS_SUMMARY_FILE
+    write_landmarks_zarr(found, zarr_path)
+    atomic_write_bytes(summary_path, parquet_bytes(landmark_summary_table(found)))
     n, total = int(found.detected.sum()), found.detected.size
-    print(f"{found.session_id}: face found in {n}/{total} images -> {out}/landmarks.zarr, {out}/summary.parquet")
+    print(f"{found.session_id}: face found in {n}/{total} images -> {zarr_path}, {summary_path}")
     for e, c in zip(*(~found.detected).nonzero()):
         print(f"  no face: {found.expressions[e]}/{found.cameras[c]}")
     return EXIT_OK if n else EXIT_INVALID
@@ -214,18 +216,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
             landmarks = read_landmarks_zarr(args.landmarks)
         else:
             landmarks = _detect_session_with_bar(session_dir, args.workers, True)
-            write_landmarks_zarr(landmarks, out / "landmarks.zarr")
+            write_landmarks_zarr(landmarks, out / layout.LANDMARKS_ZARR)
         result = fit_session(model, landmarks, calibration)
     except (OSError, ValueError, LandmarkInputError, FitInputError) as exc:
         print(f"o2a fit: {exc}", file=sys.stderr)
         return EXIT_INVALID
     fit = result.fit
-    write_session_fit(result, out / "fit.zarr")
-    atomic_write_bytes(out / "views.parquet", parquet_bytes(fit_views_table(result)))
+    write_session_fit(result, out / layout.FIT_ZARR)
+    atomic_write_bytes(out / layout.FIT_VIEWS_FILE, parquet_bytes(fit_views_table(result)))
     overlay, _, _ = session_overlay(result, session_dir, calibration.cameras, landmarks, model.faces)
     if overlay is not None:
         ok, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-        atomic_write_bytes(out / "overlay.png", png.tobytes())
+        atomic_write_bytes(out / layout.FIT_OVERLAY_FILE, png.tobytes())
     used = fit.view_status == "used"
     print(f"{result.session_id}: {model.name} fitted to {int(used.sum())} views of "
           f"{int((fit.frame_status != 'not_fitted').sum())}/{len(fit.frame_status)} frames; "
@@ -357,9 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit the morphable model to a session (landmarks detected unless given)")
     p.add_argument("session_dir")
-    p.add_argument("--calibration", required=True, help="calibration.json of the session's rig")
-    p.add_argument("--out", required=True, help="output folder: fit.zarr, views.parquet, overlay.png")
-    p.add_argument("--landmarks", help="landmarks.zarr from `o2a landmarks` (default: detect now)")
+    p.add_argument("--calibration", required=True, help=f"{layout.CALIBRATION_FILE} of the session's rig")
+    p.add_argument("--out", required=True, help=f"output folder: {layout.FIT_ZARR}, {layout.FIT_VIEWS_FILE}, "
+                                                f"{layout.FIT_OVERLAY_FILE}")
+    p.add_argument("--landmarks", help=f"{layout.LANDMARKS_ZARR} from `o2a landmarks` (default: detect now)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--model", default="builtin", choices=("builtin", "ict", "flame"))
     p.add_argument("--model-path", help="ICT-FaceKit npz folder or FLAME .pkl")

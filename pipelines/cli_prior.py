@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from capture_schema import derived_layout as layout
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2  # the same as pipelines.cli
 DEFAULT_EVAL_FRAMES = 24
 _KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false"}
@@ -98,7 +100,7 @@ def _read_index(spec: str):
             return pq.read_table(io.BytesIO(fh.read()))
     path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
     if not path.is_file():
-        raise UsageError(f"no dataset index at {path} (the dataset_index asset writes dataset/index.parquet)")
+        raise UsageError(f"no dataset index at {path} (the dataset_index asset writes {layout.INDEX})")
     return pq.read_table(path)
 
 
@@ -239,8 +241,8 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
     t = psub.add_parser("train", help="train (or resume) the avatar prior on the index's train split",
                         description="Under torchrun (--nproc_per_node=N -m pipelines.cli prior train ...) every "
                                     "process trains on its share of the shards (NCCL on GPUs, gloo on CPU).")
-    t.add_argument("--index", required=True, help="dataset/index.parquet (path or URL)")
-    t.add_argument("--out", required=True, help="output folder: checkpoint.pt (resumed when it matches)")
+    t.add_argument("--index", required=True, help=f"{layout.INDEX} (path or URL)")
+    t.add_argument("--out", required=True, help=f"output folder: {layout.CHECKPOINT_FILE} (resumed when it matches)")
     t.add_argument("--preset", default="cpu", choices=("cpu", "gpu"), help="starting configuration")
     t.add_argument("--backbone", choices=("anchored", "triplane"), help="default: the preset's (anchored)")
     t.add_argument("--iterations", type=int, help="optimisation steps (default: the preset's)")
@@ -251,8 +253,9 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_prior_train)
 
     e = psub.add_parser("eval", help="render whole frames with a trained prior and print their PSNR")
-    e.add_argument("--checkpoint", required=True, help="checkpoint.pt of `o2a prior train` or the avatar_prior asset")
-    e.add_argument("--index", required=True, help="dataset/index.parquet (path or URL)")
+    e.add_argument("--checkpoint", required=True,
+                   help=f"{layout.CHECKPOINT_FILE} of `o2a prior train` or the avatar_prior asset")
+    e.add_argument("--index", required=True, help=f"{layout.INDEX} (path or URL)")
     e.add_argument("--split", default="train", help="index split whose frames are scored (subjects with a code)")
     e.add_argument("--frames", type=int, default=DEFAULT_EVAL_FRAMES, help="frames to score, in shard order (0 = all)")
     _face_model_arguments(e)

@@ -160,6 +160,7 @@ def prior_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """
     import dagster as dg
 
+    from capture_schema import derived_layout as layout
     from capture_simulator.simulate import simulate_dataset
     from pipelines.resources import CapturesResource, StorageResource
     from pipelines.runner import build_dataset_index, run_all_sessions
@@ -171,7 +172,7 @@ def prior_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = run_all_sessions(instance, captures, storage, log_level="WARNING", log=lambda _: None)
     assert all(r.success and not r.failed_checks for r in runs), runs
     assert build_dataset_index(instance, storage, log_level="WARNING", log=lambda _: None)
-    return {"captures": sim.captures_root, "storage": storage.url, "index": root / "derived" / "dataset" / "index.parquet",
+    return {"captures": sim.captures_root, "storage": storage.url, "index": root / "derived" / layout.INDEX,
             "instance": instance, "ground_truth": sim.ground_truth_root}
 
 

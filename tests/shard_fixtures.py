@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import webdataset as wds
 
+from capture_schema import derived_layout as layout
+
 FORMAT = "o2a.shard/1"
 
 
@@ -66,7 +68,7 @@ def write_shards(
     urls, keys, cells, shard_of = [], [], {}, {}
     for s in range(n_subjects):
         subject, session = f"subj{s:02d}", f"sess{s:02d}"
-        folder = root / "shards" / session
+        folder = root / layout.shards_dir(session)
         folder.mkdir(parents=True, exist_ok=True)
         samples = []
         for e in range(n_expressions):
@@ -110,7 +112,7 @@ def write_shards(
                 cells[key] = (subject, camera, expression)
         index = []
         for n, start in enumerate(range(0, len(samples), max_samples)):
-            name = f"{session}-{n:06d}.tar"
+            name = layout.shard_name(session, n)
             tmp = folder / f".{name}.tmp"
             with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0, user="o2a", group="o2a", mode=0o444) as writer:
                 for sample in samples[start:start + max_samples]:
@@ -121,6 +123,6 @@ def write_shards(
                           "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
             urls.append(str(folder / name))
             shard_of.update({sample["__key__"]: urls[-1] for sample in samples[start:start + max_samples]})
-        (folder / "shards.json").write_text(json.dumps({"shards": index, "config": {"max_samples": max_samples}},
-                                                       sort_keys=True))
+        (folder / layout.SHARDS_INDEX_FILE).write_text(
+            json.dumps({"shards": index, "config": {"max_samples": max_samples}}, sort_keys=True))
     return ShardSet(urls, keys, cells, shard_of)

@@ -19,6 +19,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from capture_schema import derived_layout as layout
 from pipelines.assets.ablation import build_ablation_assets
 from pipelines.cli import main
 from pipelines.resources import FaceModelResource, StorageResource
@@ -96,12 +97,12 @@ def ablation_run(prior_pipeline, tmp_path_factory: pytest.TempPathFactory) -> di
     spec_path = _pair_spec(tmp_path_factory.mktemp("spec"))
     spec = parse_spec(spec_path.read_text(), str(spec_path))
     root = tmp_path_factory.mktemp("ablation")
-    (root / "shards").symlink_to(Path(prior_pipeline["storage"][len("file://"):]) / "shards")
-    (root / "dataset").symlink_to(Path(prior_pipeline["storage"][len("file://"):]) / "dataset")
+    for folder in (layout.SHARDS, layout.DATASET):
+        (root / folder).symlink_to(Path(prior_pipeline["storage"][len("file://"):]) / folder)
     lines: list[str] = []
     assert run_ablation(dg.DagsterInstance.ephemeral(), StorageResource(url=f"file://{root}"), spec,
                         log=lines.append, log_level="WARNING"), lines
-    table = pd.read_parquet(root / "ablations" / "report.parquet")
+    table = pd.read_parquet(root / layout.ABLATIONS_TABLE)
     return {"root": root, "table": table, "spec": spec, "log": lines}
 
 
@@ -116,11 +117,11 @@ def test_balanced_beats_identity_only_at_equal_budget(ablation_run) -> None:
 def test_each_configuration_trains_on_exactly_its_subset(ablation_run) -> None:
     root = ablation_run["root"]
     for name in PAIR:
-        subset = json.loads((root / "ablations" / name / "subset.json").read_text())
-        report = json.loads((root / "ablations" / name / "prior" / "report.json").read_text())
+        subset = json.loads((root / layout.ablation_subset(name)).read_text())
+        report = json.loads((root / layout.ablation_prior_report(name)).read_text())
         assert len(subset["keys"]) == 8 and report["data"]["images"] == 8
         assert report["data"]["subjects"] == {"balanced": 2, "identity_only": 8}[name]
-    identity_only = json.loads((root / "ablations" / "identity_only" / "subset.json").read_text())
+    identity_only = json.loads((root / layout.ablation_subset("identity_only")).read_text())
     assert all(k.endswith("/neutral/mid_C00") for k in identity_only["keys"])
 
 
@@ -129,10 +130,10 @@ def test_report_compares_configurations_in_html_parquet_and_metadata(ablation_ru
     assert list(dict.fromkeys(table["configuration"])) == list(PAIR) and sorted(table["k"].unique()) == [1, 3]
     assert {"psnr_mean", "ssim_mean", "ssim_mask_mean", "train_seconds", "train_steps", "psnr_vs_best"} <= set(table)
     assert (table["train_steps"] == 400).all() and (table["train_seconds"] > 0).all()
-    html = (root / "ablations" / "report.html").read_text()
+    html = (root / layout.ABLATIONS_REPORT).read_text()
     images = [attrs["src"] for tag, attrs in parse(html).tags if tag == "img"]
     assert len(images) == 1 and decode_uri(images[0]).std() > 0
-    markdown = (root / "ablations" / "report.md").read_text()
+    markdown = (root / layout.ABLATIONS / layout.ABLATION_MARKDOWN_FILE).read_text()
     for name in PAIR:
         assert name in html and name in markdown
     for k in (1, 3):  # the margins: balanced leads, identity-only is that far behind
@@ -178,17 +179,21 @@ configurations:
 """
     spec = parse_spec(spec_text, "tiny.yaml")
     url, fs = "memory://o2a-ablation-test/derived", fsspec.filesystem("memory")
-    fs.pipe_file("/o2a-ablation-test/derived/dataset/index.parquet", Path(prior_pipeline["index"]).read_bytes())
+    root = "/o2a-ablation-test/derived"
+    fs.pipe_file(f"{root}/{layout.INDEX}", Path(prior_pipeline["index"]).read_bytes())
     lines: list[str] = []
     try:
         assert run_ablation(dg.DagsterInstance.ephemeral(), StorageResource(url=url), spec, log=lines.append,
                             log_level="WARNING"), lines
-        found = sorted(p.split("/derived/ablations/", 1)[1] for p in fs.find("/o2a-ablation-test/derived/ablations"))
-        assert {"tiny/subset.json", "tiny/prior/checkpoint.pt", "tiny/prior/report.json", "tiny/fewshot/report.html",
-                "tiny/fewshot/scores.parquet", "report.html", "report.parquet", "report.md", "report.png"} <= set(found)
-        table = pd.read_parquet(io.BytesIO(fs.cat_file("/o2a-ablation-test/derived/ablations/report.parquet")))
+        found = {p[len(root) + 1:] for p in fs.find(f"{root}/{layout.ABLATIONS}")}
+        assert {layout.ablation_subset("tiny"), layout.ablation_prior_checkpoint("tiny"),
+                layout.ablation_prior_report("tiny"), layout.ablation_fewshot_report("tiny"),
+                layout.ablation_scores("tiny"), layout.ABLATIONS_REPORT, layout.ABLATIONS_TABLE,
+                *(layout.join(layout.ABLATIONS, n) for n in (layout.ABLATION_MARKDOWN_FILE, layout.ABLATION_PLOT_FILE))
+                } <= found
+        table = pd.read_parquet(io.BytesIO(fs.cat_file(f"{root}/{layout.ABLATIONS_TABLE}")))
         assert table[["configuration", "k", "frames", "train_steps"]].values.tolist() == [["tiny", 1, 2, 6]]
-        assert any(f"{url}/ablations/report.html" in line for line in lines), lines
+        assert any(f"{url}/{layout.ABLATIONS_REPORT}" in line for line in lines), lines
         # An edited spec: the report refuses scores computed under the old settings, naming the configuration.
         edited = parse_spec(spec_text.replace("iterations: 6", "iterations: 7"), "tiny.yaml")
         result = dg.materialize(build_ablation_assets(edited)[3:], resources=_resources(url),

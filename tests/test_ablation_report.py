@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from capture_schema import derived_layout as layout
 from test_fewshot_report import decode_uri, parse
 from training.ablation.report import comparison_markdown, comparison_table, margins, write_ablation_report
 from training.ablation.spec import load_default_spec
@@ -69,7 +70,8 @@ def test_no_prior_scores_is_an_error() -> None:
 
 def test_written_report_is_self_contained_and_carries_the_margins(table: pd.DataFrame, tmp_path) -> None:
     paths = write_ablation_report(tmp_path, load_default_spec(), table)
-    assert {p.name for p in tmp_path.iterdir()} == {"report.parquet", "report.html", "report.png", "report.md"}
+    assert {p.name for p in tmp_path.iterdir()} == {layout.ABLATION_TABLE_FILE, layout.ABLATION_HTML_FILE,
+                                                    layout.ABLATION_PLOT_FILE, layout.ABLATION_MARKDOWN_FILE}
     assert pd.read_parquet(paths["table"]).equals(table)
     html = paths["html"].read_text()
     page = parse(html)

@@ -27,6 +27,7 @@ from scipy.spatial.transform import Rotation
 
 from conftest import need_reference_data
 from capture_schema.board import ChessboardSpec, write_board
+from capture_schema import derived_layout as layout
 from capture_schema.calibration_file import read_calibration
 from capture_schema.cameras import Camera
 from capture_schema.converters import read_colmap_model, read_transforms
@@ -280,25 +281,26 @@ def test_world_frame_residuals_and_colmap_agree(sim_result) -> None:
 
 def test_outputs_written_atomically_and_readable(sim_result, tmp_path, monkeypatch) -> None:
     out = write_calibration_outputs(sim_result, tmp_path / "calib_out")
-    assert sorted(p.name for p in out.iterdir()) == [
-        "calibration.json", "calibration_report.json", "colmap", "transforms.json"]
-    back = read_calibration(out / "calibration.json")
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        layout.CALIBRATION_FILE, layout.CALIBRATION_REPORT_FILE, layout.COLMAP_DIR, layout.TRANSFORMS_FILE])
+    back = read_calibration(out / layout.CALIBRATION_FILE)
     assert list(back.cameras) == list(sim_result.cameras)
     assert back.rmse_px == pytest.approx(sim_result.rmse_px)
-    colmap = read_colmap_model(out / "colmap")
-    nerf = read_transforms(out / "transforms.json")
+    colmap = read_colmap_model(out / layout.COLMAP_DIR)
+    nerf = read_transforms(out / layout.TRANSFORMS_FILE)
     for cam_id, cam in sim_result.cameras.items():
         for other in (back.cameras[cam_id], colmap[cam_id], nerf[cam_id]):
             assert np.allclose(other.K, cam.K) and np.allclose(other.dist, cam.dist, atol=1e-12)
             assert np.allclose(other.R, cam.R, atol=1e-9) and np.allclose(other.t, cam.t, atol=1e-9)
     import pycolmap
 
-    rec = pycolmap.Reconstruction(str(out / "colmap"))
+    rec = pycolmap.Reconstruction(str(out / layout.COLMAP_DIR))
+    assert sorted(p.name for p in (out / layout.COLMAP_DIR).iterdir()) == sorted(layout.COLMAP_TEXT_FILES)
     rec.update_point_3d_errors()
     inlier_mean = np.mean(np.concatenate([r.norms[r.norms <= 3.0] for r in sim_result.residuals.values()]))
     # (the text model rounds coordinates, hence 1 %; a wrong lens model would be far off)
     assert rec.compute_mean_reprojection_error() == pytest.approx(inlier_mean, rel=1e-2)
-    report = json.loads((out / "calibration_report.json").read_text())
+    report = json.loads((out / layout.CALIBRATION_REPORT_FILE).read_text())
     assert report["cameras"]["mid_C00"]["detection"]["n_images"] == N_POSES
     # Boards held at the head cover only the image centre: the report says the lens model is
     # extrapolated towards the image corners (a wild k2/k3 there is not caught by the RMSE).
@@ -534,7 +536,7 @@ def test_cli_meets_every_stereo_bar_with_reference_style_corners(tmp_path: Path)
     ref = json.loads((STEREO / "reference_opencv.json").read_text())
     out = tmp_path / "out"
     assert main(["calibrate", str(STEREO), "--out", str(out), "--subpix-window", "11", "--loss-scale", "3"]) == 0
-    calibration = read_calibration(out / "calibration.json")
+    calibration = read_calibration(out / layout.CALIBRATION_FILE)
     for cam_id in ("left", "right"):
         cam, r = calibration.cameras[cam_id], ref[cam_id]
         assert calibration.camera_rmse_px[cam_id] <= 1.1 * r["rms_px"]

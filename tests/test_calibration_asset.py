@@ -10,8 +10,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from capture_schema import derived_layout as layout
 from capture_schema.calibration_file import read_calibration
-from pipelines.assets.calibration import camera_calibration, session_pointer_relpath
+from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.ingest import session_manifest
 from capture_schema.layout import BOARD_FILE
 from pipelines.cli import main
@@ -51,12 +52,13 @@ def test_shared_calibration_is_computed_once(captures_root: Path, sim_dataset, t
         assert "| mid_C00 |" in mat.metadata["per_camera"].value
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks["rmse_within_threshold"] is True
-        pointers.append(json.loads((storage / session_pointer_relpath(key)).read_text()))
+        pointers.append(json.loads((storage / layout.calibration_pointer(key)).read_text()))
     assert reused == [False, True]
     assert pointers[0]["calibration"] == pointers[1]["calibration"]
-    calib_dir = storage / pointers[0]["calibration"]
-    assert {"calibration.json", "transforms.json", "colmap"} <= {p.name for p in calib_dir.iterdir()}
-    calibration = read_calibration(calib_dir / "calibration.json")
+    assert pointers[0]["calibration"] == layout.calibration_dir(pointers[0]["calibration_key"])
+    calib_dir = storage / layout.calibration_dir(pointers[0]["calibration_key"])
+    assert {layout.CALIBRATION_FILE, layout.TRANSFORMS_FILE, layout.COLMAP_DIR} <= {p.name for p in calib_dir.iterdir()}
+    calibration = read_calibration(storage / layout.calibration_file(pointers[0]["calibration_key"]))
     # The session's camera order is the rig order: its first camera is the world frame.
     assert list(calibration.cameras)[0] == "mid_C00"
     assert np.allclose(calibration.cameras["mid_C00"].R, np.eye(3)) and np.allclose(calibration.cameras["mid_C00"].t, 0)
@@ -82,7 +84,7 @@ def test_quarantined_session_is_not_calibrated(captures_root: Path, tmp_path: Pa
     storage = tmp_path / "derived"
     result = _run(instance, captures_root, storage, key)
     assert not result.success or not all(e.passed for e in result.get_asset_check_evaluations())
-    assert not (storage / session_pointer_relpath(key)).exists()
+    assert not (storage / layout.calibration_pointer(key)).exists()
     # Asked for on its own, the calibration refuses with a clear failure instead of using a bad session.
     alone = dg.materialize([camera_calibration], partition_key=key, instance=instance, raise_on_error=False,
                            resources={"captures": CapturesResource(root=str(captures_root)),
@@ -96,7 +98,7 @@ def test_cli_calibrate(captures_root: Path, tmp_path: Path, capsys) -> None:
     calib = sorted(captures_root.iterdir())[0] / "calibration"
     out = tmp_path / "out"
     assert main(["calibrate", str(calib), "--out", str(out)]) == 0
-    assert (out / "calibration.json").is_file() and "rmse" in capsys.readouterr().out
+    assert (out / layout.CALIBRATION_FILE).is_file() and "rmse" in capsys.readouterr().out
     broken = tmp_path / "broken"
     shutil.copytree(calib, broken)
     (broken / BOARD_FILE).write_text('{"type": "charuco", "squares_x": 7}')

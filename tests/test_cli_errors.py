@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from capture_schema import derived_layout as layout
 from conftest import need_reference_data
 
 from pipelines.cli import main
@@ -149,7 +150,7 @@ def test_calibrate_empty_camera_folder_is_named_not_dropped(capsys, tmp_path: Pa
     # Naming the cameras explicitly leaves the empty folder out, knowingly.
     code, stdout, err = _run(capsys, ["calibrate", str(calib), "--out", str(out), "--cameras", "left,right"])
     assert code == 0, err
-    assert json.loads((out / "calibration.json").read_text())["cameras"].keys() == {"left", "right"}
+    assert json.loads((out / layout.CALIBRATION_FILE).read_text())["cameras"].keys() == {"left", "right"}
 
 
 def test_calibrate_corrupt_board_image_is_reported_by_name(capsys, tmp_path: Path) -> None:
@@ -160,7 +161,7 @@ def test_calibrate_corrupt_board_image_is_reported_by_name(capsys, tmp_path: Pat
     code, stdout, err = _run(capsys, ["calibrate", str(calib), "--out", str(out)])
     assert code == 0, err
     assert "board found in 5/6 images" in stdout
-    report = json.loads((out / "calibration_report.json").read_text())
+    report = json.loads((out / layout.CALIBRATION_REPORT_FILE).read_text())
     for cam in ("left", "right"):
         detection = report["cameras"][cam]["detection"]
         assert detection["n_unreadable"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from capture_schema import derived_layout as layout
 from capture_schema.layout import DEFAULT_CAMERAS, DEFAULT_EXPRESSIONS
 from training.dataset_index import SessionShards, SplitRule, build_index, coverage_summary
 
@@ -12,10 +13,10 @@ from training.dataset_index import SessionShards, SplitRule, build_index, covera
 def _session(i: int, drop: tuple[str, ...] = (), per_shard: int = 100) -> SessionShards:
     sid = f"s{i:04d}_s01"
     keys = [f"{sid}/{e}/{c}" for e in DEFAULT_EXPRESSIONS for c in DEFAULT_CAMERAS if f"{e}/{c}" not in drop]
-    shards = [{"name": f"{sid}-{n:06d}.tar", "bytes": 1000 * len(keys[k:k + per_shard]), "sha256": "x",
+    shards = [{"name": layout.shard_name(sid, n), "bytes": 1000 * len(keys[k:k + per_shard]), "sha256": "x",
                "n_samples": len(keys[k:k + per_shard]), "keys": keys[k:k + per_shard]}
               for n, k in enumerate(range(0, len(keys), per_shard))]
-    return SessionShards(sid, f"s{i:04d}", f"file:///data/shards/{sid}", shards)
+    return SessionShards(sid, f"s{i:04d}", f"file:///data/{layout.shards_dir(sid)}", shards)
 
 
 def test_split_depends_only_on_the_subject_and_is_stable_when_subjects_are_added() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from capture_schema import derived_layout as layout
 from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
 from fitting.face_models.builtin import builtin_face_model
 from fitting.landmarks import read_landmarks_zarr
@@ -53,22 +54,22 @@ def test_landmark_and_fit_assets_materialise_with_checks(sim_dataset, tmp_path: 
 
     lm_meta = result.asset_materializations_for_node("face_landmarks")[0].metadata
     assert lm_meta["images"].value == 169 and lm_meta["faces_found"].value >= 160
-    landmarks = read_landmarks_zarr(storage / "landmarks" / key / "landmarks.zarr")
+    landmarks = read_landmarks_zarr(storage / layout.landmarks_zarr(key))
     assert landmarks.landmarks.shape == (13, 13, 478, 2)
-    assert pq.read_table(storage / "landmarks" / key / "summary.parquet").num_rows == 169
+    assert pq.read_table(storage / layout.landmarks_summary(key)).num_rows == 169
 
     meta = result.asset_materializations_for_node("face_fits")[0].metadata
     assert meta["model"].value == "builtin" and meta["median_view_rmse_px"].value < 4.0
     png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", meta["overlay"].value).group(1)
     assert base64.b64decode(png).startswith(b"\x89PNG")
-    fit = read_session_fit(storage / "face_fits" / key / "fit.zarr")
+    fit = read_session_fit(storage / layout.fit_zarr(key))
     truth = sim_ground_truth(sim_dataset, 1)
     floor_px = mean_reprojection_px(truth, best_in_span(builtin_face_model(), truth))  # the model's own limit
     assert np.linalg.norm(fit.fit.projected - truth["landmarks_2d"], axis=-1).mean() < floor_px + FIT_OVER_FLOOR_PX
-    views = pq.read_table(storage / "face_fits" / key / "views.parquet")
+    views = pq.read_table(storage / layout.fit_views(key))
     assert views.num_rows == 169 and set(views.column("view_status").to_pylist()) <= {
         "used", "outlier", "not_detected", "frame_not_fitted"}
-    assert (storage / "face_fits" / key / "overlay.png").stat().st_size > 1000
+    assert (storage / layout.fit_overlay(key)).stat().st_size > 1000
 
     # A face model that cannot be loaded fails the step with the reason, not a traceback.
     broken = dg.materialize(
@@ -115,7 +116,7 @@ def test_cli_fit_writes_the_fit_and_reports_bad_input(sim_dataset, sim_landmarks
     out = tmp_path / "fit"
     assert main(["fit", str(sim_dataset.captures_root / sid), "--calibration", str(calib),
                  "--landmarks", str(tmp_path / "lm.zarr"), "--out", str(out)]) == 0
-    assert {"fit.zarr", "views.parquet", "overlay.png"} <= {p.name for p in out.iterdir()}
+    assert {layout.FIT_ZARR, layout.FIT_VIEWS_FILE, layout.FIT_OVERLAY_FILE} <= {p.name for p in out.iterdir()}
     assert main(["fit", str(sim_dataset.captures_root / sid), "--calibration", str(tmp_path / "missing.json"),
                  "--landmarks", str(tmp_path / "lm.zarr"), "--out", str(tmp_path / "fit2")]) == 1
     assert main(["fit", str(sim_dataset.captures_root / sid), "--calibration", str(calib), "--model", "ict",

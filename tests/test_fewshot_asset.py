@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from capture_schema import derived_layout as layout
 from pipelines.assets.fewshot import fewshot_report
 from pipelines.resources import FaceModelResource, StorageResource
 from test_fewshot_report import decode_uri, parse
@@ -40,8 +41,8 @@ def fewshot_run(trained_prior, prior_pipeline) -> dict:
     result = materialise(prior_pipeline["instance"], prior_pipeline["storage"])
     assert result.success, [e.step_failure_data for e in result.get_step_failure_events()]
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("fewshot_report")[0].metadata.items()}
-    folder = trained_prior["storage_root"] / "fewshot" / "anchored"
-    scores = pd.read_parquet(folder / "scores.parquet")
+    folder = trained_prior["storage_root"] / layout.fewshot_dir("anchored")
+    scores = pd.read_parquet(trained_prior["storage_root"] / layout.fewshot_scores("anchored"))
     return {"metadata": metadata, "folder": folder, "scores": scores,
             "mean": scores.groupby(["condition", "method", "k"])["psnr"].mean()}
 
@@ -59,7 +60,7 @@ def test_every_method_k_and_condition_is_scored_on_the_same_frames(fewshot_run) 
     assert len(keys) == 13
     assert scores.groupby("key")["camera_id"].first().nunique() == 13  # the cover: every camera ...
     assert scores.groupby("key")["expression"].first().nunique() == 13  # ... and every expression
-    runs = json.loads((fewshot_run["folder"] / "runs.json").read_text())
+    runs = json.loads((fewshot_run["folder"] / layout.FEWSHOT_RUNS_FILE).read_text())
     inputs = {r["k"]: r["inputs"] for r in runs if r["condition"] == "estimated"}
     assert not set(inputs[5]) & set(keys)
     assert inputs[1][0].endswith("/neutral/mid_C00")  # frontal neutral first
@@ -94,7 +95,7 @@ def test_joint_geometry_beats_frozen_cameras_when_cameras_are_perturbed(fewshot_
     # measured on the off-span fixture: joint 17.54 dB, frozen 16.74 dB (+0.80), better on 0.69 of frames
     assert joint >= frozen + 0.5, f"joint {joint:.2f} dB vs frozen {frozen:.2f} dB"
     assert better >= 0.6
-    runs = json.loads((fewshot_run["folder"] / "runs.json").read_text())
+    runs = json.loads((fewshot_run["folder"] / layout.FEWSHOT_RUNS_FILE).read_text())
     [joint_run] = [r for r in runs if r["condition"] == "perturbed" and r["method"] == "prior"]
     assert 0.2 <= joint_run["camera_rotation_deg_max"] <= 3.0  # it turned the cameras, by about the error
 
@@ -116,7 +117,7 @@ def test_scores_rise_with_k(fewshot_run) -> None:
 
 
 def test_report_html_is_self_contained_with_every_image_decodable(fewshot_run) -> None:
-    html = (fewshot_run["folder"] / "report.html").read_text()
+    html = (fewshot_run["folder"] / layout.FEWSHOT_REPORT_FILE).read_text()
     tags = parse(html).tags
     images = [attrs["src"] for tag, attrs in tags if tag == "img"]
     # the plot, then per K (3 estimated + 1 perturbed) x 2 rows: K inputs + ground truth + each method
@@ -134,7 +135,8 @@ def test_report_html_is_self_contained_with_every_image_decodable(fewshot_run) -
 
 def test_metadata_has_summary_plot_and_link(fewshot_run) -> None:
     meta, folder = fewshot_run["metadata"], fewshot_run["folder"]
-    assert meta["report"].endswith("fewshot/anchored/report.html") and (folder / "report.html").is_file()
+    assert meta["report"].endswith(layout.fewshot_report("anchored"))
+    assert (folder / layout.FEWSHOT_REPORT_FILE).is_file()
     assert meta["summary"].count("\n") >= 14  # header + 14 (condition, method, K) rows
     assert meta["psnr_vs_k"].startswith("![PSNR vs K](data:image/png;base64,")
     assert decode_uri(meta["psnr_vs_k"][len("![PSNR vs K]("):-1]).std() > 0
@@ -149,7 +151,7 @@ def test_adapted_avatar_is_a_checkpoint_that_renders_its_scores(fewshot_run, pri
     from training.prior.evaluate import render_batch, target_images
     from training.prior.frames import collate_frames
 
-    path = fewshot_run["folder"] / "adapted" / "sim0011" / "estimated" / "k3" / "checkpoint.pt"
+    path = fewshot_run["folder"] / layout.ADAPTED_DIR / layout.adapted_checkpoint("sim0011", "estimated", 3)
     avatar, ckpt = load_prior(path)
     assert avatar.latents.num_embeddings == 1 and ckpt["subjects"] == ["sim0011"]
     assert len(ckpt["fewshot"]["inputs"]) == 3
@@ -184,18 +186,21 @@ def test_object_store_root_gets_every_file(trained_prior, prior_pipeline) -> Non
     import fsspec
 
     url, fs = "memory://o2a-fewshot-test/derived", fsspec.filesystem("memory")
-    fs.pipe_file("/o2a-fewshot-test/derived/dataset/index.parquet", Path(prior_pipeline["index"]).read_bytes())
-    fs.pipe_file("/o2a-fewshot-test/derived/prior/anchored/checkpoint.pt", trained_prior["checkpoint"].read_bytes())
+    root = "/o2a-fewshot-test/derived"
+    fs.pipe_file(f"{root}/{layout.INDEX}", Path(prior_pipeline["index"]).read_bytes())
+    fs.pipe_file(f"{root}/{layout.prior_checkpoint('anchored')}", trained_prior["checkpoint"].read_bytes())
     try:
         result = materialise(dg.DagsterInstance.ephemeral(), url, QUICK)
         assert result.success, failure_message(result)
-        found = sorted(p.split("/fewshot/anchored/", 1)[1] for p in fs.find("/o2a-fewshot-test/derived/fewshot"))
-        assert found == ["adapted/sim0011/estimated/k1/checkpoint.pt", "psnr_vs_k.png", "report.html", "runs.json",
-                         "scores.parquet", "summary.md"]
-        scores = pd.read_parquet(io.BytesIO(fs.cat_file("/o2a-fewshot-test/derived/fewshot/anchored/scores.parquet")))
+        folder = f"{root}/{layout.fewshot_dir('anchored')}/"
+        found = sorted(p.split(folder, 1)[1] for p in fs.find(f"{root}/{layout.FEWSHOT}"))
+        assert found == sorted([layout.join(layout.ADAPTED_DIR, layout.adapted_checkpoint("sim0011", "estimated", 1)),
+                                layout.FEWSHOT_PLOT_FILE, layout.FEWSHOT_REPORT_FILE, layout.FEWSHOT_RUNS_FILE,
+                                layout.FEWSHOT_SCORES_FILE, layout.FEWSHOT_SUMMARY_FILE])
+        scores = pd.read_parquet(io.BytesIO(fs.cat_file(f"{root}/{layout.fewshot_scores('anchored')}")))
         assert sorted(scores["method"].unique()) == ["prior", "scratch"] and len(scores) == 4
         meta = result.asset_materializations_for_node("fewshot_report")[0].metadata
-        assert meta["report"].value == f"{url}/fewshot/anchored/report.html"
+        assert meta["report"].value == f"{url}/{layout.fewshot_report('anchored')}"
         assert {"psnr_prior_k1", "psnr_scratch_k1"} <= set(meta)
     finally:
         fs.rm("/o2a-fewshot-test", recursive=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from capture_schema import derived_layout as layout
 from training.fewshot.report import (
     METHOD_LABELS,
     GridRow,
@@ -195,7 +196,8 @@ def test_write_report_files(tmp_path):
     scores, grids = make_scores(), make_grids()
     paths = write_report(tmp_path / "out", scores, grids, ["a note"], {"k": KS})
     assert set(paths) == {"scores", "html", "plot", "summary"}
-    assert {p.name for p in paths.values()} == {"scores.parquet", "report.html", "psnr_vs_k.png", "summary.md"}
+    assert {p.name for p in paths.values()} == {layout.FEWSHOT_SCORES_FILE, layout.FEWSHOT_REPORT_FILE,
+                                                layout.FEWSHOT_PLOT_FILE, layout.FEWSHOT_SUMMARY_FILE}
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
     pd.testing.assert_frame_equal(pd.read_parquet(paths["scores"]), scores, check_dtype=False)

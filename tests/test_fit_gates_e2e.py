@@ -22,6 +22,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from capture_schema import derived_layout as layout
 from conftest import SHARED_DATA, needs_reference_data
 from fitting.face_models.ict import TOPOLOGY_FILE
 
@@ -81,10 +82,10 @@ def test_out_of_span_face_passes_and_a_bumped_or_swapped_camera_is_quarantined(o
         n: (e.passed, {k: v.value for k, v in e.metadata.items()}) for n, e in checks.items()}
     assert {"grid_complete", "images_intact", "calibration_present", "rmse_within_threshold", "faces_found",
             "fit_within_detector_noise", "cameras_agree_with_fit"} <= set(checks)
-    assert (storage / "shards" / key / "shards.json").is_file()
+    assert (storage / layout.shards_index(key)).is_file()
 
-    pointer = json.loads((storage / "calibration_by_session" / f"{key}.json").read_text())
-    calibration_file = storage / pointer["calibration"] / "calibration.json"
+    pointer = json.loads((storage / layout.calibration_pointer(key)).read_text())
+    calibration_file = storage / layout.calibration_file(pointer["calibration_key"])
     good = calibration_file.read_bytes()
 
     def fit_with(calibration: dict):

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from capture_schema.ingest import manifest_relpath, quarantine_relpath
+from capture_schema import derived_layout as layout
 from capture_schema.tables import MANIFEST_SCHEMA
 from conftest import SIM_SIZE, tree_hashes
 from pipelines.assets.ingest import session_manifest
@@ -55,20 +55,20 @@ def test_valid_session_manifest(captures_root: Path, tmp_path: Path) -> None:
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"grid_complete": True, "images_intact": True, "calibration_present": True}
 
-    table = pq.read_table(storage / manifest_relpath(key))
+    table = pq.read_table(storage / layout.manifest(key))
     assert table.schema.equals(MANIFEST_SCHEMA, check_metadata=False)
     assert table.num_rows == 169
     row = table.slice(0, 1).to_pylist()[0]
     raw = (captures_root / key / row["relative_path"]).read_bytes()
     assert row["sha256"] == hashlib.sha256(raw).hexdigest() and row["bytes"] == len(raw)
     assert (row["width"], row["height"], row["format"]) == (SIM_SIZE, SIM_SIZE, "jpeg")
-    assert not (storage / quarantine_relpath(key)).exists()
+    assert not (storage / layout.quarantine(key)).exists()
 
     mat = result.asset_materializations_for_node("session_manifest")[0]
     assert mat.metadata["images"].value == 169 and mat.metadata["valid"].value is True
 
     # Re-running on unchanged input is a no-op in effect: same bytes, files not rewritten.
-    manifest = storage / manifest_relpath(key)
+    manifest = storage / layout.manifest(key)
     first_bytes, first_mtime = manifest.read_bytes(), manifest.stat().st_mtime_ns
     assert _materialize(instance, captures_root, storage, key).success
     assert manifest.read_bytes() == first_bytes and manifest.stat().st_mtime_ns == first_mtime
@@ -88,11 +88,11 @@ def test_invalid_session_is_quarantined_not_dropped(captures_root: Path, tmp_pat
     result = _materialize(instance, captures_root, storage, key)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"grid_complete": False, "images_intact": False, "calibration_present": True}
-    quarantine = storage / quarantine_relpath(key)
+    quarantine = storage / layout.quarantine(key)
     assert quarantine.exists()
     text = quarantine.read_text()
     assert "image_corrupt" in text and "image_missing" in text
-    assert pq.read_table(storage / manifest_relpath(key)).num_rows == 167  # the good images stay recorded
+    assert pq.read_table(storage / layout.manifest(key)).num_rows == 167  # the good images stay recorded
 
     # Fixing the session releases it from quarantine.
     for path, data in originals.items():
@@ -100,7 +100,7 @@ def test_invalid_session_is_quarantined_not_dropped(captures_root: Path, tmp_pat
     result = _materialize(instance, captures_root, storage, key)
     assert all(e.passed for e in result.get_asset_check_evaluations())
     assert not quarantine.exists()
-    assert pq.read_table(storage / manifest_relpath(key)).num_rows == 169
+    assert pq.read_table(storage / layout.manifest(key)).num_rows == 169
 
 
 def _sensor_context(instance, root: Path, cursor: str | None = None):
@@ -169,7 +169,7 @@ def test_run_all_sessions(captures_root: Path, tmp_path: Path) -> None:
 
     logged: list[str] = []
     assert build_dataset_index(instance, StorageResource(url=f"file://{tmp_path / 'derived'}"), log=logged.append)
-    index = pq.read_table(tmp_path / "derived" / "dataset" / "index.parquet").to_pandas()
+    index = pq.read_table(tmp_path / "derived" / layout.INDEX).to_pandas()
     assert len(index) == 169 * len(runs) and index.key.is_unique
     assert set(index.session_id) == {r.session_id for r in runs}
     for subject, split in index.groupby("subject_id").split.unique().items():

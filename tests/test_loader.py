@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import training.loader as loader_mod
+from capture_schema import derived_layout as layout
 from shard_fixtures import camera_dict, image_colour, write_shards
 from training.loader import (SampleFilter, build_dataset, collate_samples, make_loader, node_info,
                             train_size)
@@ -263,8 +264,9 @@ def test_memory_and_file_urls(tmp_path: Path) -> None:
     fs = fsspec.filesystem("memory")
     urls = []
     for i, path in enumerate(shards.urls):
-        fs.pipe(f"/o2a-test/shards/s-{i:06d}.tar", Path(path).read_bytes())
-        urls.append(f"memory://o2a-test/shards/s-{i:06d}.tar")
+        relpath = layout.join(layout.shards_dir("s"), layout.shard_name("s", i))
+        fs.pipe(f"/o2a-test/{relpath}", Path(path).read_bytes())
+        urls.append(f"memory://o2a-test/{relpath}")
     try:
         assert keys_of(build_dataset(urls, resolution=8)) == shards.keys
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_directory, atomic_write_bytes
 from capture_schema.captures_root import CALIBRATION, NOT_A_SESSION, SESSION, scan_captures_root
 from pipelines.cli import main
@@ -59,7 +60,7 @@ def test_pipeline_run_accounts_for_every_folder(mixed_root: Path, tmp_path: Path
     for name in ("bad.name", "notes", "README.txt", "pipe", "linked"):
         assert f"  {name}: NOT A SESSION (" in out
     assert "  rig_calibration: calibration (shared calibration folder of 1 session(s)" in out
-    listing = json.loads((tmp_path / "derived" / "ingest" / "captures_root.json").read_text())
+    listing = json.loads((tmp_path / "derived" / layout.CAPTURES_ROOT_LISTING).read_text())
     assert {e["name"] for e in listing} == {p.name for p in mixed_root.iterdir()}
 
 

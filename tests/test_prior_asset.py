@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 import torch
 
+from capture_schema import derived_layout as layout
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import avatar_prior
 from pipelines.cli import main
@@ -54,7 +55,7 @@ def run_messages(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult
 def quick(prior_pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A storage root and Dagster instance of their own, sharing the fixture's shards (symlinked), own index."""
     root = tmp_path_factory.mktemp("prior_quick")
-    (root / "shards").symlink_to(Path(prior_pipeline["storage"][len("file://"):]) / "shards")
+    (root / layout.SHARDS).symlink_to(Path(prior_pipeline["storage"][len("file://"):]) / layout.SHARDS)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(SESSIONS_PARTITION,
                                     prior_pipeline["instance"].get_dynamic_partitions(SESSIONS_PARTITION))
@@ -71,8 +72,9 @@ def test_avatar_prior_materialises_checkpoint_report_and_metadata(trained_prior)
     from training.prior.config import preset
 
     meta, ckpt_path = trained_prior["metadata"], trained_prior["checkpoint"]
-    folder = trained_prior["storage_root"] / "prior" / "anchored"
-    assert ckpt_path == folder / "checkpoint.pt" and ckpt_path.is_file()
+    root = trained_prior["storage_root"]
+    folder = root / layout.prior_dir("anchored")
+    assert ckpt_path == root / layout.prior_checkpoint("anchored") and ckpt_path.is_file()
     assert EXPECTED_METADATA <= set(meta)
     iterations = preset("cpu").iterations
     assert meta["steps"] == iterations and meta["backbone"] == "anchored"
@@ -81,8 +83,8 @@ def test_avatar_prior_materialises_checkpoint_report_and_metadata(trained_prior)
     assert math.isfinite(meta["psnr_train_rays"]) and math.isfinite(meta["psnr_heldin_frames"])
     assert "data:image/png;base64," in meta["curves"] and "| rays / s |" in meta["report"]
 
-    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = json.loads((folder / "report.json").read_text())
+    assert (folder / layout.PRIOR_CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((root / layout.prior_report("anchored")).read_text())
     assert report["steps"] == iterations and report["checkpoint"] == str(ckpt_path)
     assert report["config"] == preset("cpu").to_dict()
     assert report["evaluation"]["frames"] == 24
@@ -167,7 +169,7 @@ def test_runner_trains_the_prior_and_logs_one_line(quick) -> None:
                                                                              "eval_frames": 1}}}})
     assert ok and len(lines) == 1
     assert "held-in PSNR" in lines[0] and "2 steps" in lines[0]
-    assert str(quick["root"] / "prior" / "triplane" / "checkpoint.pt") in lines[0]
+    assert str(quick["root"] / layout.prior_checkpoint("triplane")) in lines[0]
 
     failed: list[str] = []
     assert not train_avatar_prior(quick["instance"], StorageResource(url=quick["url"]), log=failed.append,
@@ -188,13 +190,13 @@ def test_bad_input_fails_with_a_clear_message(prior_pipeline, tmp_path: Path) ->
     assert "'voxels'" in msg and "anchored, triplane" in msg
 
     index = pq.read_table(prior_pipeline["index"])
-    (tmp_path / "dataset").mkdir()
-    pq.write_table(index.filter(pc.not_equal(index["split"], "train")), tmp_path / "dataset" / "index.parquet")
+    (tmp_path / layout.DATASET).mkdir()
+    pq.write_table(index.filter(pc.not_equal(index["split"], "train")), tmp_path / layout.INDEX)
     msg = failure_message(materialise(instance, url, QUICK))
     assert "no 'train' samples" in msg and "validation: 169" in msg
-    (tmp_path / "dataset" / "index.parquet").write_bytes(b"not parquet")
+    (tmp_path / layout.INDEX).write_bytes(b"not parquet")
     assert "cannot be trained on" in failure_message(materialise(instance, url, QUICK))
-    assert not (tmp_path / "prior").exists() or not list((tmp_path / "prior").rglob("checkpoint.pt"))
+    assert not (tmp_path / layout.PRIOR).exists() or not list((tmp_path / layout.PRIOR).rglob(layout.CHECKPOINT_FILE))
 
 
 def test_definitions_have_the_prior_job() -> None:
@@ -212,10 +214,10 @@ def test_cli_prior_train_resume_and_eval(prior_pipeline, tmp_path: Path, capsys)
     args = ["prior", "train", "--index", index, "--out", str(out), "--iterations", "3", *TINY_SETS]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "3 steps" in printed and "PSNR on training rays" in printed and str(out / "checkpoint.pt") in printed
+    assert "3 steps" in printed and "PSNR on training rays" in printed and str(out / layout.CHECKPOINT_FILE) in printed
     from training.prior.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt = load_checkpoint(out / layout.CHECKPOINT_FILE)
     assert ckpt["step"] == 3 and ckpt["architecture"]["config"]["rays_per_image"] == 32
 
     assert main(args) == 0
@@ -224,13 +226,13 @@ def test_cli_prior_train_resume_and_eval(prior_pipeline, tmp_path: Path, capsys)
     assert main([*args[:6], "--iterations", "4", *TINY_SETS]) == 1  # another config: no silent restart
     assert "--no-resume" in capsys.readouterr().err
     assert main([*args[:6], "--iterations", "4", *TINY_SETS, "--no-resume"]) == 0
-    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    assert load_checkpoint(out / layout.CHECKPOINT_FILE)["step"] == 4
     capsys.readouterr()
 
-    assert main(["prior", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--index", index, "--frames", "2"]) == 0
+    checkpoint = str(out / layout.CHECKPOINT_FILE)
+    assert main(["prior", "eval", "--checkpoint", checkpoint, "--index", index, "--frames", "2"]) == 0
     assert "PSNR over 2 frames" in capsys.readouterr().out
-    assert main(["prior", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--index", index, "--split",
-                 "test"]) == 1
+    assert main(["prior", "eval", "--checkpoint", checkpoint, "--index", index, "--split", "test"]) == 1
     assert "few-shot adaptation" in capsys.readouterr().err
     assert main(["prior", "eval", "--checkpoint", str(tmp_path / "none.pt"), "--index", index]) == 2
 
@@ -264,16 +266,16 @@ def test_object_store_root_trains_in_a_copy_and_uploads(prior_pipeline) -> None:
 
     url = "memory://o2a-prior-test/derived"
     fs = fsspec.filesystem("memory")
-    fs.pipe_file("/o2a-prior-test/derived/dataset/index.parquet", Path(prior_pipeline["index"]).read_bytes())
+    fs.pipe_file(f"/o2a-prior-test/derived/{layout.INDEX}", Path(prior_pipeline["index"]).read_bytes())
     instance = dg.DagsterInstance.ephemeral()
     try:
         first = materialise(instance, url, QUICK)
-        assert first.success and metadata_of(first)["checkpoint"] == f"{url}/prior/anchored/checkpoint.pt"
-        names = sorted(Path(p).name for p in fs.find("/o2a-prior-test/derived/prior"))
-        assert names == ["checkpoint.pt", "curves.png", "report.json"]
+        assert first.success and metadata_of(first)["checkpoint"] == f"{url}/{layout.prior_checkpoint('anchored')}"
+        names = sorted(Path(p).name for p in fs.find(f"/o2a-prior-test/derived/{layout.PRIOR}"))
+        assert names == sorted([layout.CHECKPOINT_FILE, *layout.PRIOR_REPORT_FILES])
         again = materialise(instance, url, QUICK)  # the uploaded checkpoint is fetched and resumed
         assert again.success and metadata_of(again)["resumed_from"] == 4
-        assert sorted(Path(p).name for p in fs.find("/o2a-prior-test/derived/prior")) == names
+        assert sorted(Path(p).name for p in fs.find(f"/o2a-prior-test/derived/{layout.PRIOR}")) == names
     finally:
         fs.rm("/o2a-prior-test", recursive=True)
 
@@ -292,7 +294,7 @@ def test_cli_prior_train_under_torchrun_two_processes(prior_pipeline, tmp_path: 
     assert done.stdout.count("PSNR on training rays") == 1 and "over 2 process(es)" in done.stdout  # rank 0 only
     from training.prior.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt = load_checkpoint(out / layout.CHECKPOINT_FILE)
     assert ckpt["step"] == 3 and len(ckpt["positions"]) == 2
     assert main(args) == 1  # one process cannot resume what two wrote
     assert "2 process(es)" in capsys.readouterr().err

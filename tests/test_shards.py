@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from capture_schema import derived_layout as layout
 from capture_schema.ingest import ingest_session
 from capture_schema.storage import Storage
 from conftest import sim_ground_truth
@@ -135,7 +136,7 @@ def test_two_runs_give_identical_bytes_and_a_shorter_rerun_leaves_no_stale_shard
 
     again = _write(session, tmp_path / "a", ShardConfig(max_samples=100, train_resolution=64))
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
-        [s.name for s in again.shards] + ["shards.json"])
+        [s.name for s in again.shards] + [layout.SHARDS_INDEX_FILE])
     assert len(again.shards) == 2 and again.n_samples == 169
 
 
@@ -154,7 +155,7 @@ def test_interrupted_run_keeps_the_previous_set_intact(session, tmp_path: Path) 
     with pytest.raises(RuntimeError, match="interrupted"):
         write_session_shards(_failing(samples, 120), out, session["sid"], ShardConfig(max_samples=30))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .tmp left, old shards and index as they were
-    assert [s["name"] for s in json.loads((out / "shards.json").read_text())["shards"]] == [s.name for s in old.shards]
+    assert [s["name"] for s in json.loads((out / layout.SHARDS_INDEX_FILE).read_text())["shards"]] == [s.name for s in old.shards]
 
 
 KILLED_WRITER = textwrap.dedent("""
@@ -182,17 +183,17 @@ def test_killed_writer_leaves_no_visible_partial_shard(tmp_path: Path) -> None:
 
     assert run(45, -1) == 0
     before = {p.name: _sha(p) for p in out.iterdir()}
-    assert sorted(before) == [f"sess-{i:06d}.tar" for i in range(5)] + ["shards.json"]
+    assert sorted(before) == [layout.shard_name("sess", i) for i in range(5)] + [layout.SHARDS_INDEX_FILE]
     assert run(60, 35) == -9  # SIGKILL after three new shards were closed and while the fourth was open
     leftovers = sorted(p.name for p in out.glob(".*.tmp"))
-    assert leftovers == [f".sess-{i:06d}.tar.tmp" for i in range(4)]
+    assert leftovers == [f".{layout.shard_name('sess', i)}.tmp" for i in range(4)]
     assert {p.name: _sha(p) for p in out.iterdir() if not p.name.startswith(".")} == before
-    index = json.loads((out / "shards.json").read_text())
+    index = json.loads((out / layout.SHARDS_INDEX_FILE).read_text())
     assert all(_sha(out / s["name"]) == s["sha256"] for s in index["shards"])
-    assert all(inspect_shard(p).samples for p in sorted(out.glob("*.tar")))
+    assert all(inspect_shard(p).samples for p in sorted(out.glob(f"*{layout.SHARD_SUFFIX}")))
 
     assert run(60, -1) == 0  # the next run clears the temporaries
-    assert sorted(p.name for p in out.iterdir()) == [f"sess-{i:06d}.tar" for i in range(6)] + ["shards.json"]
+    assert sorted(p.name for p in out.iterdir()) == [layout.shard_name("sess", i) for i in range(6)] + [layout.SHARDS_INDEX_FILE]
 
 
 #: Head masks against the simulator's own head (face, skull and hair, ``render_face.head_mesh``):
@@ -300,7 +301,7 @@ def test_missing_image_is_skipped_and_reported(session, session_copy: Path, tmp_
         shard_set = _write(session, out, session_dir=session_copy, manifest=use_manifest)
         assert shard_set.n_samples == 168 and [s.key for s in shard_set.skipped] == [key]
         assert "missing" in shard_set.skipped[0].reason
-        assert json.loads((out / "shards.json").read_text())["skipped"][0]["key"] == key
+        assert json.loads((out / layout.SHARDS_INDEX_FILE).read_text())["skipped"][0]["key"] == key
         assert key not in _read_tars(shard_set.paths)[0]
 
 
@@ -387,17 +388,17 @@ def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
     assert not failed.success
     failure = failed.get_step_failure_events()[0].step_failure_data.user_failure_data.description
     assert "images/smile/up_L30.jpg changed since ingest" in failure, failure
-    assert not (storage / "shards" / key).exists()
+    assert not (storage / layout.shards_dir(key)).exists()
 
     image.write_bytes(original)
     result = materialize(chain[4:])
     assert result.success
     meta = result.asset_materializations_for_node("session_shards")[0].metadata
     assert (meta["shards"].value, meta["samples"].value, meta["skipped_samples"].value) == (2, 169, 0)
-    folder = storage / "shards" / key
-    assert meta["shards_json"].value == str(folder / "shards.json")
-    index = json.loads((folder / "shards.json").read_text())
-    assert [s["name"] for s in index["shards"]] == [f"{key}-000000.tar", f"{key}-000001.tar"]
+    folder = storage / layout.shards_dir(key)
+    assert meta["shards_json"].value == str(storage / layout.shards_index(key))
+    index = json.loads((storage / layout.shards_index(key)).read_text())
+    assert [s["name"] for s in index["shards"]] == [layout.shard_name(key, 0), layout.shard_name(key, 1)]
     for shard in index["shards"]:
         report = inspect_shard(folder / shard["name"])
         assert report.ok and len(report.samples) == shard["n_samples"]

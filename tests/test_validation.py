@@ -15,6 +15,7 @@ from typing import Callable
 import cv2
 import pytest
 
+from capture_schema import derived_layout as layout
 from capture_schema.problems import ProblemCode
 from capture_schema.validation import validate_session
 from conftest import tree_hashes
@@ -304,10 +305,10 @@ def test_relative_session_paths_name_the_folder(session_copy: Path, tmp_path: Pa
     storage = tmp_path / "derived"
     monkeypatch.chdir(session_copy)
     assert main(["ingest", ".", "--storage", f"file://{storage}"]) == 0
-    assert (storage / "ingest" / session_copy.name / "manifest.parquet").is_file()
+    assert (storage / layout.manifest(session_copy.name)).is_file()
     assert main(["ingest", f"{session_copy}/images/..", "--storage", f"file://{storage}"]) == 0
-    assert sorted(p.name for p in (storage / "ingest").iterdir()) == [session_copy.name]
-    assert not (storage / "manifest.parquet").exists() and not (storage / "quarantine").exists()
+    assert sorted(p.name for p in (storage / layout.INGEST).iterdir()) == [session_copy.name]
+    assert not (storage / layout.MANIFEST_FILE).exists() and not (storage / layout.QUARANTINE).exists()
     # A path whose folder name cannot be an id is refused before anything is written.
     badly_named = tmp_path / "sim 0001.v2"
     shutil.copytree(session_copy, badly_named)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_json
 from capture_schema.calibration_file import Calibration
 from capture_schema.image_check import ImageCorrupt, ImageLimits, check_image_bytes, read_capture_file
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # fitting.session_fit imports torch: not needed to write shar
     from fitting.session_fit import SessionFit
 
 SHARD_FORMAT = "o2a.shard/1"
-INDEX_FILE = "shards.json"
 TAR_USER = TAR_GROUP = "o2a"
 TAR_MODE = 0o444
 TAR_MTIME = 0
@@ -138,7 +138,7 @@ class ShardSet:
 
     @property
     def index_path(self) -> Path:
-        return self.out_dir / INDEX_FILE
+        return self.out_dir / layout.SHARDS_INDEX_FILE
 
     @property
     def paths(self) -> list[Path]:
@@ -394,7 +394,7 @@ def write_session_shards(samples: Iterable[ShardSample], out_dir: str | os.PathL
         raise ValueError(f"shard prefix {prefix!r} must match [A-Za-z0-9_-]+")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ours = re.compile(rf"^{re.escape(prefix)}-\d{{6}}\.tar$")
+    ours = re.compile(rf"^{layout.shard_name_regex(re.escape(prefix))}$")
     for path in out_dir.iterdir():  # temporaries of a killed run
         if path.name.startswith(".") and path.name.endswith(".tmp") and ours.match(path.name[1:-4]):
             path.unlink()
@@ -408,7 +408,7 @@ def write_session_shards(samples: Iterable[ShardSample], out_dir: str | os.PathL
                 closed.append((current, current.close()))
                 current = None
             if current is None:
-                current = _OpenShard(out_dir, f"{prefix}-{len(closed):06d}.tar")
+                current = _OpenShard(out_dir, layout.shard_name(prefix, len(closed)))
             current.write(sample, size)
             written += 1
             if progress is not None:
@@ -434,7 +434,7 @@ def write_session_shards(samples: Iterable[ShardSample], out_dir: str | os.PathL
         skipped = tuple(samples.skipped)
     index.update(n_samples=sum(s.n_samples for s in shards), shards=[s.to_dict() for s in shards],
                  config=asdict(config), skipped=[{"key": s.key, "reason": s.reason} for s in skipped])
-    atomic_write_json(out_dir / INDEX_FILE, index)
+    atomic_write_json(out_dir / layout.SHARDS_INDEX_FILE, index)
     names = {s.name for s in shards}
     for path in out_dir.iterdir():  # shards of an earlier, longer run
         if ours.match(path.name) and path.name not in names:

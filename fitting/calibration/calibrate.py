@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_directory, atomic_write_json
 from capture_schema.board import BoardSpec, board_to_dict
 from capture_schema.calibration_file import Calibration, write_calibration
@@ -67,11 +68,6 @@ MAX_CAMERA_RMSE_PX = 2.0
 MAX_OUTLIER_FRACTION = 0.2
 #: Below this corner_radius_fraction the report warns that the lens model is extrapolated.
 COVERAGE_WARNING = 0.7
-
-CALIBRATION_FILE = "calibration.json"
-COLMAP_DIR = "colmap"
-TRANSFORMS_FILE = "transforms.json"
-REPORT_FILE = "calibration_report.json"
 
 
 @dataclass
@@ -307,11 +303,11 @@ def write_calibration_outputs(result: CalibrationResult, out_dir: str | os.PathL
                                  str(out_dir))
     points, observations = _colmap_points(result)
     with atomic_directory(out_dir) as tmp:
-        write_calibration(tmp / CALIBRATION_FILE, result.calibration)
-        write_colmap_model(result.cameras, tmp / COLMAP_DIR, points3d=points, observations=observations)
-        _check_colmap_written(tmp / COLMAP_DIR, len(result.cameras), len(points))
-        write_transforms(tmp / TRANSFORMS_FILE, result.cameras)
-        atomic_write_json(tmp / REPORT_FILE, result.report(timings=False))
+        write_calibration(tmp / layout.CALIBRATION_FILE, result.calibration)
+        write_colmap_model(result.cameras, tmp / layout.COLMAP_DIR, points3d=points, observations=observations)
+        _check_colmap_written(tmp / layout.COLMAP_DIR, len(result.cameras), len(points))
+        write_transforms(tmp / layout.TRANSFORMS_FILE, result.cameras)
+        atomic_write_json(tmp / layout.CALIBRATION_REPORT_FILE, result.report(timings=False))
     return out_dir
 
 

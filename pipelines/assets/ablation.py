@@ -3,7 +3,7 @@
 The configurations come from the ablation spec (``training/ablation/default.yaml``,
 or the file named by ``O2A_ABLATION_SPEC``), read when the code location loads:
 each becomes a static partition, so editing the file adds or removes partitions
-without touching code. Per partition, under ``ablations/<name>/``:
+without touching code. Per partition, under ``derived_layout.ablation_dir(name)``:
 
 - ``ablation_subset``: ``subset.json``, the configuration's images of the train
   split (``select_budget``; a budget the data cannot meet fails naming what is missing);
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes, canonical_json
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import should_resume
@@ -35,17 +36,11 @@ from pipelines.resources import FaceModelResource, StorageResource
 from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
 
 SPEC_ENV = "O2A_ABLATION_SPEC"
-ABLATIONS_RELPATH = "ablations"
-SETTINGS_NAME = "settings.json"  # beside a configuration's few-shot scores: what they were computed under
 
 
 def spec_from_environment() -> AblationSpec:
     """The spec named by ``O2A_ABLATION_SPEC``, else the checked-in default."""
     return load_spec(os.environ.get(SPEC_ENV) or DEFAULT_SPEC)
-
-
-def configuration_relpath(name: str) -> str:
-    return f"{ABLATIONS_RELPATH}/{name}"
 
 
 def _settings(configuration: dict) -> dict:
@@ -79,7 +74,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             raise dg.Failure(str(exc)) from None
         body = {"configuration": config.to_dict(), "spec": spec.source, "spec_digest": spec.digest,
                 "subset": subset.to_dict(), "keys": list(subset.keys)}
-        target = f"{configuration_relpath(config.name)}/subset.json"
+        target = layout.ablation_subset(config.name)
         store.write_bytes(target, canonical_json(body).encode())
         per_identity = "\n".join(["| identity | views | expressions |", "|---|---|---|"] + [
             f"| {s} | {', '.join(subset.views[s])} | {', '.join(subset.expressions[s])} |" for s in subset.identities])
@@ -93,13 +88,12 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
                        face_model: FaceModelResource) -> dg.MaterializeResult:
         """An avatar prior trained on exactly the configuration's subset (the spec's preset)."""
         from training.loader import SampleFilter
-        from training.prior.checkpoint import CHECKPOINT_NAME
         from training.prior.dataset import prior_data_from_index
         from training.prior.train import train_prior
 
         config = spec.get(context.partition_key)
         store = storage.storage()
-        subset_path = f"{configuration_relpath(config.name)}/subset.json"
+        subset_path = layout.ablation_subset(config.name)
         require(store, subset_path, "subset", "ablation_subset")
         keys = json.loads(store.read_bytes(subset_path))["keys"]
         data = prior_data_from_index(read_index(store), "train", SampleFilter(keys=frozenset(keys)))
@@ -108,7 +102,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
                              "rematerialise ablation_subset on the current dataset index")
         model = load_face_model(face_model)
         prior_config = config.prior_config()
-        target = f"{configuration_relpath(config.name)}/prior"
+        target = layout.ablation_prior_dir(config.name)
         context.log.info(f"{config.name}: training on {len(keys)} images ({config.budget_text()}), "
                          f"{prior_config.iterations} steps")
         with work_directory(store, target) as work:
@@ -119,10 +113,10 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
                 raise dg.Failure(f"{config.name}: training the prior failed: {exc}") from None
             report = {"configuration": config.to_dict(), "steps": result.steps, "train_seconds": result.train_seconds,
                       "final": result.final, "data": dict(data.stats), "history": result.history}
-            atomic_write_bytes(work / "report.json", canonical_json(finite(report)).encode())
+            atomic_write_bytes(work / layout.PRIOR_REPORT_FILE, canonical_json(finite(report)).encode())
             publish_directory(store, work, target)
         return dg.MaterializeResult(metadata={
-            "checkpoint": dg.MetadataValue.path(store.uri(f"{target}/{CHECKPOINT_NAME}")),
+            "checkpoint": dg.MetadataValue.path(store.uri(layout.ablation_prior_checkpoint(config.name))),
             "images": len(keys), "subjects": len(data.subjects), "steps": result.steps,
             "train_seconds": round(float(result.train_seconds), 2),
             "psnr_train_rays": float(result.final.get("psnr", float("nan")))})
@@ -135,39 +129,39 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
 
         from training.fewshot.evaluate import evaluate_subjects, held_out_subjects
         from training.fewshot.report import summary_markdown, summary_table, write_report
-        from training.prior.checkpoint import CHECKPOINT_NAME, CheckpointError, load_prior
+        from training.prior.checkpoint import CheckpointError, load_prior
         from training.prior.train import pick_device
 
         config = spec.get(context.partition_key)
         store = storage.storage()
-        prior_path = f"{configuration_relpath(config.name)}/prior/{CHECKPOINT_NAME}"
+        prior_path = layout.ablation_prior_checkpoint(config.name)
         require(store, prior_path, "prior", "ablation_prior")
         index = read_index(store)
         subjects = held_out_subjects(index, spec.test_splits)
         if not subjects:
             raise dg.Failure(f"the dataset index has no subject in split(s) {', '.join(spec.test_splits)}")
         model = load_face_model(face_model)
-        target = f"{configuration_relpath(config.name)}/fewshot"
+        target = layout.ablation_fewshot_dir(config.name)
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / CHECKPOINT_NAME
+            local = Path(tmp) / layout.CHECKPOINT_FILE
             local.write_bytes(store.read_bytes(prior_path))
             try:
                 prior, _ = load_prior(local, pick_device())
             except CheckpointError as exc:
                 raise dg.Failure(f"configuration {config.name}: its prior cannot be used: {exc}; "
                                  "re-materialise ablation_prior") from None
-            work = store.local_path(target) if store.is_local else Path(tmp) / "fewshot"
+            work = store.local_path(target) if store.is_local else Path(tmp) / layout.FEWSHOT
             result = evaluate_subjects(prior, model, index, subjects, spec.fewshot_config(), None, context.log.info)
             scores = pd.DataFrame(result.rows)
             settings = scored_under(spec, config.name)
             write_report(work, scores, result.grids, [f"configuration {config.name}: {config.budget_text()}"],
                          {**settings, "spec": spec.to_dict()})
-            atomic_write_bytes(work / SETTINGS_NAME, canonical_json({**settings, "subjects": subjects}).encode())
+            atomic_write_bytes(work / layout.SETTINGS_FILE, canonical_json({**settings, "subjects": subjects}).encode())
             publish_directory(store, work, target)
         summary = summary_table(scores)
         return dg.MaterializeResult(metadata={
-            "scores": dg.MetadataValue.path(store.uri(f"{target}/scores.parquet")),
-            "report": dg.MetadataValue.url(store.uri(f"{target}/report.html")),
+            "scores": dg.MetadataValue.path(store.uri(layout.ablation_scores(config.name))),
+            "report": dg.MetadataValue.url(store.uri(layout.ablation_fewshot_report(config.name))),
             "summary": dg.MetadataValue.md(summary_markdown(summary)),
             **{f"psnr_k{int(r.k)}": float(r.psnr_mean) for r in summary.itertuples() if r.method == "prior"}})
 
@@ -180,17 +174,15 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
 
         store = storage.storage()
         missing = [n for n in spec.names()
-                   if not store.exists(f"{configuration_relpath(n)}/fewshot/scores.parquet")
-                   or not store.exists(f"{configuration_relpath(n)}/prior/report.json")]
+                   if not store.exists(layout.ablation_scores(n)) or not store.exists(layout.ablation_prior_report(n))]
         if missing:
             raise dg.Failure(f"configuration(s) {', '.join(missing)} have no few-shot scores yet: materialise "
                              f"ablation_subset, ablation_prior and ablation_fewshot for those partitions first")
         scores, costs, stale = {}, {}, []
         for name in spec.names():
-            scores[name] = pd.read_parquet(io.BytesIO(store.read_bytes(
-                f"{configuration_relpath(name)}/fewshot/scores.parquet")))
-            costs[name] = json.loads(store.read_bytes(f"{configuration_relpath(name)}/prior/report.json"))
-            settings_path = f"{configuration_relpath(name)}/fewshot/{SETTINGS_NAME}"
+            scores[name] = pd.read_parquet(io.BytesIO(store.read_bytes(layout.ablation_scores(name))))
+            costs[name] = json.loads(store.read_bytes(layout.ablation_prior_report(name)))
+            settings_path = layout.ablation_settings(name)
             settings = json.loads(store.read_bytes(settings_path)) if store.exists(settings_path) else {}
             wanted = scored_under(spec, name)
             if ({k: settings.get(k) for k in wanted} != wanted
@@ -202,13 +194,13 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
                              "ablation_prior and ablation_fewshot for those partitions")
         table = comparison_table(spec, scores, costs)
         with tempfile.TemporaryDirectory() as tmp:
-            work = store.local_path(ABLATIONS_RELPATH) if store.is_local else Path(tmp)
+            work = store.local_path(layout.ABLATIONS) if store.is_local else Path(tmp)
             paths = write_ablation_report(work, spec, table)
             plot = paths["plot"].read_bytes()
-            publish_directory(store, work, ABLATIONS_RELPATH)
+            publish_directory(store, work, layout.ABLATIONS)
         return dg.MaterializeResult(metadata={
-            "report": dg.MetadataValue.url(store.uri(f"{ABLATIONS_RELPATH}/report.html")),
-            "table": dg.MetadataValue.path(store.uri(f"{ABLATIONS_RELPATH}/report.parquet")),
+            "report": dg.MetadataValue.url(store.uri(layout.ABLATIONS_REPORT)),
+            "table": dg.MetadataValue.path(store.uri(layout.ABLATIONS_TABLE)),
             "comparison": dg.MetadataValue.md(comparison_markdown(table)),
             "margins": dg.MetadataValue.md("\n".join(f"- {line}" for line in margins(table))),
             "plot": dg.MetadataValue.md(f"![few-shot PSNR per configuration](data:image/png;base64,"

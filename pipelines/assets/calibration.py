@@ -2,8 +2,8 @@
 
 Thin by design: the work is ``fitting.calibration``. Sessions that share one
 calibration folder (same content hash and the same camera order, which fixes the
-world frame) share one result under ``calibrations/<key>/``; each session gets a
-small pointer file ``calibration_by_session/<session_id>.json`` naming the result.
+world frame) share one result (``derived_layout.calibration_dir(key)``); each session
+gets a small pointer file (``derived_layout.calibration_pointer``) naming the result.
 """
 
 import hashlib
@@ -14,8 +14,8 @@ from typing import Sequence
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
-from capture_schema.ingest import quarantine_relpath
 from capture_schema.session import read_session
 from pipelines.assets.ingest import session_manifest
 from pipelines.assets.reuse import stored_digest
@@ -44,31 +44,23 @@ def calibration_key(input_hash: str, cameras: Sequence[str]) -> str:
     return hashlib.sha256(f"{input_hash}\n{','.join(cameras)}".encode()).hexdigest()[:16]
 
 
-def calibration_relpath(key: str) -> str:
-    return f"calibrations/{key}"
-
-
-def session_pointer_relpath(session_id: str) -> str:
-    return f"calibration_by_session/{session_id}.json"
-
-
-def _session_calibration_relpath(store, session_id: str) -> str:
-    pointer = session_pointer_relpath(session_id)
+def _session_calibration_file(store, session_id: str) -> str:
+    pointer = layout.calibration_pointer(session_id)
     if not store.exists(pointer):
         raise dg.Failure(f"session {session_id} has no calibration yet: materialise camera_calibration first")
-    return f"{json.loads(store.read_bytes(pointer))['calibration']}/calibration.json"
+    return layout.calibration_file(json.loads(store.read_bytes(pointer))["calibration_key"])
 
 
 def read_session_calibration(store, session_id: str):
     """The ``Calibration`` that ``camera_calibration`` chose for a session (via its pointer file)."""
     from capture_schema.calibration_file import Calibration
 
-    return Calibration.from_dict(json.loads(store.read_bytes(_session_calibration_relpath(store, session_id))))
+    return Calibration.from_dict(json.loads(store.read_bytes(_session_calibration_file(store, session_id))))
 
 
 def session_calibration_digest(store, session_id: str) -> str:
     """sha256 of the calibration.json a session uses: its cameras' identity as an input of later steps."""
-    return stored_digest(store, _session_calibration_relpath(store, session_id))
+    return stored_digest(store, _session_calibration_file(store, session_id))
 
 
 def _camera_table(calibration) -> str:
@@ -101,8 +93,8 @@ def camera_calibration(
 
     session_id = context.partition_key
     store = storage.storage()
-    if store.exists(quarantine_relpath(session_id)):
-        raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(quarantine_relpath(session_id))}); "
+    if store.exists(layout.quarantine(session_id)):
+        raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(layout.quarantine(session_id))}); "
                          "fix it and re-materialise session_manifest first")
     session_dir = captures.session_dir(session_id)
     info, problems = read_session(session_dir)
@@ -115,8 +107,8 @@ def camera_calibration(
         key = calibration_key(calibration_input_hash(calib_dir), info.cameras)
     except CalibrationError as exc:
         raise dg.Failure(f"session {session_id}: {exc}") from None
-    target = calibration_relpath(key)
-    reused = store.exists(f"{target}/calibration.json")
+    target = layout.calibration_dir(key)
+    reused = store.exists(layout.calibration_file(key))
     if reused:
         context.log.info(f"reusing calibration {target} (same board captures as an earlier session)")
     else:
@@ -135,8 +127,8 @@ def camera_calibration(
             out = Path(tmp) / "calibration"
             write_calibration_outputs(result, out)
             store.put_directory(out, target)
-    calibration = Calibration.from_dict(json.loads(store.read_bytes(f"{target}/calibration.json")))
-    store.write_if_changed(session_pointer_relpath(session_id), canonical_json(
+    calibration = Calibration.from_dict(json.loads(store.read_bytes(layout.calibration_file(key))))
+    store.write_if_changed(layout.calibration_pointer(session_id), canonical_json(
         {"session_id": session_id, "calibration_key": key, "calibration": target}).encode())
     passed = calibration.rmse_px <= config.max_rmse_px
     check = dg.AssetCheckResult(
@@ -152,7 +144,7 @@ def camera_calibration(
             "reused": reused,
             "calibration_key": key,
             "per_camera": dg.MetadataValue.md(_camera_table(calibration)),
-            "calibration_json": dg.MetadataValue.path(store.uri(f"{target}/calibration.json")),
+            "calibration_json": dg.MetadataValue.path(store.uri(layout.calibration_file(key))),
         },
         check_results=[check],
         data_version=dg.DataVersion(key),

@@ -9,14 +9,12 @@ import json
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
 from capture_schema.manifest import parquet_bytes
-from pipelines.assets.shards import session_shards, shards_relpath
+from pipelines.assets.shards import session_shards
 from pipelines.partitions import SESSIONS_PARTITION
 from pipelines.resources import StorageResource
-
-INDEX_RELPATH = "dataset/index.parquet"
-COVERAGE_RELPATH = "dataset/coverage.json"
 
 
 class DatasetIndexConfig(dg.Config):
@@ -40,12 +38,12 @@ def dataset_index(context: dg.AssetExecutionContext, config: DatasetIndexConfig,
     store = storage.storage()
     sessions, expected, without = [], {}, []
     for session_id in sorted(context.instance.get_dynamic_partitions(SESSIONS_PARTITION)):
-        relpath = f"{shards_relpath(session_id)}/shards.json"
+        relpath = layout.shards_index(session_id)
         if not store.exists(relpath):
             without.append(session_id)
             continue
         info = json.loads(store.read_bytes(relpath))
-        sessions.append(SessionShards(session_id, info["subject_id"], store.uri(shards_relpath(session_id)),
+        sessions.append(SessionShards(session_id, info["subject_id"], store.uri(layout.shards_dir(session_id)),
                                       info["shards"]))
         expected[session_id] = (info["expressions"], info["cameras"])
     if not sessions:
@@ -55,8 +53,8 @@ def dataset_index(context: dg.AssetExecutionContext, config: DatasetIndexConfig,
     index = build_index(sessions, rule)
     summary = coverage_summary(index, expected)
     summary["sessions_without_shards"] = without
-    store.write_if_changed(INDEX_RELPATH, parquet_bytes(index))
-    store.write_if_changed(COVERAGE_RELPATH, canonical_json(summary).encode())
+    store.write_if_changed(layout.INDEX, parquet_bytes(index))
+    store.write_if_changed(layout.COVERAGE, canonical_json(summary).encode())
     for split, row in summary["per_split"].items():
         if row["subjects"] == 0:
             context.log.warning(f"split {split!r} has no subject ({summary['identities']} subjects in all)")
@@ -71,6 +69,6 @@ def dataset_index(context: dg.AssetExecutionContext, config: DatasetIndexConfig,
             "missing_cells": len(summary["missing_cells"]),
             "shards": summary["shards"],
             "shard_mb": dg.MetadataValue.json(summary["shard_mb"]),
-            "index": dg.MetadataValue.path(store.uri(INDEX_RELPATH)),
+            "index": dg.MetadataValue.path(store.uri(layout.INDEX)),
         },
     )

@@ -1,7 +1,7 @@
 """``face_fits``: the morphable model fitted to a session's landmarks through its calibrated cameras.
 
 Thin by design: the work is ``fitting.session_fit``. The zarr store, the
-per-view error table and an overlay picture go under ``face_fits/<session_id>/``.
+per-view error table and an overlay picture go into ``derived_layout.face_fits_dir(session_id)``.
 """
 
 import base64
@@ -12,11 +12,13 @@ import cv2
 import dagster as dg
 import numpy as np
 
+from capture_schema import derived_layout as layout
 from capture_schema.manifest import parquet_bytes
 from pipelines.assets.calibration import camera_calibration, read_session_calibration, session_calibration_digest
-from pipelines.assets.landmarks import face_landmarks, landmarks_relpath
+from pipelines.assets.landmarks import face_landmarks
 from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, local_file_identity,
                                     recorded_fingerprint, recorded_outcome, write_record)
+from pipelines.assets.store_io import finite, load_face_model
 from fitting.fit_quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
@@ -34,10 +36,6 @@ class FaceFitConfig(dg.Config):
     max_camera_residual: float = CAMERA_CONSISTENCY_MAX
     """``cameras_agree_with_fit`` fails naming every camera whose median of that ratio over all its
     detected views (those the fit dropped as outliers included) exceeds this."""
-
-
-def face_fits_relpath(session_id: str) -> str:
-    return f"face_fits/{session_id}"
 
 
 def _thumbnail_markdown(image_rgb: np.ndarray) -> str:
@@ -75,8 +73,8 @@ def face_fits(
     """Identity, per-frame expression and head pose, posed vertices, and per-view reprojection error."""
     session_id = context.partition_key
     store = storage.storage()
-    target = face_fits_relpath(session_id)
-    landmarks_fp = recorded_fingerprint(store, landmarks_relpath(session_id))
+    target = layout.face_fits_dir(session_id)
+    landmarks_fp = recorded_fingerprint(store, layout.landmarks_dir(session_id))
     inputs = {"landmarks": landmarks_fp, "calibration": session_calibration_digest(store, session_id),
               "face_model": face_model_identity(face_model), "torch": library_version("torch")}
     fp = fingerprint("face_fits", inputs)
@@ -99,9 +97,9 @@ def face_fits(
             else float("nan"),
             "views": dg.MetadataValue.json(outcome["views"]),
             "flagged_frames": dg.MetadataValue.json(outcome["flagged_frames"]),
-            "overlay": dg.MetadataValue.md(_overlay_markdown(store, target, outcome["overlay_caption"])),
-            "fit_zarr": dg.MetadataValue.path(store.uri(f"{target}/fit.zarr")),
-            "views_table": dg.MetadataValue.path(store.uri(f"{target}/views.parquet")),
+            "overlay": dg.MetadataValue.md(_overlay_markdown(store, session_id, outcome["overlay_caption"])),
+            "fit_zarr": dg.MetadataValue.path(store.uri(layout.fit_zarr(session_id))),
+            "views_table": dg.MetadataValue.path(store.uri(layout.fit_views(session_id))),
             "reused": reused,
         },
         check_results=[fit_quality, cameras],
@@ -137,25 +135,24 @@ def _gate_checks(outcome: dict, config: FaceFitConfig) -> tuple[dg.AssetCheckRes
     return fit_quality, cameras
 
 
-def _overlay_markdown(store, target: str, caption: str | None) -> str:
-    if caption is None or not store.exists(f"{target}/overlay.png"):
+def _overlay_markdown(store, session_id: str, caption: str | None) -> str:
+    if caption is None or not store.exists(layout.fit_overlay(session_id)):
         return "capture image missing"
-    png = np.frombuffer(store.read_bytes(f"{target}/overlay.png"), np.uint8)
+    png = np.frombuffer(store.read_bytes(layout.fit_overlay(session_id)), np.uint8)
     overlay = cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return f"{caption}\n\n{_thumbnail_markdown(overlay)}"
 
 
 def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, face_model: FaceModelResource,
          session_id: str, target: str, fp: str, inputs: dict) -> dict:
-    """Fit, publish fit.zarr, views.parquet, overlay.png and ``inputs.json`` together; the outcome summary."""
+    """Fit, publish the fit zarr, the views table, the overlay and ``inputs.json`` together; the outcome summary."""
     from fitting.fit_overlay import session_overlay
     from fitting.fit_quality import evaluate_fit
     from fitting.landmarks import read_landmarks_zarr
     from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
-    from pipelines.assets.store_io import finite, load_face_model  # store_io imports this module's dependants
 
     calibration = read_session_calibration(store, session_id)
-    with store.local_directory(f"{landmarks_relpath(session_id)}/landmarks.zarr") as path:
+    with store.local_directory(layout.landmarks_zarr(session_id)) as path:
         landmarks = read_landmarks_zarr(path)
     model = load_face_model(face_model)
     context.log.info(f"fitting {model.name} ({model.n_identity} identity, {model.n_expression} expression "
@@ -183,10 +180,10 @@ def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, f
                             if overlay is not None else None),
     })
     with tempfile.TemporaryDirectory() as tmp:
-        write_session_fit(result, Path(tmp) / "fit.zarr")
-        (Path(tmp) / "views.parquet").write_bytes(parquet_bytes(fit_views_table(result)))
+        write_session_fit(result, Path(tmp) / layout.FIT_ZARR)
+        (Path(tmp) / layout.FIT_VIEWS_FILE).write_bytes(parquet_bytes(fit_views_table(result)))
         if overlay is not None:
-            cv2.imwrite(str(Path(tmp) / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(Path(tmp) / layout.FIT_OVERLAY_FILE), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         write_record(Path(tmp), fp, inputs, outcome)
         store.put_directory(tmp, target)
     return outcome

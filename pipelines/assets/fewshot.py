@@ -1,7 +1,7 @@
 """``fewshot_report``: adapt the avatar prior to each held-out subject from K images, and report.
 
 Thin by design: the protocol is ``training.fewshot`` (selection, adaptation,
-metrics, report). Everything goes under ``fewshot/<backbone>/``: ``scores.parquet``
+metrics, report). Everything goes into ``derived_layout.fewshot_dir(backbone)``: ``scores.parquet``
 (one row per rendered frame, method, K and camera condition), ``report.html``
 (self-contained, images embedded), ``psnr_vs_k.png``, ``summary.md``, ``runs.json``
 (adaptation time, loss and corrections per run) and the adapted avatars
@@ -17,9 +17,10 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes, canonical_json
 from pipelines.assets.dataset_index import dataset_index
-from pipelines.assets.prior import avatar_prior, prior_relpath
+from pipelines.assets.prior import avatar_prior
 from pipelines.assets.store_io import load_face_model, publish_directory, read_index, require
 from pipelines.resources import FaceModelResource, StorageResource
 
@@ -49,10 +50,6 @@ class FewShotReportConfig(dg.Config):
     """Stage 2 steps (None = the preset's)."""
 
 
-def fewshot_relpath(backbone: str) -> str:
-    return f"fewshot/{backbone}"
-
-
 def _fewshot_config(config: FewShotReportConfig):
     from training.fewshot.config import PRESETS, fewshot_preset
 
@@ -78,12 +75,12 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     from training.fewshot.metrics import load_lpips
     from training.fewshot.report import summary_markdown, summary_table, write_report
     from training.fewshot.selection import __doc__ as selection_rule
-    from training.prior.checkpoint import CHECKPOINT_NAME, CheckpointError, load_prior
+    from training.prior.checkpoint import CheckpointError, load_prior
     from training.prior.train import pick_device
 
     fs_config = _fewshot_config(config)
     store = storage.storage()
-    prior_path = f"{prior_relpath(config.backbone)}/{CHECKPOINT_NAME}"
+    prior_path = layout.prior_checkpoint(config.backbone)
     index = read_index(store)
     require(store, prior_path, "prior", "avatar_prior")
     subjects = held_out_subjects(index, config.splits)
@@ -98,7 +95,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
                          "capture more subjects (the split is 80/10/10 by subject) or choose other splits")
     model = load_face_model(face_model)
     with tempfile.TemporaryDirectory() as tmp:
-        local_prior = Path(tmp) / CHECKPOINT_NAME
+        local_prior = Path(tmp) / layout.CHECKPOINT_FILE
         local_prior.write_bytes(store.read_bytes(prior_path))
         try:
             prior, ckpt = load_prior(local_prior, pick_device())
@@ -108,12 +105,12 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
         raise dg.Failure(f"the prior was trained with face model {ckpt.get('face_model')!r}, not {model.name!r}")
     lpips_model, lpips_note = load_lpips()
     context.log.info(lpips_note)
-    target = fewshot_relpath(config.backbone)
+    target = layout.fewshot_dir(config.backbone)
     with tempfile.TemporaryDirectory() as tmp:
         work = store.local_path(target) if store.is_local else Path(tmp)
-        shutil.rmtree(work / "adapted", ignore_errors=True)  # avatars of subjects no longer evaluated
-        result = evaluate_subjects(prior, model, index, subjects, fs_config, work / "adapted", context.log.info,
-                                   lpips_model)
+        shutil.rmtree(work / layout.ADAPTED_DIR, ignore_errors=True)  # avatars of subjects no longer evaluated
+        result = evaluate_subjects(prior, model, index, subjects, fs_config, work / layout.ADAPTED_DIR,
+                                   context.log.info, lpips_model)
         rows, grids, runs = result.rows, result.grids, result.runs
         scores = pd.DataFrame(rows)
         notes = [lpips_note, "Inputs: " + " ".join(selection_rule.split("\n\n")[1].split()),
@@ -122,7 +119,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
         settings = {"fewshot": fs_config.to_dict(), "prior": ckpt["architecture"]["config"],
                     "prior_checkpoint": store.uri(prior_path), "subjects": subjects, "splits": list(config.splits)}
         paths = write_report(work, scores, grids, notes, settings)
-        atomic_write_bytes(work / "runs.json", canonical_json(runs).encode())
+        atomic_write_bytes(work / layout.FEWSHOT_RUNS_FILE, canonical_json(runs).encode())
         publish_directory(store, work, target)
         summary = summary_table(scores)
         plot = paths["plot"].read_bytes()
@@ -134,9 +131,9 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     k_small = min(fs_config.ks)
     methods = list(fs_config.methods)
     metadata: dict[str, Any] = {
-        "report": dg.MetadataValue.url(store.uri(f"{target}/report.html")),
-        "report_path": dg.MetadataValue.path(store.uri(f"{target}/report.html")),
-        "scores": dg.MetadataValue.path(store.uri(f"{target}/scores.parquet")),
+        "report": dg.MetadataValue.url(store.uri(layout.fewshot_report(config.backbone))),
+        "report_path": dg.MetadataValue.path(store.uri(layout.fewshot_report(config.backbone))),
+        "scores": dg.MetadataValue.path(store.uri(layout.fewshot_scores(config.backbone))),
         "summary": dg.MetadataValue.md(summary_markdown(summary)),
         "psnr_vs_k": dg.MetadataValue.md(f"![PSNR vs K](data:image/png;base64,{base64.b64encode(plot).decode()})"),
         "subjects": len(subjects),

@@ -10,9 +10,10 @@ import hashlib
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
 from capture_schema.captures_root import SESSION, session_ids, unusable
-from capture_schema.ingest import IngestResult, captures_root_relpath, ingest_session
+from capture_schema.ingest import IngestResult, ingest_session
 from capture_schema.problems import (
     CALIBRATION_CODES,
     GRID_CODES,
@@ -127,7 +128,7 @@ def capture_folders(context: dg.AssetExecutionContext, captures: CapturesResourc
     """Every entry of the captures root and what it is: a session, a shared calibration, or not a session and why."""
     entries = captures.scan()
     store = storage.storage()
-    rel = captures_root_relpath()
+    rel = layout.CAPTURES_ROOT_LISTING
     store.write_if_changed(rel, canonical_json([e.to_dict() for e in entries]).encode())
     bad = unusable(entries)
     for entry in bad:

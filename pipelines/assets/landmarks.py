@@ -1,7 +1,7 @@
 """``face_landmarks``: mediapipe's 478 landmarks in every image of a session.
 
 Thin by design: the work is ``fitting.landmarks``. The zarr store and the
-per-image Parquet summary go under ``landmarks/<session_id>/``.
+per-image Parquet summary go into ``derived_layout.landmarks_dir(session_id)``.
 """
 
 import hashlib
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from capture_schema.ingest import manifest_relpath
+from capture_schema import derived_layout as layout
 from capture_schema.layout import SESSION_FILE
 from capture_schema.manifest import parquet_bytes
 from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_outcome, stored_digest,
@@ -38,10 +38,6 @@ class LandmarksConfig(dg.Config):
     folder copied as captures): below one half, nothing downstream is meaningful."""
 
 
-def landmarks_relpath(session_id: str) -> str:
-    return f"landmarks/{session_id}"
-
-
 @dg.asset(
     partitions_def=sessions_partitions,
     deps=[session_manifest],
@@ -57,8 +53,8 @@ def face_landmarks(
     """478 mediapipe landmarks per image ([expression, camera, 478, 2] pixels), detection mask and confidence."""
     session_id = context.partition_key
     store = storage.storage()
-    target = landmarks_relpath(session_id)
-    inputs = {"manifest": stored_digest(store, manifest_relpath(session_id)),
+    target = layout.landmarks_dir(session_id)
+    inputs = {"manifest": stored_digest(store, layout.manifest(session_id)),
               "session_json": hashlib.sha256((captures.session_dir(session_id) / SESSION_FILE).read_bytes()).hexdigest(),
               "mirror_check": config.mirror_check, "mediapipe": library_version("mediapipe")}
     fp = fingerprint("face_landmarks", inputs)
@@ -80,8 +76,8 @@ def face_landmarks(
             "faces_found": outcome["faces_found"],
             "low_confidence": outcome["low_confidence"],
             "no_face": dg.MetadataValue.md("\n".join(f"- {m}" for m in outcome["no_face"]) or "none"),
-            "landmarks_zarr": dg.MetadataValue.path(store.uri(f"{target}/landmarks.zarr")),
-            "summary": dg.MetadataValue.path(store.uri(f"{target}/summary.parquet")),
+            "landmarks_zarr": dg.MetadataValue.path(store.uri(layout.landmarks_zarr(session_id))),
+            "summary": dg.MetadataValue.path(store.uri(layout.landmarks_summary(session_id))),
             "reused": reused,
         },
         check_results=[check],
@@ -110,8 +106,8 @@ def _detect(context: dg.AssetExecutionContext, config: LandmarksConfig, captures
         "no_face": [f"{found.expressions[e]}/{found.cameras[c]}" for e, c in zip(*(~found.detected).nonzero())],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        write_landmarks_zarr(found, Path(tmp) / "landmarks.zarr")
-        (Path(tmp) / "summary.parquet").write_bytes(parquet_bytes(landmark_summary_table(found)))
+        write_landmarks_zarr(found, Path(tmp) / layout.LANDMARKS_ZARR)
+        (Path(tmp) / layout.LANDMARKS_SUMMARY_FILE).write_bytes(parquet_bytes(landmark_summary_table(found)))
         write_record(Path(tmp), fp, inputs, outcome)
         store.put_directory(tmp, target)
     return outcome

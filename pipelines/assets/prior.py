@@ -1,7 +1,7 @@
 """``avatar_prior``: the 3DMM-anchored radiance-field prior trained on the index's ``train`` split.
 
 Thin by design: the work is ``training.prior`` (``train_prior``, ``score_frames``,
-``report``). Everything goes under ``prior/<backbone>/``: ``checkpoint.pt`` (resumable,
+``report``). Everything goes into ``derived_layout.prior_dir(backbone)``: ``checkpoint.pt`` (resumable,
 ``weights_only`` loadable), ``curves.png`` and ``report.json``. On a local store the
 run trains in that folder itself, so an interrupted materialisation resumes from the
 last checkpoint; a checkpoint from other data or another config is replaced.
@@ -14,13 +14,12 @@ from typing import Any
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
-from pipelines.assets.dataset_index import INDEX_RELPATH, dataset_index
+from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.store_io import (finite, load_face_model, publish_directory, read_index, work_directory,
                                        write_if_changed)
 from pipelines.resources import FaceModelResource, StorageResource
-
-REPORT_FILES = ("curves.png", "report.json")
 
 
 class AvatarPriorConfig(dg.Config):
@@ -36,10 +35,6 @@ class AvatarPriorConfig(dg.Config):
     """Training frames rendered whole for the held-in PSNR (0 = skip the evaluation)."""
     resume: bool = True
     """Continue from a matching checkpoint in the output folder (a non-matching one is always replaced)."""
-
-
-def prior_relpath(backbone: str) -> str:
-    return f"prior/{backbone}"
 
 
 def _prior_config(config: AvatarPriorConfig):
@@ -60,10 +55,10 @@ def _prior_config(config: AvatarPriorConfig):
 def should_resume(context: dg.AssetExecutionContext, work: Path, prior_config, data, face_model_name: str,
                    wanted: bool) -> bool:
     """Resume only from a checkpoint of this config, data and face model; anything else trains from scratch."""
-    from training.prior.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from training.prior.checkpoint import load_checkpoint
     from training.prior.train import checkpoint_matches
 
-    path = work / CHECKPOINT_NAME
+    path = work / layout.CHECKPOINT_FILE
     if not path.is_file():
         return wanted
     if not wanted:
@@ -87,7 +82,7 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
     """One identity code per training subject plus a radiance field anchored to the fitted 3DMM."""
     import pyarrow as pa
 
-    from training.prior.checkpoint import CHECKPOINT_NAME, load_prior
+    from training.prior.checkpoint import load_prior
     from training.prior.dataset import prior_data_from_index
     from training.prior.evaluate import score_frames, summarize
     from training.prior.report import curves_png, summary_markdown
@@ -98,16 +93,16 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
     try:
         data = prior_data_from_index(read_index(store), split="train")
     except (ValueError, KeyError, pa.ArrowException) as exc:
-        raise dg.Failure(f"dataset index {store.uri(INDEX_RELPATH)} cannot be trained on: {exc}") from None
+        raise dg.Failure(f"dataset index {store.uri(layout.INDEX)} cannot be trained on: {exc}") from None
     model = load_face_model(face_model)
-    target = prior_relpath(config.backbone)
+    target = layout.prior_dir(config.backbone)
     context.log.info(f"training the {config.backbone} prior ({config.preset} preset, {prior_config.iterations} "
                      f"steps) on {data.stats['images']} images of {len(data.subjects)} subjects "
                      f"({data.stats['shards']} shards), {model.name} face model -> {store.uri(target)}")
     with work_directory(store, target) as work:
         resume = should_resume(context, work, prior_config, data, model.name, config.resume)
         if not resume:
-            for name in REPORT_FILES:  # a report of the replaced checkpoint would describe the wrong model
+            for name in layout.PRIOR_REPORT_FILES:  # a report of the replaced checkpoint would describe the wrong model
                 (work / name).unlink(missing_ok=True)
         try:
             result = train_prior(prior_config, data, model, work, resume=resume, log=context.log.info)
@@ -124,20 +119,20 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
                              f"{evaluation['psnr_mean']:.2f} dB (median {evaluation['psnr_median']:.2f})")
         curves = curves_png(result.history, f"avatar prior ({config.backbone}, {config.preset} preset)")
         report = {
-            "checkpoint": store.uri(f"{target}/{CHECKPOINT_NAME}"), "config": prior_config.to_dict(),
+            "checkpoint": store.uri(layout.prior_checkpoint(config.backbone)), "config": prior_config.to_dict(),
             "preset": config.preset, "face_model": model.name, "subjects": list(data.subjects),
             "data": dict(data.stats), "data_fingerprint": data.fingerprint, "steps": result.steps,
             "resumed_from": result.resumed_from, "final": result.final, "evaluation": evaluation,
             "rays_per_second": rays_per_second, "train_seconds": result.train_seconds, "history": result.history,
         }
-        write_if_changed(work / "curves.png", curves)
-        write_if_changed(work / "report.json", canonical_json(finite(report)).encode())
-        publish_directory(store, work, target, first=(CHECKPOINT_NAME,))
+        write_if_changed(work / layout.PRIOR_CURVES_FILE, curves)
+        write_if_changed(work / layout.PRIOR_REPORT_FILE, canonical_json(finite(report)).encode())
+        publish_directory(store, work, target, first=(layout.CHECKPOINT_FILE,))
 
     final = result.final
     return dg.MaterializeResult(
         metadata={
-            "checkpoint": dg.MetadataValue.path(store.uri(f"{target}/{CHECKPOINT_NAME}")),
+            "checkpoint": dg.MetadataValue.path(store.uri(layout.prior_checkpoint(config.backbone))),
             "report": dg.MetadataValue.md(summary_markdown(prior_config.to_dict(), dict(data.stats), final,
                                                            rays_per_second, evaluation)),
             "curves": dg.MetadataValue.md(f"![training curves](data:image/png;base64,"
@@ -152,6 +147,6 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
             "train_images": int(data.stats["images"]),
             "backbone": config.backbone,
             "preset": config.preset,
-            "report_json": dg.MetadataValue.path(store.uri(f"{target}/report.json")),
+            "report_json": dg.MetadataValue.path(store.uri(layout.prior_report(config.backbone))),
         },
     )

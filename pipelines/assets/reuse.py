@@ -23,10 +23,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
 from capture_schema.storage import Storage
-
-INPUTS_FILE = "inputs.json"
 
 #: Also the assets' Dagster ``code_version``: bumping one marks that step stale everywhere.
 CODE_VERSIONS = {"face_landmarks": "1", "face_fits": "1", "session_shards": "2"}  # shards 2: head proxy in the mask seed
@@ -68,7 +67,7 @@ def local_file_identity(path: str | os.PathLike[str] | None) -> Any:
 
 
 def _read_record(store: Storage, target: str) -> dict | None:
-    rel = f"{target}/{INPUTS_FILE}"
+    rel = layout.inputs_record(target)
     try:
         if not store.exists(rel):
             return None
@@ -94,5 +93,5 @@ def recorded_fingerprint(store: Storage, target: str) -> str | None:
 
 def write_record(folder: Path, fp: str, inputs: Mapping[str, Any], outcome: Mapping[str, Any]) -> None:
     """Write ``inputs.json`` into the folder about to be published."""
-    (Path(folder) / INPUTS_FILE).write_text(canonical_json({"fingerprint": fp, "inputs": dict(inputs),
+    (Path(folder) / layout.INPUTS_FILE).write_text(canonical_json({"fingerprint": fp, "inputs": dict(inputs),
                                                             "outcome": dict(outcome)}))

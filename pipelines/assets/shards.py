@@ -1,8 +1,8 @@
 """``session_shards``: a session's images, cameras, landmarks and fit as webdataset shards.
 
 Thin by design: the work is ``training.shard_writer``. Shards are written to a
-temporary folder and published whole under ``shards/<session_id>/`` (tars plus
-``shards.json``), so a reader sees the previous set or the new one, never a mix.
+temporary folder and published whole into ``derived_layout.shards_dir(session_id)``
+(tars plus ``shards.json``), so a reader sees the previous set or the new one, never a mix.
 """
 
 import hashlib
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from capture_schema.ingest import manifest_relpath, quarantine_relpath
+from capture_schema import derived_layout as layout
 from pipelines.assets.calibration import camera_calibration, read_session_calibration, session_calibration_digest
-from pipelines.assets.face_fits import face_fits, face_fits_relpath, face_model_identity
+from pipelines.assets.face_fits import face_fits, face_model_identity
 from pipelines.assets.ingest import session_manifest
-from pipelines.assets.landmarks import face_landmarks, landmarks_relpath
+from pipelines.assets.landmarks import face_landmarks
 from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_fingerprint,
                                     recorded_outcome, stored_digest, write_record)
 from pipelines.partitions import sessions_partitions
@@ -40,10 +40,6 @@ class ShardsConfig(dg.Config):
     """With a training image, add a grabCut head mask (mask.png) where the frame has a fit."""
 
 
-def shards_relpath(session_id: str) -> str:
-    return f"shards/{session_id}"
-
-
 @dg.asset(
     partitions_def=sessions_partitions,
     deps=[session_manifest, camera_calibration, face_landmarks, face_fits],
@@ -60,16 +56,16 @@ def session_shards(
 
     session_id = context.partition_key
     store = storage.storage()
-    if store.exists(quarantine_relpath(session_id)):
-        raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(quarantine_relpath(session_id))}); "
+    if store.exists(layout.quarantine(session_id)):
+        raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(layout.quarantine(session_id))}); "
                          "fix it and re-materialise session_manifest first")
     shard_config = ShardConfig(max_bytes=int(config.max_mb * 2**20), max_samples=config.max_samples,
                                train_resolution=config.train_resolution or None, masks=config.masks)
-    target = shards_relpath(session_id)
-    upstream = [recorded_fingerprint(store, landmarks_relpath(session_id)),
-                recorded_fingerprint(store, face_fits_relpath(session_id))]
+    target = layout.shards_dir(session_id)
+    upstream = [recorded_fingerprint(store, layout.landmarks_dir(session_id)),
+                recorded_fingerprint(store, layout.face_fits_dir(session_id))]
     try:
-        inputs = {"manifest": stored_digest(store, manifest_relpath(session_id)), "landmarks": upstream[0],
+        inputs = {"manifest": stored_digest(store, layout.manifest(session_id)), "landmarks": upstream[0],
                   "fit": upstream[1], "calibration": session_calibration_digest(store, session_id),
                   "config": asdict(shard_config), "opencv": library_version("opencv-contrib-python"),
                   "face_model": face_model_identity(face_model) if shard_config.masks else None}
@@ -96,7 +92,7 @@ def session_shards(
             "total_mb": round(outcome["total_bytes"] / 1e6, 3),
             "skipped_samples": len(outcome["skipped"]),
             "skipped": dg.MetadataValue.md("\n".join(skipped) or "none"),
-            "shards_json": dg.MetadataValue.path(store.uri(f"{target}/shards.json")),
+            "shards_json": dg.MetadataValue.path(store.uri(layout.shards_index(session_id))),
             "train_resolution": config.train_resolution,
             "reused": reused,
         },
@@ -115,10 +111,10 @@ def _write_shards(context: dg.AssetExecutionContext, captures: CapturesResource,
     from training.shard_writer import ShardInputError, session_samples, write_session_shards
 
     try:
-        manifest = pq.read_table(io.BytesIO(store.read_bytes(manifest_relpath(session_id))))
-        with store.local_directory(f"{landmarks_relpath(session_id)}/landmarks.zarr") as path:
+        manifest = pq.read_table(io.BytesIO(store.read_bytes(layout.manifest(session_id))))
+        with store.local_directory(layout.landmarks_zarr(session_id)) as path:
             landmarks = read_landmarks_zarr(path)
-        with store.local_directory(f"{face_fits_relpath(session_id)}/fit.zarr") as path:
+        with store.local_directory(layout.fit_zarr(session_id)) as path:
             fit = read_session_fit(path)
     except FileNotFoundError as exc:
         raise dg.Failure(f"session {session_id}: an input is missing ({exc}); materialise session_manifest, "

@@ -13,9 +13,9 @@ from typing import Any, Iterator
 
 import dagster as dg
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes
 from capture_schema.storage import Storage
-from pipelines.assets.dataset_index import INDEX_RELPATH
 from pipelines.resources import FaceModelResource
 
 
@@ -29,8 +29,8 @@ def read_index(store: Storage):
     """The dataset index as a pyarrow table; fails naming ``dataset_index`` when it is not there."""
     import pyarrow.parquet as pq
 
-    require(store, INDEX_RELPATH, "dataset index", "dataset_index")
-    return pq.read_table(io.BytesIO(store.read_bytes(INDEX_RELPATH)))
+    require(store, layout.INDEX, "dataset index", "dataset_index")
+    return pq.read_table(io.BytesIO(store.read_bytes(layout.INDEX)))
 
 
 def load_face_model(face_model: FaceModelResource):
@@ -52,7 +52,7 @@ def publish_directory(store: Storage, work: Path, target: str, first: tuple[str,
     files = sorted(p for p in work.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.relative_to(work).as_posix() not in first)  # stable: ``first`` up front
     for path in files:
-        store.write_bytes(f"{target}/{path.relative_to(work).as_posix()}", path.read_bytes())
+        store.write_bytes(layout.join(target, path.relative_to(work).as_posix()), path.read_bytes())
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes
 from training.ablation.spec import AblationSpec
 from training.fewshot.report import STYLE, bytes_data_uri, html_table
@@ -137,12 +138,14 @@ def comparison_html(spec: AblationSpec, table: pd.DataFrame, plot: bytes) -> str
 
 
 def write_ablation_report(directory: Path, spec: AblationSpec, table: pd.DataFrame) -> dict[str, Path]:
-    """report.parquet, report.html, report.png and report.md in ``directory``; their paths by name."""
+    """The table (Parquet), HTML, plot and markdown in ``directory`` (names from ``capture_schema.derived_layout``);
+    their paths by name (``table``, ``html``, ``plot``, ``markdown``)."""
     plot = comparison_png(table)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     markdown = "\n".join([comparison_markdown(table), "", *(f"- {line}" for line in margins(table)), ""])
-    contents = {"table": ("report.parquet", buf.getvalue()),
-                "html": ("report.html", comparison_html(spec, table, plot).encode()),
-                "plot": ("report.png", plot), "markdown": ("report.md", markdown.encode())}
+    contents = {"table": (layout.ABLATION_TABLE_FILE, buf.getvalue()),
+                "html": (layout.ABLATION_HTML_FILE, comparison_html(spec, table, plot).encode()),
+                "plot": (layout.ABLATION_PLOT_FILE, plot),
+                "markdown": (layout.ABLATION_MARKDOWN_FILE, markdown.encode())}
     return {name: atomic_write_bytes(Path(directory) / fn, data) for name, (fn, data) in contents.items()}

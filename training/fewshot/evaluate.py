@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from capture_schema import derived_layout as layout
 from fitting.camera_model import axis_angle_to_matrix
 from fitting.face_models.base import FaceModel
 from training.fewshot.adapt import Adapted, adapt_latent, refine, train_scratch
@@ -37,7 +38,6 @@ from training.prior.frames import collate_frames
 from training.prior.model import AvatarPrior
 
 Log = Callable[[str], None] | None
-ADAPTED_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -205,7 +205,7 @@ class SubjectEvaluation:
 
     def _save(self, run: Adapted, condition: str, k: int, keys: Sequence[str]) -> Path:
         """The adapted avatar as a prior checkpoint with one subject (``load_prior`` renders it)."""
-        path = self.out_dir / self.subject_id / condition / f"k{k}" / ADAPTED_NAME
+        path = self.out_dir / layout.adapted_checkpoint(self.subject_id, condition, k)
         save_checkpoint(path, {"architecture": run.model.architecture(), "subjects": [self.subject_id],
                                "face_model": self.face_model.name, "model": run.model.state_dict(),
                                "fewshot": {"inputs": list(keys), "condition": condition, "k": k,

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes
 from training.fewshot.config import CONDITIONS as CONDITION_ORDER
 from training.fewshot.config import METHODS as METHOD_ORDER
@@ -268,7 +269,8 @@ def build_report_html(scores: pd.DataFrame, grids: list[GridRow], notes: Sequenc
 
 def write_report(directory: Path, scores: pd.DataFrame, grids: list[GridRow], notes: Sequence[str],
                  settings: dict[str, Any]) -> dict[str, Path]:
-    """Write scores.parquet, report.html, psnr_vs_k.png and summary.md; returns their paths by name.
+    """Write the scores (Parquet), the HTML report, the PSNR-vs-K plot and the summary (markdown), named by
+    ``capture_schema.derived_layout``; returns their paths by name (``scores``, ``html``, ``plot``, ``summary``).
 
     Everything is rendered before the first write, so a failure leaves no new file behind.
     """
@@ -280,10 +282,10 @@ def write_report(directory: Path, scores: pd.DataFrame, grids: list[GridRow], no
     buf = io.BytesIO()
     scores.to_parquet(buf, engine="pyarrow", index=False)
     contents = {
-        "scores": ("scores.parquet", buf.getvalue()),
-        "html": ("report.html", _report_html(scores, summary, plot, grids, notes, settings,
-                                             "Few-shot adaptation report").encode("utf-8")),
-        "plot": ("psnr_vs_k.png", plot),
-        "summary": ("summary.md", (summary_markdown(summary) + "\n").encode("utf-8")),
+        "scores": (layout.FEWSHOT_SCORES_FILE, buf.getvalue()),
+        "html": (layout.FEWSHOT_REPORT_FILE, _report_html(scores, summary, plot, grids, notes, settings,
+                                                          "Few-shot adaptation report").encode("utf-8")),
+        "plot": (layout.FEWSHOT_PLOT_FILE, plot),
+        "summary": (layout.FEWSHOT_SUMMARY_FILE, (summary_markdown(summary) + "\n").encode("utf-8")),
     }
     return {name: atomic_write_bytes(directory / filename, data) for name, (filename, data) in contents.items()}

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
+from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "o2a.avatar_prior/1"
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = layout.CHECKPOINT_FILE  # the name in every folder a prior or an avatar is trained into
 #: Keys every checkpoint holds (a trained prior, or an adapted avatar of ``training.fewshot``).
 MODEL_KEYS = ("architecture", "subjects", "model")
 #: Keys of ``AvatarPrior.architecture()``, which ``load_prior`` rebuilds the model from.
