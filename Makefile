@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := workspace_data
 
-.PHONY: setup demo test bench clean dagster-ui ablation
+.PHONY: setup demo test test-fast bench clean dagster-ui ablation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,11 @@ ablation: setup
 	@echo "ablation report: $(DATA)/derived/ablations/report.html"
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# the edit-test loop: everything but the tests marked slow (simulated pipeline, trained prior)
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) -m benchmarks.ingest

@@ -87,6 +87,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool 
     return path
 
 
+def write_if_changed(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Write atomically only when the content differs, so reruns leave files (and mtimes) alone; True if written."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    atomic_write_bytes(path, data)
+    return True
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

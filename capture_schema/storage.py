@@ -1,7 +1,8 @@
 """A storage root named by URL: ``file://`` (default) locally, any fsspec scheme beyond.
 
 Local writes are atomic (temp name + rename). Object stores publish a whole object
-on close, which gives the same guarantee there.
+on close, which gives the same guarantee there. ``local_path_of`` is the one rule for
+telling a local path or ``file://`` URL from a remote one; every caller uses it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from capture_schema.atomic import atomic_write_bytes
+from capture_schema.atomic import atomic_write_bytes, write_if_changed
 
 
-def _local_root(url: str) -> Path | None:
+def local_path_of(url: str) -> Path | None:
+    """The absolute local path of a plain path or ``file://`` URL; None for any other scheme (``s3://``...)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         raw = url[len("file://"):] if url.startswith("file://") else url
@@ -30,7 +32,7 @@ class Storage:
         if not url:
             raise ValueError("storage URL is empty; use e.g. file://./workspace_data or s3://bucket/prefix")
         self.url = url
-        self.local_root = _local_root(url)
+        self.local_root = local_path_of(url)
         if self.local_root is None:
             import fsspec  # only needed for remote roots
 
@@ -78,17 +80,32 @@ class Storage:
         elif self._fs.exists(f"{self._root}/{relpath}"):
             self._fs.rm_file(f"{self._root}/{relpath}")
 
-    def put_directory(self, local_dir: str | os.PathLike[str], relpath: str) -> str:
-        """Publish a finished local folder at ``relpath``, replacing an older one whole."""
+    def put_directory(self, local_dir: str | os.PathLike[str], relpath: str, first: tuple[str, ...] = ()) -> str:
+        """Publish a finished local folder at ``relpath``, replacing an older one whole.
+
+        Locally the folder is swapped in atomically (nothing to do when ``local_dir`` is
+        ``relpath``'s own folder, built in place). Remotely each file becomes one object
+        at ``relpath/<its path in local_dir>`` (never nested one level deeper on a second
+        call, as ``fs.put(recursive=True)`` does), those named in ``first`` before the
+        rest; objects the new folder no longer has are left (a remote swap is issue
+        "scale-out").
+        """
+        local_dir = Path(local_dir)
         if self.local_root is not None:
+            target = self.local_root / relpath
+            if target.exists() and local_dir.resolve() == target.resolve():
+                return self.uri(relpath)
             import shutil
 
             from capture_schema.atomic import atomic_directory
 
-            with atomic_directory(self.local_root / relpath) as tmp:
+            with atomic_directory(target) as tmp:
                 shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
-        else:
-            self._fs.put(str(local_dir), f"{self._root}/{relpath}", recursive=True)
+            return self.uri(relpath)
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.relative_to(local_dir).as_posix() not in first)  # stable: ``first`` up front
+        for path in files:
+            self._fs.pipe_file(f"{self._root}/{relpath}/{path.relative_to(local_dir).as_posix()}", path.read_bytes())
         return self.uri(relpath)
 
     @contextmanager
@@ -108,7 +125,9 @@ class Storage:
             yield target
 
     def write_if_changed(self, relpath: str, data: bytes) -> bool:
-        """Write only when the content differs, so reruns leave files (and mtimes) alone."""
+        """Write only when the content differs, so reruns leave files (and mtimes) alone; True if written."""
+        if self.local_root is not None:
+            return write_if_changed(self.local_root / relpath, data)
         if self.exists(relpath) and self.read_bytes(relpath) == data:
             return False
         self.write_bytes(relpath, data)

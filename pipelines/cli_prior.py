@@ -93,12 +93,14 @@ def _read_index(spec: str):
 
     import pyarrow.parquet as pq
 
-    if "://" in spec and not spec.startswith("file://"):
+    from capture_schema.storage import local_path_of
+
+    path = local_path_of(spec)
+    if path is None:
         import fsspec
 
         with fsspec.open(spec, "rb") as fh:
             return pq.read_table(io.BytesIO(fh.read()))
-    path = Path(spec[len("file://"):] if spec.startswith("file://") else spec)
     if not path.is_file():
         raise UsageError(f"no dataset index at {path} (the dataset_index asset writes {layout.INDEX})")
     return pq.read_table(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from capture_schema.captures_root import RootEntry, scan_captures_root
-from capture_schema.storage import Storage
+from capture_schema.storage import Storage, local_path_of
 
 DEFAULT_CAPTURES_ROOT = "workspace_data/captures"
 DEFAULT_STORAGE_URL = "file://workspace_data/derived"
@@ -25,8 +25,10 @@ class CapturesResource(dg.ConfigurableResource):
     root: str = DEFAULT_CAPTURES_ROOT
 
     def root_path(self) -> Path:
-        raw = self.root[len("file://"):] if self.root.startswith("file://") else self.root
-        return Path(raw).expanduser().resolve()
+        path = local_path_of(self.root)
+        if path is None:
+            raise ValueError(f"the captures root must be a local folder or file:// URL, got {self.root!r}")
+        return path
 
     def session_dir(self, session_id: str) -> Path:
         return self.root_path() / session_id
@@ -62,12 +64,16 @@ class FaceModelResource(dg.ConfigurableResource):
         return load_face_model(self.kind, self.path or None, self.embedding or None)
 
 
+def _setting(variable: str, default: str) -> str | dg.EnvVar:
+    """``dg.EnvVar(variable)`` when the deployment sets it (read at launch, shown by name in the UI), else ``default``."""
+    return dg.EnvVar(variable) if variable in os.environ else default
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
-        "captures": CapturesResource(root=os.environ.get("O2A_CAPTURES_ROOT", DEFAULT_CAPTURES_ROOT)),
-        "storage": StorageResource(url=os.environ.get("O2A_STORAGE_URL", DEFAULT_STORAGE_URL)),
-        "face_model": FaceModelResource(kind=os.environ.get("O2A_FACE_MODEL", "builtin"),
-                                        path=os.environ.get("O2A_FACE_MODEL_PATH", ""),
-                                        embedding=os.environ.get("O2A_FACE_MODEL_EMBEDDING", "")),
+        "captures": CapturesResource(root=_setting("O2A_CAPTURES_ROOT", DEFAULT_CAPTURES_ROOT)),
+        "storage": StorageResource(url=_setting("O2A_STORAGE_URL", DEFAULT_STORAGE_URL)),
+        "face_model": FaceModelResource(kind=_setting("O2A_FACE_MODEL", "builtin"),
+                                        path=_setting("O2A_FACE_MODEL_PATH", ""),
+                                        embedding=_setting("O2A_FACE_MODEL_EMBEDDING", "")),
     }
-

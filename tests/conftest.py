@@ -40,6 +40,17 @@ def needs_reference_data(path: Path, what: str) -> pytest.MarkDecorator:
     return pytest.mark.skip(reason=_reference_data_message(path, what))
 
 
+#: Session fixtures that cost minutes (simulating, calibrating, fitting, training): every test that
+#: uses one, directly or through another fixture, is marked ``slow`` and left out of ``make test-fast``.
+HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("reference_data"):
         if "missing" in mark.kwargs:

@@ -30,8 +30,7 @@ from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes, canonical_json
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import should_resume
-from pipelines.assets.store_io import (finite, load_face_model, publish_directory, read_index, require,
-                                       work_directory)
+from pipelines.assets.store_io import finite, load_face_model, read_index, require, work_directory
 from pipelines.resources import FaceModelResource, StorageResource
 from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
 
@@ -114,7 +113,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             report = {"configuration": config.to_dict(), "steps": result.steps, "train_seconds": result.train_seconds,
                       "final": result.final, "data": dict(data.stats), "history": result.history}
             atomic_write_bytes(work / layout.PRIOR_REPORT_FILE, canonical_json(finite(report)).encode())
-            publish_directory(store, work, target)
+            store.put_directory(work, target)
         return dg.MaterializeResult(metadata={
             "checkpoint": dg.MetadataValue.path(store.uri(layout.ablation_prior_checkpoint(config.name))),
             "images": len(keys), "subjects": len(data.subjects), "steps": result.steps,
@@ -157,7 +156,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             write_report(work, scores, result.grids, [f"configuration {config.name}: {config.budget_text()}"],
                          {**settings, "spec": spec.to_dict()})
             atomic_write_bytes(work / layout.SETTINGS_FILE, canonical_json({**settings, "subjects": subjects}).encode())
-            publish_directory(store, work, target)
+            store.put_directory(work, target)
         summary = summary_table(scores)
         return dg.MaterializeResult(metadata={
             "scores": dg.MetadataValue.path(store.uri(layout.ablation_scores(config.name))),
@@ -197,7 +196,7 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
             work = store.local_path(layout.ABLATIONS) if store.is_local else Path(tmp)
             paths = write_ablation_report(work, spec, table)
             plot = paths["plot"].read_bytes()
-            publish_directory(store, work, layout.ABLATIONS)
+            store.put_directory(work, layout.ABLATIONS)
         return dg.MaterializeResult(metadata={
             "report": dg.MetadataValue.url(store.uri(layout.ABLATIONS_REPORT)),
             "table": dg.MetadataValue.path(store.uri(layout.ABLATIONS_TABLE)),

@@ -21,7 +21,7 @@ from capture_schema import derived_layout as layout
 from capture_schema.atomic import atomic_write_bytes, canonical_json
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import avatar_prior
-from pipelines.assets.store_io import load_face_model, publish_directory, read_index, require
+from pipelines.assets.store_io import load_face_model, read_index, require
 from pipelines.resources import FaceModelResource, StorageResource
 
 
@@ -120,7 +120,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
                     "prior_checkpoint": store.uri(prior_path), "subjects": subjects, "splits": list(config.splits)}
         paths = write_report(work, scores, grids, notes, settings)
         atomic_write_bytes(work / layout.FEWSHOT_RUNS_FILE, canonical_json(runs).encode())
-        publish_directory(store, work, target)
+        store.put_directory(work, target)
         summary = summary_table(scores)
         plot = paths["plot"].read_bytes()
 

@@ -15,10 +15,9 @@ from typing import Any
 import dagster as dg
 
 from capture_schema import derived_layout as layout
-from capture_schema.atomic import canonical_json
+from capture_schema.atomic import canonical_json, write_if_changed
 from pipelines.assets.dataset_index import dataset_index
-from pipelines.assets.store_io import (finite, load_face_model, publish_directory, read_index, work_directory,
-                                       write_if_changed)
+from pipelines.assets.store_io import finite, load_face_model, read_index, work_directory
 from pipelines.resources import FaceModelResource, StorageResource
 
 
@@ -127,7 +126,7 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
         }
         write_if_changed(work / layout.PRIOR_CURVES_FILE, curves)
         write_if_changed(work / layout.PRIOR_REPORT_FILE, canonical_json(finite(report)).encode())
-        publish_directory(store, work, target, first=(layout.CHECKPOINT_FILE,))
+        store.put_directory(work, target, first=(layout.CHECKPOINT_FILE,))
 
     final = result.final
     return dg.MaterializeResult(

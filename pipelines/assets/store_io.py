@@ -1,4 +1,4 @@
-"""What the training-side assets share: reading the index, loading the face model, publishing a folder.
+"""What the training-side assets share: reading the index, loading the face model, a folder to work in.
 
 Each turns a low-level error into a ``dg.Failure`` that says which asset to
 materialise or what could not be read, so every asset fails the same way.
@@ -14,7 +14,6 @@ from typing import Any, Iterator
 import dagster as dg
 
 from capture_schema import derived_layout as layout
-from capture_schema.atomic import atomic_write_bytes
 from capture_schema.storage import Storage
 from pipelines.resources import FaceModelResource
 
@@ -41,20 +40,6 @@ def load_face_model(face_model: FaceModelResource):
         raise dg.Failure(f"face model {face_model.kind!r} could not be loaded: {exc}") from None
 
 
-def publish_directory(store: Storage, work: Path, target: str, first: tuple[str, ...] = ()) -> None:
-    """Upload a folder built locally to ``target``, file by file, the names in ``first`` before the rest.
-
-    Nothing to do on a local root: the folder was built in place. Each object is
-    published whole, so a reader sees an old or a new file, never half of one.
-    """
-    if store.is_local:
-        return
-    files = sorted(p for p in work.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.relative_to(work).as_posix() not in first)  # stable: ``first`` up front
-    for path in files:
-        store.write_bytes(layout.join(target, path.relative_to(work).as_posix()), path.read_bytes())
-
-
 @contextmanager
 def work_directory(store: Storage, relpath: str) -> Iterator[Path]:
     """The folder to work in: the output folder itself when local, else a temporary copy of it."""
@@ -79,9 +64,3 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
-
-
-def write_if_changed(path: Path, data: bytes) -> None:
-    """Rewrite only on change, so a no-op materialisation leaves the file (and its mtime) alone."""
-    if not (path.is_file() and path.read_bytes() == data):
-        atomic_write_bytes(path, data)

@@ -1,0 +1,85 @@
+"""The storage root: one rule for local paths, folders published whole and never nested, env settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import fsspec
+import pytest
+
+from capture_schema.atomic import write_if_changed
+from capture_schema.storage import Storage, local_path_of
+from pipelines.resources import DEFAULT_STORAGE_URL, FaceModelResource, StorageResource, default_resources
+
+
+def _folder(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_local_path_of_tells_local_from_remote(tmp_path: Path) -> None:
+    assert local_path_of(f"file://{tmp_path}/a") == tmp_path / "a"
+    assert local_path_of(str(tmp_path / "b")) == tmp_path / "b"
+    assert local_path_of("relative/dir") == Path.cwd() / "relative" / "dir"
+    assert local_path_of("file://~/x") == Path.home() / "x"
+    for remote in ("s3://bucket/prefix", "memory://root/x", "gs://b"):
+        assert local_path_of(remote) is None
+
+
+def test_remote_folder_published_twice_is_not_nested(tmp_path: Path) -> None:
+    url = f"memory://o2a-storage-{uuid.uuid4().hex}"
+    store = Storage(url)
+    first = _folder(tmp_path / "one", {"x.txt": b"1", "sub/y.txt": b"2"})
+    store.put_directory(first, "prior/anchored")
+    second = _folder(tmp_path / "two", {"x.txt": b"3", "sub/y.txt": b"4"})
+    store.put_directory(second, "prior/anchored")
+    fs = fsspec.filesystem("memory")
+    root = fsspec.core.url_to_fs(url)[1]
+    found = sorted(p[len(root) + 1:] for p in fs.find(root))
+    assert found == ["prior/anchored/sub/y.txt", "prior/anchored/x.txt"]
+    assert store.read_bytes("prior/anchored/x.txt") == b"3"
+
+
+def test_local_folder_is_replaced_whole_and_left_alone_when_built_in_place(tmp_path: Path) -> None:
+    store = Storage(f"file://{tmp_path / 'derived'}")
+    store.put_directory(_folder(tmp_path / "old", {"a.txt": b"a", "stale.txt": b"s"}), "f")
+    store.put_directory(_folder(tmp_path / "new", {"a.txt": b"b"}), "f")
+    assert sorted(p.name for p in (tmp_path / "derived" / "f").iterdir()) == ["a.txt"]
+    in_place = store.local_path("f")
+    (in_place / "c.txt").write_bytes(b"c")
+    store.put_directory(in_place, "f")
+    assert sorted(p.name for p in in_place.iterdir()) == ["a.txt", "c.txt"]
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_write_if_changed_leaves_an_equal_file_alone(tmp_path: Path, remote: bool) -> None:
+    store = Storage(f"memory://o2a-storage-{uuid.uuid4().hex}" if remote else f"file://{tmp_path}")
+    assert store.write_if_changed("d/x.json", b"{}") is True
+    assert store.write_if_changed("d/x.json", b"{}") is False
+    assert store.write_if_changed("d/x.json", b"[]") is True and store.read_bytes("d/x.json") == b"[]"
+    path = tmp_path / "y.bin"
+    assert write_if_changed(path, b"1") is True
+    os.utime(path, ns=(1, 1))
+    assert write_if_changed(path, b"1") is False and path.stat().st_mtime_ns == 1
+
+
+def test_default_resources_read_the_deployment_settings_at_launch(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.delenv("O2A_STORAGE_URL", raising=False)
+    assert default_resources()["storage"].url == DEFAULT_STORAGE_URL
+    monkeypatch.setenv("O2A_STORAGE_URL", f"file://{tmp_path}")
+    monkeypatch.setenv("O2A_FACE_MODEL", "builtin")
+    resources = default_resources()
+    assert isinstance(resources["storage"].url, dg.EnvVar)  # shown by name in the UI, read at launch
+
+    @dg.asset
+    def seen(storage: StorageResource, face_model: FaceModelResource) -> dict:
+        return {"url": storage.url, "kind": face_model.kind}
+
+    result = dg.materialize([seen], resources={k: resources[k] for k in ("storage", "face_model")})
+    assert result.output_for_node("seen") == {"url": f"file://{tmp_path}", "kind": "builtin"}
