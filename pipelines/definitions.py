@@ -61,12 +61,12 @@ fewshot_job = dg.define_asset_job(
 
 ablation_job = dg.define_asset_job(
     "run_ablation_configuration",
-    selection=dg.AssetSelection.assets(*ABLATION_ASSETS[:3]),
+    selection=dg.AssetSelection.assets(*ABLATION_ASSETS.per_configuration),
     description="One ablation configuration (partition): its subset, its prior and its few-shot scores.",
 )
 
 defs = dg.Definitions(
-    assets=CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + ABLATION_ASSETS,
+    assets=CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + list(ABLATION_ASSETS),
     jobs=[captures_job, session_job, dataset_job, prior_job, fewshot_job, ablation_job],
     sensors=[build_session_sensor(session_job, captures_job)],
     resources=default_resources(),

@@ -157,7 +157,7 @@ def run_ablation(instance: dg.DagsterInstance, storage: StorageResource, spec: "
     for name in names or spec.names():
         spec.get(name)  # an unknown name fails here, listing the known ones
         log(f"  ablation configuration {name}: subset, prior, few-shot")
-        result = dg.materialize(assets[:3], instance=instance, partition_key=name, resources=resources,
+        result = dg.materialize(assets.per_configuration, instance=instance, partition_key=name, resources=resources,
                                 raise_on_error=False, run_config=config)
         if not result.success:
             log(f"  ablation configuration {name}: FAILED: {_failure_reason(result)}")
@@ -165,7 +165,7 @@ def run_ablation(instance: dg.DagsterInstance, storage: StorageResource, spec: "
         meta = result.asset_materializations_for_node("ablation_fewshot")[0].metadata
         log("    " + ", ".join(f"{k}: {v.value:.2f} dB" for k, v in meta.items() if k.startswith("psnr_k")))
     if report:
-        result = dg.materialize(assets[3:], instance=instance, resources=resources, raise_on_error=False,
+        result = dg.materialize([assets.report], instance=instance, resources=resources, raise_on_error=False,
                                 run_config=config)
         if not result.success:
             log(f"  ablation report: FAILED: {_failure_reason(result)}")

@@ -44,7 +44,7 @@ def _pair_spec(tmp_path: Path) -> Path:
 def _partition_keys(spec_path: Path) -> list[str]:
     """The ablation partitions a fresh code location sees with ``O2A_ABLATION_SPEC`` set (no code change)."""
     code = ("import pipelines.definitions as d; "
-            "print(','.join(d.ABLATION_ASSETS[0].partitions_def.get_partition_keys()))")
+            "print(','.join(d.ABLATION_ASSETS.subset.partitions_def.get_partition_keys()))")
     env = {**os.environ, "O2A_ABLATION_SPEC": str(spec_path)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -79,7 +79,7 @@ configurations:
     views: [side_X99]
     expressions: [neutral]
 """)
-    subset = build_ablation_assets(spec)[0]
+    subset = build_ablation_assets(spec).subset
     for name, expected in (("crowd", "only 10 subject(s) in split 'train', 20 requested"),
                            ("no_such_camera", "side_X99")):
         result = dg.materialize([subset], partition_key=name, resources=_resources(prior_pipeline["storage"]),
@@ -196,13 +196,13 @@ configurations:
         assert any(f"{url}/{layout.ABLATIONS_REPORT}" in line for line in lines), lines
         # An edited spec: the report refuses scores computed under the old settings, naming the configuration.
         edited = parse_spec(spec_text.replace("iterations: 6", "iterations: 7"), "tiny.yaml")
-        result = dg.materialize(build_ablation_assets(edited)[3:], resources=_resources(url),
+        result = dg.materialize([build_ablation_assets(edited).report], resources=_resources(url),
                                 instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
         [event] = result.get_step_failure_events()
         assert "configuration(s) tiny were trained or scored under other settings" in \
             event.step_failure_data.user_failure_data.description
         reworded = parse_spec(spec_text.replace("    images: 2", "    description: reworded\n    images: 2"), "t.yaml")
-        assert dg.materialize(build_ablation_assets(reworded)[3:], resources=_resources(url),
+        assert dg.materialize([build_ablation_assets(reworded).report], resources=_resources(url),
                               instance=dg.DagsterInstance.ephemeral()).success  # a description is not a setting
     finally:
         fs.rm("/o2a-ablation-test", recursive=True)

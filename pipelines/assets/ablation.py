@@ -22,6 +22,7 @@ import io
 import json
 import os
 import tempfile
+from typing import NamedTuple
 from pathlib import Path
 
 import dagster as dg
@@ -55,7 +56,20 @@ def scored_under(spec: AblationSpec, name: str) -> dict:
                                       "test_splits": list(spec.test_splits)}))
 
 
-def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
+class AblationAssets(NamedTuple):
+    """The assets of one spec, by name: three partitioned per configuration, then the report over all."""
+
+    subset: dg.AssetsDefinition
+    prior: dg.AssetsDefinition
+    fewshot: dg.AssetsDefinition
+    report: dg.AssetsDefinition
+
+    @property
+    def per_configuration(self) -> tuple[dg.AssetsDefinition, ...]:
+        return (self.subset, self.prior, self.fewshot)
+
+
+def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
     """The three partitioned assets and the report, for the configurations of ``spec``."""
     partitions = dg.StaticPartitionsDefinition(spec.names())
 
@@ -206,4 +220,4 @@ def build_ablation_assets(spec: AblationSpec) -> list[dg.AssetsDefinition]:
                                         f"{base64.b64encode(plot).decode()})"),
             "configurations": len(spec.names()), "spec": spec.source, "spec_digest": spec.digest[:12]})
 
-    return [ablation_subset, ablation_prior, ablation_fewshot, ablation_report]
+    return AblationAssets(ablation_subset, ablation_prior, ablation_fewshot, ablation_report)
