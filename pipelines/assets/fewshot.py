@@ -74,7 +74,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
     from training.fewshot.evaluate import evaluate_subjects, held_out_subjects
     from training.fewshot.metrics import load_lpips
     from training.fewshot.report import summary_markdown, summary_table, write_report
-    from training.fewshot.selection import __doc__ as selection_rule
+    from training.fewshot.selection import INPUT_RULE
     from training.prior.checkpoint import CheckpointError, load_prior
     from training.prior.train import pick_device
 
@@ -113,7 +113,7 @@ def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfi
                                    context.log.info, lpips_model)
         rows, grids, runs = result.rows, result.grids, result.runs
         scores = pd.DataFrame(rows)
-        notes = [lpips_note, "Inputs: " + " ".join(selection_rule.split("\n\n")[1].split()),
+        notes = [lpips_note, "Inputs: " + INPUT_RULE,
                  f"Scores are over {fs_config.eval_frames or 'all'} held-out frames per subject, "
                  "the same for every K and method; crops are 64 px composited onto the mask background."]
         settings = {"fewshot": fs_config.to_dict(), "prior": ckpt["architecture"]["config"],

@@ -24,6 +24,12 @@ import numpy as np
 
 NEUTRAL = "neutral"
 
+#: The input rule in one sentence, for reports (the module docstring explains it at length).
+INPUT_RULE = ("the frontal neutral frame first (the camera looking most directly into the fitted face), then, "
+              "in a seeded random order, frames whose camera and expression are both new to the inputs so far "
+              "(falling back to a new camera or a new expression, then to anything); the inputs of a smaller K "
+              "are the first images of a larger K, and the scored frames are the same for every K.")
+
 
 def _forward_alignment(frame: dict) -> float:
     """Cosine between the camera's viewing direction and the face's forward direction (-1 = head-on)."""
