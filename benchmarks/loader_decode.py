@@ -37,7 +37,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, Dataset
 
 from capture_schema import derived_layout as layout
-from training.loader import build_dataset, make_loader, scale_intrinsics, train_size
+from training.loader import build_dataset, make_loader, scale_intrinsics
+from training.shards.format import (JSON_MEMBER, SHARD_FORMAT, TAR_GROUP, TAR_MODE, TAR_MTIME, TAR_USER,
+                                    train_size)
 
 BATCH = 8
 
@@ -69,19 +71,20 @@ def write_session_shards(session_dir: Path, calibration_json: Path, out_root: Pa
             s = width / cam["width"]
             K = scale_intrinsics(np.array([[cam["fx"], 0, cam["cx"]], [0, cam["fy"], cam["cy"]], [0, 0, 1]]), s, s)
             cam.update(width=width, height=height, fx=K[0, 0], fy=K[1, 1], cx=K[0, 2], cy=K[1, 2])
-            meta = {"format": "o2a.shard/1", "subject_id": info.subject_id, "session_id": info.session_id,
+            meta = {"format": SHARD_FORMAT, "subject_id": info.subject_id, "session_id": info.session_id,
                     "expression": expression, "camera_id": camera_id,
                     "image": {"format": fmt, "width": width, "height": height,
                               "sha256": hashlib.sha256(data).hexdigest(), "member": fmt},
                     "camera": cam, "fit": None, "landmarks": None, "train": None}
             samples.append({"__key__": f"{info.session_id}/{expression}/{camera_id}", fmt: data,
-                            "json": json.dumps(meta, sort_keys=True).encode("utf-8")})
+                            JSON_MEMBER: json.dumps(meta, sort_keys=True).encode("utf-8")})
             loose.append(path)
     urls = []
     for n, start in enumerate(range(0, len(samples), max_samples)):
         name = layout.shard_name(info.session_id, n)
         tmp = folder / f".{name}.tmp"
-        with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0, user="o2a", group="o2a", mode=0o444) as writer:
+        with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=TAR_MTIME, user=TAR_USER, group=TAR_GROUP,
+                                                 mode=TAR_MODE) as writer:
             for sample in samples[start:start + max_samples]:
                 writer.write(sample)
         os.replace(tmp, folder / name)

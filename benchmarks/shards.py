@@ -34,7 +34,8 @@ from capture_schema.calibration_file import Calibration, read_calibration
 from capture_schema.ingest import ingest_session
 from capture_schema.storage import Storage
 from capture_schema.validation import iter_session_dirs
-from training.shard_writer import ShardConfig, session_samples, write_session_shards
+from training.shards.format import IMAGE_MEMBERS, JSON_MEMBER
+from training.shards.write import ShardConfig, session_samples, write_session_shards
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,10 @@ def baseline_members(sessions: list[BenchSession]) -> list[tuple[str, str, Path,
     out = []
     for s in sessions:
         for sample in session_samples(s.session_dir, s.calibration, None, None, s.manifest):
-            ext = next(e for e in sample.members if e in ("jpg", "png"))
+            ext = next(e for e in sample.members if e in IMAGE_MEMBERS)
             _, expression, camera = sample.key.split("/")
             out.append((sample.key, ext, s.session_dir / "images" / expression / f"{camera}.{ext}",
-                        sample.members["json"]))
+                        sample.members[JSON_MEMBER]))
     return out
 
 

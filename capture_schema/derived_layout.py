@@ -68,7 +68,7 @@ ZARR_CHUNKS_DIR = "c"
 #: The reuse record a session step publishes inside its output folder (``pipelines.assets.reuse``).
 INPUTS_FILE = "inputs.json"
 
-# Shards (training.shard_writer).
+# Shards (training.shards.write).
 SHARDS_INDEX_FILE = "shards.json"
 SHARD_SUFFIX = ".tar"
 SHARD_NUMBER_DIGITS = 6

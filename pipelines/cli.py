@@ -242,7 +242,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from training.shard_inspect import inspect_shard
+    from training.shards.inspect import inspect_shard
 
     try:
         report = inspect_shard(Path(args.shard))

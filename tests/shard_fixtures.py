@@ -17,8 +17,8 @@ import numpy as np
 import webdataset as wds
 
 from capture_schema import derived_layout as layout
-
-FORMAT = "o2a.shard/1"
+from training.shards.format import (JSON_MEMBER, MASK_MEMBER, SHARD_FORMAT, TAR_GROUP, TAR_MODE, TAR_MTIME,
+                                    TAR_USER, TRAIN_MEMBER, train_size)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def write_shards(
                 image = np.full((height, width, 3), image_colour(s, e, c), np.uint8)
                 data = _encode(image, image_format)
                 meta = {
-                    "format": FORMAT, "subject_id": subject, "session_id": session,
+                    "format": SHARD_FORMAT, "subject_id": subject, "session_id": session,
                     "expression": expression, "camera_id": camera,
                     "image": {"format": image_format, "width": width, "height": height,
                               "sha256": hashlib.sha256(data).hexdigest(), "member": image_format},
@@ -91,22 +91,21 @@ def write_shards(
                                    "rotation": np.eye(3).tolist(), "translation": [0.0, 0.0, 0.01 * s],
                                    "frame_status": "ok", "view_status": "ok", "rmse_px": 1.0}
                 if train_resolution is not None:
-                    scale = train_resolution / max(width, height)
-                    tw, th = int(width * scale + 0.5), int(height * scale + 0.5)
+                    tw, th = train_size(width, height, train_resolution)
                     small = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-                    sample["train.png"] = _encode(small, "png")
-                    meta["train"] = {"resolution": train_resolution, "member": "train.png",
-                                     "mask_member": "mask.png" if with_mask else None}
+                    sample[TRAIN_MEMBER] = _encode(small, "png")
+                    meta["train"] = {"resolution": train_resolution, "member": TRAIN_MEMBER,
+                                     "mask_member": MASK_MEMBER if with_mask else None}
                     if with_mask:
                         mask = np.zeros((th, tw), np.uint8)
                         mask[th // 4: 3 * th // 4, tw // 4: 3 * tw // 4] = 255
-                        sample["mask.png"] = _encode(mask, "png")
+                        sample[MASK_MEMBER] = _encode(mask, "png")
                 if key in corrupt:
                     data = b"not an image at all"
-                    if "train.png" in sample:
-                        sample["train.png"] = data
+                    if TRAIN_MEMBER in sample:
+                        sample[TRAIN_MEMBER] = data
                 sample[image_format] = data
-                sample["json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
+                sample[JSON_MEMBER] = json.dumps(meta, sort_keys=True).encode("utf-8")
                 samples.append(sample)
                 keys.append(key)
                 cells[key] = (subject, camera, expression)
@@ -114,7 +113,8 @@ def write_shards(
         for n, start in enumerate(range(0, len(samples), max_samples)):
             name = layout.shard_name(session, n)
             tmp = folder / f".{name}.tmp"
-            with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=0, user="o2a", group="o2a", mode=0o444) as writer:
+            with open(tmp, "wb") as fh, wds.TarWriter(fh, mtime=TAR_MTIME, user=TAR_USER, group=TAR_GROUP,
+                                                 mode=TAR_MODE) as writer:
                 for sample in samples[start:start + max_samples]:
                     writer.write(sample)
             os.replace(tmp, folder / name)

@@ -19,9 +19,9 @@ import torch
 import training.loader as loader_mod
 from capture_schema import derived_layout as layout
 from shard_fixtures import camera_dict, image_colour, write_shards
-from training.loader import (SampleFilter, build_dataset, collate_samples, make_loader, node_info,
-                            train_size)
-from training.shard_io import tar_members
+from training.loader import SampleFilter, build_dataset, collate_samples, make_loader, node_info
+from training.shards.format import train_size
+from training.shards.read import tar_entries
 from training.subsample import BudgetError, select_budget
 
 
@@ -203,14 +203,18 @@ def test_tar_reader_matches_tarfile(fmt: int) -> None:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
-    got = list(tar_members(buf, "mem"))
+    entries = list(tar_entries(buf, "mem"))
+    assert entries[0] == ("a/b", None)  # not a regular file: named, no data
+    got = entries[1:]
     assert [n for n, _ in got] == names
     assert [len(d) for _, d in got] == [len(bytes(range(256))[: (i * 300) % 1000]) if n != "empty.json" else 0
                                         for i, n in enumerate(names)]
     with pytest.raises(ValueError, match="not a tar file"):
-        list(tar_members(io.BytesIO(b"x" * 2048), "junk"))
+        list(tar_entries(io.BytesIO(b"x" * 2048), "junk"))
     with pytest.raises(ValueError, match="truncated"):
-        list(tar_members(io.BytesIO(buf.getvalue()[:1500]), "cut"))
+        list(tar_entries(io.BytesIO(buf.getvalue()[:1500]), "cut"))
+    with pytest.raises(ValueError, match="empty"):
+        list(tar_entries(io.BytesIO(b""), "nothing"))
 
 
 def test_worker_batches_equal_in_process_batches(tmp_path: Path) -> None:

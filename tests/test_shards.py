@@ -21,8 +21,8 @@ from capture_schema.ingest import ingest_session
 from capture_schema.storage import Storage
 from conftest import sim_ground_truth
 from pipelines.cli import main
-from training.shard_inspect import inspect_shard
-from training.shard_writer import ShardConfig, ShardSample, session_samples, write_session_shards
+from training.shards.inspect import inspect_shard
+from training.shards.write import ShardConfig, ShardSample, session_samples, write_session_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_shards_round_trip_every_byte_and_field(session, tmp_path: Path) -> None
             assert np.array_equal(np.asarray(block["points"], np.float32), lm.landmarks[i, j])
         assert record["train"] is None
 
-    # The loader's reader sees the same keys and members.
+    # webdataset's own reader sees the same keys and members (the shards are plain webdataset tars).
     seen = [(s["__key__"], sorted(k for k in s if not k.startswith("__")))
             for s in wds.WebDataset([str(p) for p in shard_set.paths], shardshuffle=False)]
     assert seen == [(k, ["jpg", "json"]) for k in keys]
@@ -160,7 +160,7 @@ def test_interrupted_run_keeps_the_previous_set_intact(session, tmp_path: Path) 
 
 KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
-    from training.shard_writer import ShardConfig, ShardSample, write_session_shards
+    from training.shards.write import ShardConfig, ShardSample, write_session_shards
 
     out, n, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -344,6 +344,30 @@ def test_inspect_reports_scattered_members(tmp_path: Path) -> None:
     assert any("format" in p for p in report.samples[1].problems)
 
 
+def test_inspect_reports_a_cut_an_empty_tar_and_entries_that_are_not_files(tmp_path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        folder = tarfile.TarInfo("s/e")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name in ("s/e/a.json", "s/e/b.json"):
+            info = tarfile.TarInfo(name)
+            info.size = 2000
+            tar.addfile(info, io.BytesIO(b"{" * 2000))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(buf.getvalue()[:512 + (512 + 2048) + 512 + 1000])  # ends inside b's data
+    report = inspect_shard(cut)
+    assert [s.key for s in report.samples] == ["s/e/a"] and not report.ok
+    assert report.problems[0] == "s/e: not a regular file"
+    assert len(report.problems) == 2 and "cannot be read to the end" in report.problems[1]
+    assert "truncated" in report.problems[1]
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    assert inspect_shard(empty).problems == [f"the tar cannot be read to the end: shard {empty} is empty (not a tar file)"]
+
+
 def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
     """The whole session chain in Dagster; an image changed after ingest fails the shard step naming it,
     and re-materialising unchanged input recomputes nothing."""
@@ -426,7 +450,8 @@ def test_session_shards_asset_materialises(sim_dataset, tmp_path: Path) -> None:
 def test_loader_streams_the_writers_shards_with_filters(session, tmp_path: Path) -> None:
     """The writer's shards, read by the training loader: every sample once, filters exact,
     pixels equal to the original capture decoded and resized, intrinsics scaled."""
-    from training.loader import SampleFilter, build_dataset, decode_image, train_size
+    from training.loader import SampleFilter, build_dataset, decode_image
+    from training.shards.format import train_size
 
     shard_set = _write(session, tmp_path / "shards", ShardConfig(max_samples=40))
     urls = [str(p) for p in shard_set.paths]
@@ -445,3 +470,81 @@ def test_loader_streams_the_writers_shards_with_filters(session, tmp_path: Path)
     assert np.allclose(sample["image"].permute(1, 2, 0).numpy(), expected, atol=1e-6)
     fx = sample["meta"]["camera"]["fx"]
     assert np.isclose(float(sample["camera"]["K"][0, 0]), fx * w / rgb.shape[1], rtol=1e-6)
+
+
+def test_loader_and_inspector_read_the_same_samples_through_one_reader(session, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    from training.loader import build_dataset
+    from training.shards import read
+
+    shard_set = _write(session, tmp_path / "out", ShardConfig(max_samples=40, train_resolution=64))
+    url = str(shard_set.paths[1])
+    opened = []
+    real_entries = read.tar_entries
+
+    def spy(stream, where=""):
+        opened.append(where)
+        return real_entries(stream, where)
+
+    monkeypatch.setattr(read, "tar_entries", spy)
+    loaded = [s["key"] for s in build_dataset([url], resolution=64, split_by_node=False, split_by_worker=False)]
+    raw = [(s["__key__"], sorted((k, len(v)) for k, v in s.items() if not k.startswith("__")))
+           for s in read.shard_samples([{"url": url}])]
+    report = inspect_shard(url)
+    assert opened == [url, url, url]  # loader, its sample stage, the inspector: one reader
+    assert report.ok and not report.problems and len(report.samples) == 40
+    assert [s.key for s in report.samples] == loaded == [k for k, _ in raw] == list(shard_set.shards[1].keys)
+    assert [(s.key, sorted(s.members)) for s in report.samples] == raw
+    assert {ext for _, members in raw for ext, _ in members} == {"jpg", "json", "train.png", "mask.png"}
+
+
+def _half_up_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """The resize rule written out in integers: longer side = resolution, the other side
+    width * resolution / longer rounded half up, at least 1."""
+    longer = max(width, height)
+    return tuple(max(1, (2 * side * resolution + longer) // (2 * longer)) for side in (width, height))
+
+
+def test_writer_foreground_and_loader_share_one_resize_rule(session, session_copy: Path, tmp_path: Path) -> None:
+    """One camera's images are cropped to 512 x 298 px: at 128 px the short side is 74.5, which
+    rounds half up to 75 (half to even would give 74)."""
+    from dataclasses import replace
+
+    from training.foreground import train_members
+    from training.loader import build_dataset
+    from training.shards.format import train_size
+
+    for w, h, res in ((512, 298, 128), (1000, 301, 500), (640, 480, 256), (50, 100, 20), (3, 1000, 10), (8, 8, 8)):
+        assert train_size(w, h, res) == _half_up_size(w, h, res), (w, h, res)
+    assert _half_up_size(512, 298, 128) == (128, 75)
+
+    cam_id, height = "mid_C00", 298
+    for image in sorted((session_copy / "images").glob(f"*/{cam_id}.jpg")):
+        cropped = cv2.imread(str(image))[:height]
+        image.write_bytes(cv2.imencode(".jpg", cropped, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    cameras = dict(session["calibration"].cameras)
+    cameras[cam_id] = replace(cameras[cam_id], height=height)
+    calibration = replace(session["calibration"], cameras=cameras)
+    config = ShardConfig(train_resolution=128)
+    shard_set = write_session_shards(
+        session_samples(session_copy, calibration, session["landmarks"], session["fit"], None, config=config,
+                        faces=session["faces"]), tmp_path / "out", session["sid"], config)
+    assert not shard_set.skipped
+    _, samples = _read_tars(shard_set.paths)
+    key = f"{session['sid']}/neutral/{cam_id}"
+    members = samples[key]
+    record = json.loads(members["json"])
+    expected = _half_up_size(512, height, 128)
+    assert (record["train"]["width"], record["train"]["height"]) == expected
+    for member in ("train.png", "mask.png"):
+        stored = cv2.imdecode(np.frombuffer(members[member], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert (stored.shape[1], stored.shape[0]) == expected, member
+    extra, block = train_members(members["jpg"], cameras[cam_id], 128, None, None)
+    assert block == record["train"] | {"mask_member": None}
+    assert extra["train.png"] == members["train.png"]
+    # The loader: the stored train.png at 128 px, and an original resized by the same rule at 100 px.
+    urls = [str(p) for p in shard_set.paths]
+    for resolution in (128, 100):
+        sample = next(s for s in build_dataset(urls, resolution=resolution, split_by_node=False,
+                                               split_by_worker=False) if s["key"] == key)
+        assert tuple(sample["image"].shape[1:][::-1]) == _half_up_size(512, height, resolution), resolution

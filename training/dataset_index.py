@@ -54,7 +54,7 @@ class SessionShards:
     session_id: str
     subject_id: str
     base_url: str  # the folder URL the shard names are relative to
-    shards: Sequence[Mapping]  # each: name, n_samples, bytes, sha256, keys
+    shards: Sequence[Mapping]  # each: name, n_samples, bytes, sha256, keys (training.shards.write.ShardInfo)
 
 
 def build_index(sessions: Iterable[SessionShards], rule: SplitRule = SplitRule()) -> pa.Table:

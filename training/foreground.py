@@ -1,7 +1,8 @@
 """Training images and head masks: the fitted mesh tells grabCut where the head is.
 
 ``train_members`` makes a sample's ``train.png`` (the image resized so its longer
-side is the training resolution, INTER_AREA) and ``mask.png`` (0/255 at the same size).
+side is the training resolution, ``training.shards.format.train_size``, INTER_AREA) and
+``mask.png`` (0/255 at the same size).
 
 The fitted 3DMM covers the face only (forehead to chin). Where the fit's head rotation
 is known, the upper half of the face (brows up, in the model frame) is also carried
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from capture_schema.cameras import Camera
+from training.shards.format import MASK_MEMBER, TRAIN_MEMBER, train_block, train_size
 
 PNG_COMPRESSION = 3  # a fixed zlib level: PNG bytes are reproducible
 DILATE_FRACTION = 0.15
@@ -138,10 +140,9 @@ def train_members(data: bytes, camera: Camera, resolution: int, vertices: np.nda
     if image is None:
         return None, None
     height, width = image.shape[:2]
-    scale = resolution / max(width, height)
-    size = (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5)))  # half up, as the loader
+    size = train_size(width, height, resolution)  # the loader resizes an original to the same size
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    members = {"train.png": encode_png(small)}
+    members = {TRAIN_MEMBER: encode_png(small)}
     mask = None
     if vertices is not None:
         head = neck = None
@@ -150,7 +151,5 @@ def train_members(data: bytes, camera: Camera, resolution: int, vertices: np.nda
             neck = silhouette(camera, neck_proxy(vertices, rotation), None, size)
         mask = head_mask(small, silhouette(camera, vertices, faces, size), head, neck)
     if mask is not None:
-        members["mask.png"] = encode_png(mask)
-    block = {"resolution": int(resolution), "member": "train.png", "mask_member": "mask.png" if mask is not None else None,
-             "width": size[0], "height": size[1], "scale": scale}
-    return members, block
+        members[MASK_MEMBER] = encode_png(mask)
+    return members, train_block(width, height, resolution, mask=mask is not None)

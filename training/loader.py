@@ -8,8 +8,8 @@ The pipeline (a ``wds.DataPipeline``) is, in order::
 
 Filtering runs on the json alone, before any image is decoded, so selecting a
 subset (balance ablations, held-out cells) costs tar reading only. Shards are
-opened here (not by webdataset's ``gopen``, which has no ``s3://`` in 1.0.2) and
-read by a small tar parser (``training.shard_io``); webdataset groups members into samples.
+opened, read and grouped into samples by ``training.shards.read`` (the reader
+``o2a inspect`` uses too); the format's names come from ``training.shards.format``.
 
 Exactly-once per epoch: shards are split first by rank, then by DataLoader worker,
 so every sample is read by exactly one (rank, worker) as long as every worker gets
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys
 
-from training.shard_io import open_shards, tar_files
+from training.shards.format import (CAMERA_BLOCK, FIT_BLOCK, FORMAT_FIELD, IMAGE_BLOCK, JSON_MEMBER, SHARD_FORMAT,
+                                    TRAIN_BLOCK, train_size)
+from training.shards.read import shard_samples
 
-SHARD_FORMAT = "o2a.shard/1"
 FIT_FIELDS = ("identity", "expression", "rotation", "translation")
 
 
@@ -165,11 +165,11 @@ class _ShardSamples:
         self.rank, self.world_size, self.storage_options = rank, world_size, storage_options
 
     def _samples(self, item: dict) -> Iterator[dict]:
-        return group_by_keys(tar_files(open_shards([item], storage_options=self.storage_options)))
+        return shard_samples([item], storage_options=self.storage_options)
 
     def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
         if self.in_flight == 1:
-            yield from group_by_keys(tar_files(open_shards(src, storage_options=self.storage_options)))
+            yield from shard_samples(src, storage_options=self.storage_options)
             return
         rank, worker = node_info(self.rank, self.world_size)[0], _worker()[0]
         rng = random.Random(f"interleave:{self.seed}:{self.epoch.value}:{rank}:{worker}")
@@ -190,11 +190,11 @@ class _ShardSamples:
 def _parse_meta(src: Iterable[dict]) -> Iterator[dict]:
     for sample in src:
         where = f"sample {sample.get('__key__')!r} in {sample.get('__url__')}"
-        if "json" not in sample:
+        if JSON_MEMBER not in sample:
             raise ValueError(f"{where} has no .json member (not an {SHARD_FORMAT} shard?)")
-        meta = json.loads(sample["json"])
-        if meta.get("format") != SHARD_FORMAT:
-            raise ValueError(f"{where}: format {meta.get('format')!r}, expected {SHARD_FORMAT!r}")
+        meta = json.loads(sample[JSON_MEMBER])
+        if meta.get(FORMAT_FIELD) != SHARD_FORMAT:
+            raise ValueError(f"{where}: format {meta.get(FORMAT_FIELD)!r}, expected {SHARD_FORMAT!r}")
         sample["meta"] = meta
         yield sample
 
@@ -214,12 +214,6 @@ class _Shuffle:
         # a string seed is hashed deterministically (sha512) by random.Random
         rng = random.Random(f"{self.seed}:{self.epoch.value}:{rank}:{worker}")
         return wds.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(iter(src))
-
-
-def train_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(w, h) with the longer side == resolution, aspect kept (round half up)."""
-    scale = resolution / max(width, height)
-    return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
 
 
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10: the decoder writes RGB itself
@@ -287,12 +281,12 @@ class _Decode:
 
     def decode(self, sample: dict) -> dict:
         meta, key = sample["meta"], sample["__key__"]
-        img_meta, cam = meta["image"], meta["camera"]
+        img_meta, cam = meta[IMAGE_BLOCK], meta[CAMERA_BLOCK]
         width, height = int(img_meta["width"]), int(img_meta["height"])
         if (int(cam["width"]), int(cam["height"])) != (width, height):
             raise ValueError(f"sample {key!r}: camera is {cam['width']}x{cam['height']}, "
                              f"image is {width}x{height}")
-        train = meta.get("train") or {}
+        train = meta.get(TRAIN_BLOCK) or {}
         train_member = train.get("member")
         if train.get("resolution") == self.resolution and train_member in sample:
             image = decode_image(sample[train_member], key=key)
@@ -323,7 +317,7 @@ class _Decode:
                              0.0, cam["fy"] * sy, (cam["cy"] + 0.5) * sy - 0.5, 0.0, 0.0, 1.0,
                              *dist, *R[0], *R[1], *R[2], *t], dtype=torch.float32)
         camera = {"K": flat[:9].view(3, 3), "dist": flat[9:14], "R": flat[14:23].view(3, 3), "t": flat[23:26]}
-        fit = meta.get("fit")
+        fit = meta.get(FIT_BLOCK)
         fit_t = _float_tensors({f: fit[f] for f in FIT_FIELDS}) if fit else None
         return {"key": key, "image": _to_tensor(image), "mask": mask, "camera": camera, "meta": meta, "fit": fit_t}
 

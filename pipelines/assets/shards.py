@@ -1,6 +1,6 @@
 """``session_shards``: a session's images, cameras, landmarks and fit as webdataset shards.
 
-Thin by design: the work is ``training.shard_writer``. Shards are written to a
+Thin by design: the work is ``training.shards.write``. Shards are written to a
 temporary folder and published whole into ``derived_layout.shards_dir(session_id)``
 (tars plus ``shards.json``), so a reader sees the previous set or the new one, never a mix.
 """
@@ -52,7 +52,7 @@ def session_shards(
     storage: StorageResource, face_model: FaceModelResource,
 ) -> dg.MaterializeResult:
     """One webdataset sample per image (original bytes + camera, landmarks and 3DMM fit as JSON)."""
-    from training.shard_writer import ShardConfig
+    from training.shards.write import ShardConfig
 
     session_id = context.partition_key
     store = storage.storage()
@@ -108,7 +108,7 @@ def _write_shards(context: dg.AssetExecutionContext, captures: CapturesResource,
 
     from fitting.landmarks import read_landmarks_zarr
     from fitting.session_fit import read_session_fit
-    from training.shard_writer import ShardInputError, session_samples, write_session_shards
+    from training.shards.write import ShardInputError, session_samples, write_session_shards
 
     try:
         manifest = pq.read_table(io.BytesIO(store.read_bytes(layout.manifest(session_id))))

@@ -1,11 +1,11 @@
-"""Session shards (``o2a.shard/1``): one webdataset sample per captured image, written reproducibly.
+"""Writing session shards (``o2a.shard/1``): one webdataset sample per captured image, reproducibly.
 
-The format is a contract shared with the loader (``shard_format.md``): samples in
+The format (``training.shards.format``) is the contract with the reader: samples in
 grid order (expressions, then cameras, in session.json order), the original image
 bytes unchanged, a sorted-key JSON with the camera, 3DMM fit and landmarks, and
 optionally a training-resolution image and head mask. Tars are written with
-webdataset's ``TarWriter`` with every header field fixed (mtime 0, uid/gid 0, one
-user/group name, mode 0444), so the same input gives byte-identical shards; each
+webdataset's ``TarWriter`` with every header field fixed (``format.TAR_*``: mtime 0,
+uid/gid 0, one user/group name, mode 0444), so the same input gives byte-identical shards; each
 tar is hashed while it is written (``_HashingSink``), so its sha256 costs no second read.
 
 Crash safety: every shard of a run is written as ``.<name>.tmp`` and closed; only
@@ -36,17 +36,13 @@ from capture_schema.image_check import ImageCorrupt, ImageLimits, check_image_by
 from capture_schema.layout import is_valid_id, sample_key
 from capture_schema.session import read_session
 from fitting.landmarks import session_image_path
+from training.shards.format import (BLOCK, CAMERA_BLOCK, FIT_BLOCK, FORMAT_FIELD, IMAGE_BLOCK, IMAGE_EXTENSIONS,
+                                    JSON_MEMBER, KEY_FIELDS, RECORD, SHARD_FORMAT, TAR_GROUP, TAR_MODE, TAR_MTIME,
+                                    TAR_USER, TRAIN_BLOCK)
 
 if TYPE_CHECKING:  # fitting.session_fit imports torch: not needed to write shards
     from fitting.landmarks import SessionLandmarks
     from fitting.session_fit import SessionFit
-
-SHARD_FORMAT = "o2a.shard/1"
-TAR_USER = TAR_GROUP = "o2a"
-TAR_MODE = 0o444
-TAR_MTIME = 0
-BLOCK, RECORD = 512, 10240  # tarfile.BLOCKSIZE, tarfile.RECORDSIZE
-_FORMATS = {"jpeg": "jpg", "jpg": "jpg", "png": "png"}
 
 
 class ShardInputError(ValueError):
@@ -242,12 +238,12 @@ class SessionSamples:
                     f"{row['relative_path']} changed since ingest (sha256 {sha[:12]}..., {len(data)} bytes; the "
                     f"manifest recorded {row['sha256'][:12]}..., {row['bytes']} bytes): re-run ingest "
                     "(session_manifest) so the manifest, landmarks and fits describe the bytes that are shipped")
-            return data, ext, sha, _FORMATS[row["format"]], row["width"], row["height"]
+            return data, ext, sha, IMAGE_EXTENSIONS[row["format"]], row["width"], row["height"]
         try:
             header = check_image_bytes(data, limits=self.limits)
         except ImageCorrupt as exc:
             raise ShardInputError(f"{path.name}: {exc}") from None
-        return data, ext, sha, _FORMATS[header.format], header.width, header.height
+        return data, ext, sha, IMAGE_EXTENSIONS[header.format], header.width, header.height
 
     def _sample(self, key: str, e: str, c: str) -> ShardSample:
         camera = self.calibration.cameras.get(c)
@@ -271,15 +267,15 @@ class SessionSamples:
                 raise ShardInputError("image does not decode")
             members.update(extra)
         record = {
-            "format": SHARD_FORMAT, "subject_id": self.info.subject_id, "session_id": self.info.session_id,
-            "expression": e, "camera_id": c,
-            "image": {"format": fmt, "width": int(width), "height": int(height), "sha256": sha, "member": ext},
-            "camera": camera.to_dict(),
-            "fit": None if cell is None else _fit_block(self.fit, *cell),
+            FORMAT_FIELD: SHARD_FORMAT, "subject_id": self.info.subject_id,
+            **dict(zip(KEY_FIELDS, (self.info.session_id, e, c))),
+            IMAGE_BLOCK: {"format": fmt, "width": int(width), "height": int(height), "sha256": sha, "member": ext},
+            CAMERA_BLOCK: camera.to_dict(),
+            FIT_BLOCK: None if cell is None else _fit_block(self.fit, *cell),
             "landmarks": _landmarks_block(self.landmarks, e, c),
-            "train": train,
+            TRAIN_BLOCK: train,
         }
-        members["json"] = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        members[JSON_MEMBER] = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
         return ShardSample(key, members)
 
 
@@ -425,7 +421,7 @@ def write_session_shards(samples: Iterable[ShardSample], out_dir: str | os.PathL
             shard.tmp.unlink(missing_ok=True)
         raise
     shards = tuple(info for _, info in closed)
-    index: dict[str, Any] = {"format": SHARD_FORMAT, "prefix": prefix}
+    index: dict[str, Any] = {FORMAT_FIELD: SHARD_FORMAT, "prefix": prefix}
     skipped: tuple[SkippedSample, ...] = ()
     if isinstance(samples, SessionSamples):
         session = samples.info

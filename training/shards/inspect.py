@@ -3,7 +3,8 @@
 Every problem is recorded against the sample it concerns (or the shard, for a
 tar that cannot be read), so one damaged image does not hide the state of the
 other samples: the report is the answer, never an exception. Only a missing
-file raises (``FileNotFoundError``), since there is nothing to report on.
+file raises (``FileNotFoundError``), since there is nothing to report on. The
+tar is read by ``training.shards.read``, the reader the training loader uses.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.shard_writer import SHARD_FORMAT
+from training.shards.format import FORMAT_FIELD, IMAGE_BLOCK, JSON_MEMBER, KEY_FIELDS, SHARD_FORMAT, TRAIN_BLOCK
+from training.shards.read import shard_runs
 
 
 @dataclass
@@ -82,21 +83,21 @@ def check_sample(key: str, members: dict[str, bytes]) -> list[str]:
     """Problems of one sample given its members by extension (empty when it meets the contract)."""
     import cv2
 
-    if "json" not in members:
+    if JSON_MEMBER not in members:
         return ["no .json member"]
     try:
-        record = json.loads(members["json"].decode("utf-8"))
+        record = json.loads(members[JSON_MEMBER].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [f".json does not parse: {exc}"]
-    if not isinstance(record, dict) or record.get("format") != SHARD_FORMAT:
-        got = record.get("format") if isinstance(record, dict) else type(record).__name__
+    if not isinstance(record, dict) or record.get(FORMAT_FIELD) != SHARD_FORMAT:
+        got = record.get(FORMAT_FIELD) if isinstance(record, dict) else type(record).__name__
         return [f".json format is {got!r}, expected {SHARD_FORMAT!r}"]
     problems: list[str] = []
-    named = "/".join(str(record.get(k)) for k in ("session_id", "expression", "camera_id"))
+    named = "/".join(str(record.get(k)) for k in KEY_FIELDS)
     if named != key:
         problems.append(f".json names the sample {named!r}")
-    described = {"json"}
-    image = record.get("image") if isinstance(record.get("image"), dict) else {}
+    described = {JSON_MEMBER}
+    image = record.get(IMAGE_BLOCK) if isinstance(record.get(IMAGE_BLOCK), dict) else {}
     ext = image.get("member")
     described.add(ext)
     found, _ = _check_image(members, ext, "image", (image.get("width"), image.get("height")),
@@ -104,7 +105,7 @@ def check_sample(key: str, members: dict[str, bytes]) -> list[str]:
     problems += found
     if ext in members and hashlib.sha256(members[ext]).hexdigest() != image.get("sha256"):
         problems.append(f"image member .{ext} does not match the sha256 in the json")
-    train = record.get("train")
+    train = record.get(TRAIN_BLOCK)
     if isinstance(train, dict):
         size = (train.get("width"), train.get("height"))
         described.add(train.get("member"))
@@ -120,48 +121,37 @@ def check_sample(key: str, members: dict[str, bytes]) -> list[str]:
 
 
 def inspect_shard(path: str | os.PathLike[str]) -> ShardReport:
-    """List a shard's samples and check each one; see ``check_sample`` for what is checked."""
+    """List a shard's samples and check each one; see ``check_sample`` for what is checked.
+
+    A sample is checked once, from its first contiguous run of members; a run cut off by
+    an unreadable tar is listed and checked with the members read before reading stopped.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such shard")
     report = ShardReport(path)
     by_key: dict[str, SampleReport] = {}
-    checked: set[str] = set()
-    current: SampleReport | None = None
-    data: dict[str, bytes] = {}
 
-    def finish() -> None:  # a sample is checked once, from its first contiguous run of members
-        if current is not None and current.key not in checked:
-            checked.add(current.key)
-            current.problems.extend(check_sample(current.key, data))
+    def skipped(name: str, reason: str) -> None:
+        report.problems.append(f"{name}: {reason}")
 
     try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    report.problems.append(f"{member.name}: not a regular file")
-                    continue
-                folder, _, base = member.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not stem or not dot:
-                    report.problems.append(f"{member.name}: member name has no <key>.<extension> form")
-                    continue
-                key = f"{folder}/{stem}" if folder else stem
-                payload = tar.extractfile(member).read()
-                if current is None or key != current.key:
-                    finish()
-                    data = {}
-                    if key in by_key:  # seen before with other samples in between
-                        current = by_key[key]
-                        current.problems.append(f"members are not contiguous (.{ext} comes after other samples)")
-                    else:
-                        current = by_key[key] = SampleReport(key)
-                        report.samples.append(current)
-                if any(e == ext for e, _ in current.members):
-                    current.problems.append(f"member .{ext} appears twice")
-                current.members.append((ext, len(payload)))
+        for key, members in shard_runs(str(path), on_skip=skipped, keep_partial=True):
+            sample = by_key.get(key)
+            first_run = sample is None
+            if not first_run:  # seen before with other samples in between
+                sample.problems.append(f"members are not contiguous (.{members[0][0]} comes after other samples)")
+            else:
+                sample = by_key[key] = SampleReport(key)
+                report.samples.append(sample)
+            data: dict[str, bytes] = {}
+            for ext, payload in members:
+                if any(e == ext for e, _ in sample.members):
+                    sample.problems.append(f"member .{ext} appears twice")
+                sample.members.append((ext, len(payload)))
                 data[ext] = payload
-            finish()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+            if first_run:
+                sample.problems.extend(check_sample(key, data))
+    except (ValueError, OSError) as exc:
         report.problems.append(f"the tar cannot be read to the end: {exc}")
     return report
