@@ -40,9 +40,10 @@ def needs_reference_data(path: Path, what: str) -> pytest.MarkDecorator:
     return pytest.mark.skip(reason=_reference_data_message(path, what))
 
 
-#: Session fixtures that cost minutes (simulating, calibrating, fitting, training): every test that
-#: uses one, directly or through another fixture, is marked ``slow`` and left out of ``make test-fast``.
-HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior"})
+#: Fixtures that cost tens of seconds to minutes (simulating, rendering boards, calibrating, fitting,
+#: training): every test that uses one, directly or through another fixture, is marked ``slow`` and
+#: left out of ``make test-fast``. ``sim`` is test_calibration's rendered board captures.
+HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior", "sim"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

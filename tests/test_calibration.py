@@ -451,6 +451,7 @@ def test_no_cameras(tmp_path) -> None:
         calibrate_folder(tmp_path / "missing")
 
 
+@pytest.mark.slow  # renders and calibrates its own rig (~25 s)
 def test_symmetric_chessboard_order_is_resolved(tmp_path) -> None:
     """An 8 x 6 chessboard looks the same turned by 180 degrees: corner order is made consistent."""
     spec = ChessboardSpec(cols=8, rows=6, square_length_m=0.03)

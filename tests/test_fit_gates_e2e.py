@@ -27,6 +27,7 @@ from conftest import SHARED_DATA, needs_reference_data
 from fitting.face_models.ict import TOPOLOGY_FILE
 
 ICT_DIR = SHARED_DATA / "ict_facekit"
+pytestmark = pytest.mark.slow  # simulates, detects and fits whole sessions (~2.5 min)
 needs_ict = needs_reference_data(ICT_DIR / TOPOLOGY_FILE, "ICT-FaceKit packaged files (shared data)")
 BUMPED, SWAPPED = "mid_L30", ("up_L30", "up_R30")
 
