@@ -40,7 +40,6 @@ import numpy as np
 from benchmarks import fit_gate as fg
 from benchmarks.common import pct, summary, work_directory
 
-HERE = Path(__file__).resolve().parent
 #: REFERENCE.md, "Detector noise on faces that are not the built-in template": independently
 #: rendered heads, 512 px, face ~160 px wide; per bin of the view angle (image px).
 REFERENCE_PX = {(0, 10): "1.8-2.5", (10, 20): "1.8-2.5", (20, 30): "2.5-4.0", (30, 40): "2.5-4.0",
