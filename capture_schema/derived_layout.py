@@ -193,6 +193,16 @@ def inputs_record(folder: str) -> str:
     return join(folder, INPUTS_FILE)
 
 
+#: Suffix of a folder's resumable staging sibling: ``prior/.anchored.partial`` for ``prior/anchored``.
+STAGING_SUFFIX = ".partial"
+
+
+def staging_dir(folder: str) -> str:
+    """Where long work on ``folder`` (training) happens until it is published whole; kept after a crash to resume."""
+    parent, _, name = folder.rpartition("/")
+    return join(parent, f".{name}{STAGING_SUFFIX}") if parent else f".{name}{STAGING_SUFFIX}"
+
+
 def prior_dir(backbone: str) -> str:
     return join(PRIOR, backbone)
 
@@ -344,6 +354,12 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
 
 def describe(relpath: str) -> str | None:
     """What the file at ``relpath`` (relative to the storage root) is, or None when the pipeline writes no such file."""
+    parts = relpath.split("/")
+    staged = [i for i, p in enumerate(parts) if p.startswith(".") and p.endswith(STAGING_SUFFIX)]
+    if staged:  # unfinished work on a folder: described as the file it will become
+        i = staged[0]
+        inner = describe("/".join(parts[:i] + [parts[i][1:-len(STAGING_SUFFIX)]] + parts[i + 1:]))
+        return None if inner is None else f"unfinished (resumes on the next run): {inner}"
     for pattern, description in PATTERNS:
         if pattern.fullmatch(relpath):
             return description

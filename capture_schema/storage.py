@@ -124,6 +124,64 @@ class Storage:
             self._fs.get(f"{self._root}/{relpath}", str(target), recursive=True)
             yield target
 
+    @contextmanager
+    def staged_directory(self, relpath: str) -> Iterator[Path]:
+        """An empty local folder that becomes ``relpath`` whole when the block succeeds, and is dropped if it fails.
+
+        Locally it is a hidden sibling swapped in by rename (``atomic_directory``), so readers see
+        the old folder or the new one, never a mix; remotely a temporary folder published with
+        ``put_directory``.
+        """
+        if self.local_root is not None:
+            from capture_schema.atomic import atomic_directory
+
+            with atomic_directory(self.local_root / relpath) as tmp:
+                yield tmp
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+            self.put_directory(tmp, relpath)
+
+    @contextmanager
+    def resumable_directory(self, relpath: str, first: tuple[str, ...] = ()) -> Iterator[Path]:
+        """A local folder for long work that must survive a crash (training), published whole on success.
+
+        Locally the work happens in ``staging_dir(relpath)``, a sibling kept when the block fails
+        so the next attempt resumes from it; a new attempt without one starts from a copy of the
+        published folder (to continue a finished run). On success the staging folder replaces
+        ``relpath`` by rename. Remotely: a temporary copy of the published folder, put back
+        (``first`` files first) on success.
+        """
+        if self.local_root is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp) / "work"
+                if self.exists(relpath):
+                    self._fs.get(f"{self._root}/{relpath}", str(work), recursive=True)
+                work.mkdir(exist_ok=True)
+                yield work
+                self.put_directory(work, relpath, first=first)
+            return
+        import shutil
+
+        from capture_schema.atomic import atomic_directory
+        from capture_schema.derived_layout import staging_dir
+
+        target, work = self.local_root / relpath, self.local_root / staging_dir(relpath)
+        if not work.is_dir():
+            work.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_dir():
+                shutil.copytree(target, work)
+            else:
+                work.mkdir()
+        yield work
+        with atomic_directory(target) as tmp:
+            os.rmdir(tmp)
+            os.replace(work, tmp)
+
     def write_if_changed(self, relpath: str, data: bytes) -> bool:
         """Write only when the content differs, so reruns leave files (and mtimes) alone; True if written."""
         if self.local_root is not None:

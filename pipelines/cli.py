@@ -16,6 +16,7 @@ from typing import Sequence
 from capture_schema import derived_layout as layout
 from pipelines.cli_ablation import add_ablation_commands
 from pipelines.cli_errors import command_name, os_error_message
+from pipelines.cli_fewshot import add_fewshot_command
 from pipelines.cli_prior import add_prior_commands
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_pipeline_run)
 
     add_prior_commands(sub)
+    add_fewshot_command(sub)
     add_ablation_commands(sub)
     return parser
 

@@ -182,6 +182,16 @@ def test_descriptions_name_the_artefact() -> None:
     assert all(d and "\n" not in d for _, d in layout.PATTERNS)
 
 
+def test_staging_folder_of_an_interrupted_training_is_described_as_unfinished() -> None:
+    assert layout.staging_dir("prior/anchored") == "prior/.anchored.partial"
+    assert layout.staging_dir("ablations/views_only/prior") == "ablations/views_only/.prior.partial"
+    assert layout.describe("prior/.anchored.partial/checkpoint.pt") == \
+        "unfinished (resumes on the next run): avatar prior: checkpoint"
+    assert layout.describe("ablations/a/.prior.partial/checkpoint.pt").startswith("unfinished")
+    assert layout.describe("prior/.anchored.partial/stray.bin") is None
+    assert layout.describe("prior/.anchored.tmp/checkpoint.pt") is None
+
+
 @pytest.mark.parametrize("name", IDS)
 def test_every_file_path_function_is_described(name: str) -> None:
     """The patterns are built from the functions: whatever file they name for any legal id has a pattern."""

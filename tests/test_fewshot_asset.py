@@ -204,3 +204,38 @@ def test_object_store_root_gets_every_file(trained_prior, prior_pipeline) -> Non
         assert {"psnr_prior_k1", "psnr_scratch_k1"} <= set(meta)
     finally:
         fs.rm("/o2a-fewshot-test", recursive=True)
+
+
+def _root_with_prior(root: Path, trained_prior, prior_pipeline) -> str:
+    """A storage root of its own holding the fixture's index and prior (shard URLs in the index are absolute)."""
+    for relpath, source in ((layout.INDEX, Path(prior_pipeline["index"])),
+                            (layout.prior_checkpoint("anchored"), trained_prior["checkpoint"])):
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes(source.read_bytes())
+    return f"file://{root}"
+
+
+def test_cli_runs_the_same_stage_as_the_asset_and_replaces_the_folder_whole(trained_prior, prior_pipeline,
+                                                                           tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    asset_url = _root_with_prior(tmp_path / "asset", trained_prior, prior_pipeline)
+    assert materialise(dg.DagsterInstance.ephemeral(), asset_url, QUICK).success
+    cli_root = tmp_path / "cli"
+    cli_url = _root_with_prior(cli_root, trained_prior, prior_pipeline)
+    stale = cli_root / layout.fewshot_dir("anchored") / layout.ADAPTED_DIR / "sim0099" / "gone.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an avatar of a subject no longer evaluated")
+    args = ["fewshot", "--storage", cli_url, "--ks", "1", "--methods", "prior", "scratch", "--perturbed-ks",
+            "--stage1-steps", "2", "--stage2-steps", "2", "--eval-frames", "2", "--quiet"]
+    assert main(args) == 0
+    assert "report:" in capsys.readouterr().out
+    scores = {name: pd.read_parquet(root / layout.fewshot_scores("anchored"))
+              for name, root in (("asset", tmp_path / "asset"), ("cli", cli_root))}
+    pd.testing.assert_frame_equal(scores["asset"], scores["cli"])  # one stage, seeded: the same numbers
+    assert not stale.exists()  # the folder was replaced, not written into
+    published = (cli_root / layout.fewshot_report("anchored")).read_bytes()
+    assert main(args[:-1] + ["--subjects", "sim0000", "--quiet"]) == 1  # refused: a training subject
+    assert "held out: sim0011" in capsys.readouterr().err
+    assert (cli_root / layout.fewshot_report("anchored")).read_bytes() == published  # a failed run changes nothing
+    assert not [p for p in (cli_root / layout.FEWSHOT).iterdir() if p.name.startswith(".")]  # no temporary left

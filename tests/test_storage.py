@@ -83,3 +83,56 @@ def test_default_resources_read_the_deployment_settings_at_launch(monkeypatch: p
 
     result = dg.materialize([seen], resources={k: resources[k] for k in ("storage", "face_model")})
     assert result.output_for_node("seen") == {"url": f"file://{tmp_path}", "kind": "builtin"}
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_staged_folder_replaces_whole_on_success_and_leaves_the_old_one_on_failure(tmp_path: Path,
+                                                                                  remote: bool) -> None:
+    url = f"memory://o2a-staged-{uuid.uuid4().hex}" if remote else f"file://{tmp_path / 'derived'}"
+    store = Storage(url)
+    with store.staged_directory("fewshot/anchored") as work:
+        _folder(work, {"report.html": b"old", "adapted/s1/k1/checkpoint.pt": b"c1"})
+    with pytest.raises(RuntimeError):
+        with store.staged_directory("fewshot/anchored") as work:
+            _folder(work, {"report.html": b"half"})
+            raise RuntimeError("crash mid-way")
+    assert store.read_bytes("fewshot/anchored/report.html") == b"old"
+    assert store.exists("fewshot/anchored/adapted/s1/k1/checkpoint.pt")
+    with store.staged_directory("fewshot/anchored") as work:
+        _folder(work, {"report.html": b"new"})
+    assert store.read_bytes("fewshot/anchored/report.html") == b"new"
+    if not remote:  # locally the new folder is all there is: no stale avatar, no temporary left
+        root = tmp_path / "derived" / "fewshot"
+        assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["anchored", "anchored/report.html"]
+
+
+def test_resumable_folder_keeps_unfinished_work_apart_and_resumes_from_it(tmp_path: Path) -> None:
+    store = Storage(f"file://{tmp_path / 'derived'}")
+    published = tmp_path / "derived" / "prior" / "anchored"
+    with store.resumable_directory("prior/anchored") as work:
+        (work / "checkpoint.pt").write_bytes(b"step 10")
+    assert (published / "checkpoint.pt").read_bytes() == b"step 10"
+    with pytest.raises(KeyboardInterrupt):
+        with store.resumable_directory("prior/anchored") as work:
+            assert (work / "checkpoint.pt").read_bytes() == b"step 10"  # continues the finished run
+            (work / "checkpoint.pt").write_bytes(b"step 15")
+            raise KeyboardInterrupt
+    assert (published / "checkpoint.pt").read_bytes() == b"step 10"  # readers still see the finished prior
+    staging = tmp_path / "derived" / "prior" / ".anchored.partial"
+    assert (staging / "checkpoint.pt").read_bytes() == b"step 15"
+    with store.resumable_directory("prior/anchored") as work:
+        assert (work / "checkpoint.pt").read_bytes() == b"step 15"  # the interrupted run, not the published one
+        (work / "checkpoint.pt").write_bytes(b"step 20")
+    assert (published / "checkpoint.pt").read_bytes() == b"step 20"
+    assert sorted(p.name for p in published.parent.iterdir()) == ["anchored"]
+
+
+def test_resumable_folder_on_a_remote_root_round_trips(tmp_path: Path) -> None:
+    store = Storage(f"memory://o2a-resume-{uuid.uuid4().hex}")
+    with store.resumable_directory("prior/anchored", first=("checkpoint.pt",)) as work:
+        _folder(work, {"checkpoint.pt": b"a", "report.json": b"{}"})
+    with store.resumable_directory("prior/anchored") as work:
+        assert (work / "checkpoint.pt").read_bytes() == b"a"
+        (work / "checkpoint.pt").write_bytes(b"b")
+    assert store.read_bytes("prior/anchored/checkpoint.pt") == b"b"
+    assert store.read_bytes("prior/anchored/report.json") == b"{}"

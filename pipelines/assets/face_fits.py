@@ -18,7 +18,8 @@ from pipelines.assets.calibration import camera_calibration, read_session_calibr
 from pipelines.assets.landmarks import face_landmarks
 from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, local_file_identity,
                                     recorded_fingerprint, recorded_outcome, write_record)
-from pipelines.assets.store_io import finite, load_face_model
+from pipelines.assets.store_io import load_face_model
+from training.stage_io import finite
 from fitting.fit_quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource

@@ -1,0 +1,154 @@
+"""One balance-ablation configuration, stage by stage, and the comparison of all: callable without Dagster.
+
+Per configuration (``derived_layout.ablation_dir(name)``): ``select_subset`` writes the
+configuration's images of the train split, ``train_configuration`` trains a prior on
+exactly those images (the resume rule of ``training.prior.stage``), ``evaluate_configuration``
+scores it few-shot with the spec's protocol and records what the scores were computed
+under. ``compare`` refuses scores computed under settings the spec no longer gives (the
+staleness rule) and writes the comparison beside the configurations' folders, file by file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from capture_schema import derived_layout as layout
+from capture_schema.atomic import canonical_json
+from capture_schema.storage import Storage
+from fitting.face_models.base import FaceModel
+from training.ablation.spec import AblationSpec
+from training.stage_io import StageError, read_index, require
+
+Log = Callable[[str], None]
+
+
+def _settings(configuration: dict) -> dict:
+    """A configuration's fields that change results: all but its free-text description."""
+    return {k: v for k, v in configuration.items() if k != "description"}
+
+
+def scored_under(spec: AblationSpec, name: str) -> dict:
+    """What a configuration's scores depend on besides the data: its settings (not its description) and the
+    few-shot protocol, as JSON values so that they compare equal to what was written."""
+    return json.loads(canonical_json({"configuration": _settings(spec.get(name).to_dict()),
+                                      "fewshot": spec.fewshot_config().to_dict(),
+                                      "test_splits": list(spec.test_splits)}))
+
+
+def select_subset(store: Storage, spec: AblationSpec, name: str):
+    """Write configuration ``name``'s images of the train split (``subset.json``); the ``SelectedSubset``."""
+    from training.subsample import BudgetError
+
+    config = spec.get(name)
+    try:
+        subset = config.select(read_index(store))
+    except BudgetError as exc:
+        raise StageError(str(exc)) from None
+    body = {"configuration": config.to_dict(), "spec": spec.source, "spec_digest": spec.digest,
+            "subset": subset.to_dict(), "keys": list(subset.keys)}
+    store.write_bytes(layout.ablation_subset(name), canonical_json(body).encode())
+    return subset
+
+
+def train_configuration(store: Storage, spec: AblationSpec, name: str, model: FaceModel, log: Log = print,
+                        warn: Log = print):
+    """Train configuration ``name``'s prior on exactly its subset; ``(PriorRun, PriorData)``."""
+    from training.loader import SampleFilter
+    from training.prior.dataset import prior_data_from_index
+    from training.prior.stage import train_prior_into
+
+    config = spec.get(name)
+    subset_path = layout.ablation_subset(name)
+    require(store, subset_path, "subset", "ablation_subset")
+    keys = json.loads(store.read_bytes(subset_path))["keys"]
+    data = prior_data_from_index(read_index(store), "train", SampleFilter(keys=frozenset(keys)))
+    if data.stats["images"] != len(keys):
+        raise StageError(f"the index has {data.stats['images']} of the subset's {len(keys)} images: "
+                         "rematerialise ablation_subset on the current dataset index")
+    prior_config = config.prior_config()
+    log(f"{name}: training on {len(keys)} images ({config.budget_text()}), {prior_config.iterations} steps")
+    try:
+        run = train_prior_into(store, layout.ablation_prior_dir(name), prior_config, data, model,
+                               title=f"ablation {name}", report_extra={"configuration": config.to_dict()},
+                               log=log, warn=warn)
+    except StageError as exc:
+        raise StageError(f"{name}: {exc}") from None
+    return run, data
+
+
+def evaluate_configuration(store: Storage, spec: AblationSpec, name: str, model: FaceModel, log: Log = print):
+    """Configuration ``name``'s prior adapted few-shot to the spec's held-out subjects; the ``FewShotRun``."""
+    from training.fewshot.evaluate import held_out_subjects
+    from training.fewshot.stage import evaluate_into
+    from training.prior.stage import load_stored_prior
+
+    config = spec.get(name)
+    prior_path = layout.ablation_prior_checkpoint(name)
+    require(store, prior_path, "prior", "ablation_prior")
+    index = read_index(store)
+    subjects = held_out_subjects(index, spec.test_splits)
+    if not subjects:
+        raise StageError(f"the dataset index has no subject in split(s) {', '.join(spec.test_splits)}")
+    prior, _ = load_stored_prior(store, prior_path, "ablation_prior")
+    settings = scored_under(spec, name)
+    return evaluate_into(store, layout.ablation_fewshot_dir(name), prior, model, index, subjects,
+                         spec.fewshot_config(), notes=[f"configuration {name}: {config.budget_text()}"],
+                         settings={**settings, "spec": spec.to_dict()}, keep_adapted=False,
+                         extra_files={layout.SETTINGS_FILE: canonical_json({**settings, "subjects": subjects}).encode()},
+                         log=log)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The comparison table of every configuration and its plot."""
+
+    table: pd.DataFrame
+    plot_png: bytes
+
+
+def stale_configurations(store: Storage, spec: AblationSpec) -> list[str]:
+    """Configurations whose prior or scores were made under other settings than ``spec`` gives them now."""
+    stale = []
+    for name in spec.names():
+        cost = json.loads(store.read_bytes(layout.ablation_prior_report(name)))
+        settings_path = layout.ablation_settings(name)
+        settings = json.loads(store.read_bytes(settings_path)) if store.exists(settings_path) else {}
+        wanted = scored_under(spec, name)
+        if ({k: settings.get(k) for k in wanted} != wanted
+                or _settings(cost.get("configuration", {})) != wanted["configuration"]):
+            stale.append(name)
+    return stale
+
+
+def compare(store: Storage, spec: AblationSpec) -> Comparison:
+    """Every configuration side by side (``ablations/report.*``); ``StageError`` if any is missing or stale."""
+    from training.ablation.report import comparison_table, write_ablation_report
+
+    missing = [n for n in spec.names()
+               if not store.exists(layout.ablation_scores(n)) or not store.exists(layout.ablation_prior_report(n))]
+    if missing:
+        raise StageError(f"configuration(s) {', '.join(missing)} have no few-shot scores yet: materialise "
+                         "ablation_subset, ablation_prior and ablation_fewshot for those partitions first")
+    stale = stale_configurations(store, spec)
+    if stale:
+        raise StageError(f"configuration(s) {', '.join(stale)} were trained or scored under other settings than "
+                         f"{spec.source} now gives them (the spec changed since): rematerialise ablation_subset, "
+                         "ablation_prior and ablation_fewshot for those partitions")
+    scores: dict[str, Any] = {n: pd.read_parquet(io.BytesIO(store.read_bytes(layout.ablation_scores(n))))
+                              for n in spec.names()}
+    costs = {n: json.loads(store.read_bytes(layout.ablation_prior_report(n))) for n in spec.names()}
+    table = comparison_table(spec, scores, costs)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_ablation_report(Path(tmp), spec, table)
+        for path in sorted(Path(tmp).rglob("*")):  # beside the configurations' folders: published file by file
+            if path.is_file():
+                store.write_bytes(layout.join(layout.ABLATIONS, path.relative_to(tmp).as_posix()), path.read_bytes())
+        plot = paths["plot"].read_bytes()
+    return Comparison(table=table, plot_png=plot)
