@@ -13,7 +13,7 @@ images is ``training.subsample.select_budget``, imported only by
 from __future__ import annotations
 
 import hashlib
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from capture_schema.layout import is_valid_id
 from training.dataset_index import SPLITS
 from training.fewshot import config as fewshot_cfg
 from training.prior import config as prior_cfg
-from training.settings import SettingsError, apply_overrides, check_changes, unknown_names
+from training.settings import SettingsError, apply_overrides, check_changes, default_of, unknown_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,9 +120,8 @@ class AblationConfig:
 
 #: What a key neither the configuration nor ``defaults`` gives is: the field's default (``images`` and
 #: ``identities`` have none).
-FALLBACKS: dict[str, Any] = {f.name: f.default if f.default_factory is MISSING else f.default_factory()
-                             for f in fields(AblationConfig) if f.name in CONFIG_KEYS and
-                             (f.default is not MISSING or f.default_factory is not MISSING)}
+FALLBACKS: dict[str, Any] = {key: default_of(AblationConfig, key) for key in CONFIG_KEYS
+                             if key not in ("images", "identities")}
 
 
 @dataclass(frozen=True)
