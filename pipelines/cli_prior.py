@@ -12,13 +12,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from capture_schema import derived_layout as layout
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2  # the same as pipelines.cli
 DEFAULT_EVAL_FRAMES = 24
-_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false"}
 
 
 class UsageError(ValueError):
@@ -35,55 +34,34 @@ def _error(command: str, message: str) -> None:
     print(f"o2a prior {command}{where}: {message}", file=sys.stderr)
 
 
-def parse_settings(items: Sequence[str]) -> dict[str, Any]:
-    """``["rays_per_image=32", ...]`` -> ``{"rays_per_image": 32}``, typed by ``PriorConfig``'s fields."""
-    import difflib
-    from dataclasses import fields
-
-    from training.prior.config import PriorConfig
-
-    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(PriorConfig)}
-    out: dict[str, Any] = {}
+def parse_settings(items: Sequence[str]) -> dict[str, str]:
+    """``["rays_per_image=32", ...]`` -> ``{"rays_per_image": "32"}`` (last wins); typed by ``build_config``."""
+    out: dict[str, str] = {}
     for item in items:
         name, sep, raw = item.partition("=")
-        name, raw = name.strip(), raw.strip()
-        if not sep or not name:
+        if not sep or not name.strip():
             raise UsageError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set rays_per_image=128")
-        if name not in types:
-            close = difflib.get_close_matches(name, types, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(types)}"
-            raise UsageError(f"--set {name}: PriorConfig has no such field ({hint})")
-        kind = types[name]
-        try:
-            if kind == "int":
-                out[name] = int(raw)
-            elif kind == "float":
-                out[name] = float(raw)
-            elif kind == "bool":
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(raw)
-                out[name] = raw.lower() in ("true", "1")
-            else:
-                out[name] = raw
-        except ValueError:
-            raise UsageError(f"--set {name}={raw!r}: expected {_KIND_NAMES.get(kind, kind)}"
-                             ) from None
+        out[name.strip()] = raw.strip()
     return out
 
 
 def build_config(preset_name: str, backbone: str | None, iterations: int | None, settings: Sequence[str]):
-    """The preset, then ``--backbone`` / ``--iterations``, then every ``--set`` (last wins); UsageError if invalid."""
-    from training.prior.config import preset
+    """The preset, then ``--backbone`` / ``--iterations``, then every ``--set`` (last wins); UsageError if invalid.
 
-    changes: dict[str, Any] = {}
-    if backbone:
-        changes["backbone"] = backbone
-    if iterations is not None:
-        changes["iterations"] = iterations
-    changes.update(parse_settings(settings))
+    ``--set`` text is typed by ``training.settings`` (the validator of the ablation spec and the Dagster
+    configs too): an unknown field, a value that does not parse as the field's type (``iterations=1.5``)
+    or one ``PriorConfig`` rejects is a UsageError naming the field.
+    """
+    from training.prior.config import PRESETS
+    from training.settings import SettingsError, apply_overrides, check_changes
+
+    if preset_name not in PRESETS:
+        raise UsageError(f"unknown preset {preset_name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    flags = {name: value for name, value in (("backbone", backbone), ("iterations", iterations)) if value is not None}
     try:
-        return preset(preset_name, **changes)
-    except ValueError as exc:
+        typed = check_changes(PRESETS[preset_name], parse_settings(settings), "--set", text=True)
+        return apply_overrides(PRESETS[preset_name], {**flags, **typed})
+    except SettingsError as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -132,6 +132,8 @@ BAD = [
     (one(OK, "defaults: {prior_changes: {lr: fast}}\n"), "configuration 'c', field 'prior_changes': lr must be a number"),
     (one(OK + ", prior_changes: {lr: 1e-3}"), "'prior_changes'.*'1e-3' .*write 1.0e-3"),
     (one(OK + ", prior_changes: {iterations: 4.5}"), "'prior_changes'.*iterations must be an integer"),
+    (one(OK + ", prior_changes: {iterations: true}"), "'prior_changes': iterations must be an integer, got True"),
+    (one(OK + ", prior_changes: {lr: .inf}"), "'prior_changes': lr must be a finite number, got inf"),
     (one(OK, "fewshot_preset: tpu\n"), "'fewshot_preset'.*unknown few-shot preset 'tpu'"),
     (one(OK, "fewshot: {kss: [1]}\n"), "'fewshot'.*did you mean 'ks'"),
     (one(OK, "fewshot: {ks: [0]}\n"), "'fewshot'.*FewShotConfig rejects.*ks must be"),

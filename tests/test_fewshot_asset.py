@@ -174,7 +174,7 @@ def test_clear_errors_for_missing_inputs_and_bad_subjects(trained_prior, prior_p
     message = failure_message(materialise(instance, prior_pipeline["storage"], {"subjects": ["sim0000"]}))
     assert "sim0000" in message and "held out: sim0011" in message  # a training subject is refused
     message = failure_message(materialise(instance, prior_pipeline["storage"], {"ks": [0]}))
-    assert "invalid few-shot settings" in message
+    assert "fewshot_report run config: FewShotConfig rejects" in message
 
 
 QUICK = {"ks": [1], "methods": ["prior", "scratch"], "perturbed_ks": [], "stage1_steps": 2, "stage2_steps": 2,

@@ -239,9 +239,10 @@ def test_cli_prior_train_resume_and_eval(prior_pipeline, tmp_path: Path, capsys)
 
 @pytest.mark.parametrize("setting, expected", [
     ("rays_per_imag=32", "did you mean 'rays_per_image'"),
-    ("rays_per_image=many", "expected an integer"),
+    ("rays_per_image=many", "rays_per_image must be an integer, got 'many'"),
+    ("iterations=1.5", "iterations must be an integer, got '1.5'"),
     ("rays_per_image=0", "rays_per_image must be >= 1"),
-    ("lr=fast", "expected a number"),
+    ("lr=fast", "lr must be a number, got 'fast'"),
     ("backbone=voxels", "backbone must be one of"),
     ("rays_per_image", "expected FIELD=VALUE"),
 ])

@@ -15,26 +15,26 @@ from capture_schema.manifest import parquet_bytes
 from pipelines.assets.shards import session_shards
 from pipelines.partitions import SESSIONS_PARTITION
 from pipelines.resources import StorageResource
+from pipelines.run_config import from_run_config, mirrored
+from training.dataset_index import SplitRule
+from training.settings import default_of
 
 
 class DatasetIndexConfig(dg.Config):
     """Fractions of *subjects* per split; changing them re-splits deterministically."""
 
-    train: float = 0.8
-    validation: float = 0.1
-    test: float = 0.1
+    train: float = default_of(SplitRule, "train")
+    validation: float = default_of(SplitRule, "validation")
+    test: float = default_of(SplitRule, "test")
 
 
 @dg.asset(deps=[session_shards], group_name="dataset", kinds={"parquet"})
 def dataset_index(context: dg.AssetExecutionContext, config: DatasetIndexConfig,
                   storage: StorageResource) -> dg.MaterializeResult:
     """Every sample (shard URL, key, subject, expression, camera, split) of every sharded session."""
-    from training.dataset_index import SessionShards, SplitRule, build_index, coverage_markdown, coverage_summary
+    from training.dataset_index import SessionShards, build_index, coverage_markdown, coverage_summary
 
-    try:
-        rule = SplitRule(config.train, config.validation, config.test)
-    except ValueError as exc:
-        raise dg.Failure(str(exc)) from None
+    rule = from_run_config(SplitRule(), mirrored(config, SplitRule), "dataset_index")
     store = storage.storage()
     sessions, expected, without = [], {}, []
     for session_id in sorted(context.instance.get_dynamic_partitions(SESSIONS_PARTITION)):

@@ -9,7 +9,7 @@ subject: ``load_prior`` renders any camera and expression). The folder is replac
 """
 
 import base64
-from typing import Any, Optional
+from typing import Optional
 
 import dagster as dg
 
@@ -18,6 +18,7 @@ from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import avatar_prior
 from pipelines.assets.store_io import load_face_model, stage_failures
 from pipelines.resources import FaceModelResource, StorageResource
+from pipelines.run_config import from_run_config, mirrored
 
 
 class FewShotReportConfig(dg.Config):
@@ -46,18 +47,11 @@ class FewShotReportConfig(dg.Config):
 
 
 def _fewshot_config(config: FewShotReportConfig):
-    from training.fewshot.config import PRESETS, fewshot_preset
+    from training.fewshot.config import PRESETS, FewShotConfig
 
     if config.preset not in PRESETS:
         raise dg.Failure(f"unknown few-shot preset {config.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    changes: dict[str, Any] = {
-        name: tuple(value) if isinstance(value, list) else value
-        for name in ("ks", "eval_frames", "methods", "perturbed_ks", "stage1_steps", "stage2_steps")
-        if (value := getattr(config, name)) is not None}
-    try:
-        return fewshot_preset(config.preset, **changes)
-    except ValueError as exc:
-        raise dg.Failure(f"invalid few-shot settings: {exc}") from None
+    return from_run_config(PRESETS[config.preset], mirrored(config, FewShotConfig), "fewshot_report")
 
 
 @dg.asset(deps=[avatar_prior, dataset_index], group_name="prior", kinds={"pytorch", "html"})

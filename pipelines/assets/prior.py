@@ -10,7 +10,7 @@ another config is replaced.
 
 import base64
 import math
-from typing import Any
+from typing import Optional
 
 import dagster as dg
 
@@ -18,6 +18,9 @@ from capture_schema import derived_layout as layout
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.store_io import load_face_model, stage_failures
 from pipelines.resources import FaceModelResource, StorageResource
+from pipelines.run_config import from_run_config, mirrored
+from training.prior.config import PriorConfig
+from training.settings import default_of
 
 
 class AvatarPriorConfig(dg.Config):
@@ -25,10 +28,10 @@ class AvatarPriorConfig(dg.Config):
 
     preset: str = "cpu"
     """``cpu`` (64 px crops, minutes on 2 cores: demo and tests) or ``gpu`` (full size, see the README)."""
-    backbone: str = "anchored"
+    backbone: str = default_of(PriorConfig, "backbone")
     """``anchored`` (features on the 3DMM vertices) or ``triplane``; each trains into ``prior/<backbone>/``."""
-    iterations: int = 0
-    """Optimisation steps; 0 = the preset's."""
+    iterations: Optional[int] = None
+    """Optimisation steps (None = the preset's)."""
     eval_frames: int = 24
     """Training frames rendered whole for the held-in PSNR (0 = skip the evaluation)."""
     resume: bool = True
@@ -36,18 +39,13 @@ class AvatarPriorConfig(dg.Config):
 
 
 def _prior_config(config: AvatarPriorConfig):
-    from training.prior.config import BACKBONES, PRESETS, preset
+    from training.prior.config import PRESETS
 
     if config.preset not in PRESETS:
         raise dg.Failure(f"unknown preset {config.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    if config.backbone not in BACKBONES:
-        raise dg.Failure(f"unknown backbone {config.backbone!r}; choose one of {', '.join(BACKBONES)}")
-    if config.iterations < 0 or config.eval_frames < 0:
-        raise dg.Failure("iterations and eval_frames must be >= 0 (iterations 0 = the preset's)")
-    changes: dict[str, Any] = {"backbone": config.backbone}
-    if config.iterations:
-        changes["iterations"] = config.iterations
-    return preset(config.preset, **changes)
+    if config.eval_frames < 0:
+        raise dg.Failure(f"eval_frames must be >= 0 (0 = skip the evaluation), got {config.eval_frames}")
+    return from_run_config(PRESETS[config.preset], mirrored(config, PriorConfig), "avatar_prior")
 
 
 @dg.asset(deps=[dataset_index], group_name="prior", kinds={"pytorch"})

@@ -22,6 +22,10 @@ from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version,
                                     recorded_outcome, stored_digest, write_record)
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
+from pipelines.run_config import from_run_config
+from training.prior.config import PRESETS as PRIOR_PRESETS
+from training.settings import default_of
+from training.shards.write import ShardConfig
 
 SKIPPED_SHOWN = 20
 
@@ -29,14 +33,14 @@ SKIPPED_SHOWN = 20
 class ShardsConfig(dg.Config):
     """How shards are cut and what each sample carries."""
 
-    max_mb: float = 256.0
+    max_mb: float = default_of(ShardConfig, "max_bytes") / 2**20
     """A new shard starts before a sample would push the tar past this many MiB."""
-    max_samples: int = 1000
+    max_samples: int = default_of(ShardConfig, "max_samples")
     """... or past this many samples."""
-    train_resolution: int = 128
+    train_resolution: int = PRIOR_PRESETS["cpu"].load_resolution
     """Longer side of the training image (train.png) in pixels; 0 = no training image and no mask.
     The default is the avatar prior's CPU preset ``load_resolution``: the prior then never decodes originals."""
-    masks: bool = True
+    masks: bool = default_of(ShardConfig, "masks")
     """With a training image, add a grabCut head mask (mask.png) where the frame has a fit."""
 
 
@@ -52,15 +56,14 @@ def session_shards(
     storage: StorageResource, face_model: FaceModelResource,
 ) -> dg.MaterializeResult:
     """One webdataset sample per image (original bytes + camera, landmarks and 3DMM fit as JSON)."""
-    from training.shards.write import ShardConfig
-
     session_id = context.partition_key
     store = storage.storage()
     if store.exists(layout.quarantine(session_id)):
         raise dg.Failure(f"session {session_id} is quarantined (see {store.uri(layout.quarantine(session_id))}); "
                          "fix it and re-materialise session_manifest first")
-    shard_config = ShardConfig(max_bytes=int(config.max_mb * 2**20), max_samples=config.max_samples,
-                               train_resolution=config.train_resolution or None, masks=config.masks)
+    shard_config = from_run_config(ShardConfig(), {"max_bytes": int(config.max_mb * 2**20), "masks": config.masks,
+                                                   "max_samples": config.max_samples,
+                                                   "train_resolution": config.train_resolution or None}, "session_shards")
     target = layout.shards_dir(session_id)
     upstream = [recorded_fingerprint(store, layout.landmarks_dir(session_id)),
                 recorded_fingerprint(store, layout.face_fits_dir(session_id))]

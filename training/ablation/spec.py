@@ -12,9 +12,8 @@ images is ``training.subsample.select_budget``, imported only by
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from capture_schema.layout import is_valid_id
 from training.dataset_index import SPLITS
 from training.fewshot import config as fewshot_cfg
 from training.prior import config as prior_cfg
+from training.settings import SettingsError, apply_overrides, check_changes, default_of, unknown_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,26 +36,19 @@ TRAIN_SPLIT = "train"
 TOP_LEVEL_KEYS = ("version", "defaults", "fewshot_preset", "fewshot", "test_splits", "configurations")
 CONFIG_KEYS = ("description", "images", "identities", "views_per_identity", "expressions_per_identity",
                "views", "expressions", "prior_preset", "prior_changes", "seed")
-#: What a key neither the configuration nor ``defaults`` gives is (``images``/``identities`` have none).
-FALLBACKS: dict[str, Any] = {"description": "", "views_per_identity": None, "expressions_per_identity": None,
-                             "views": None, "expressions": None, "prior_preset": "cpu", "prior_changes": {},
-                             "seed": 0}
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", tuple: "a list", bool: "true/false"}
 
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message names the file, the configuration and the field."""
 
 
-def _error(source: str, message: str, config: object = None, key: str | None = None) -> SpecError:
+def _where(source: str, config: object = None, key: str | None = None) -> str:
     where = ([f"configuration {config!r}"] if config is not None else []) + ([f"field {key!r}"] if key else [])
-    return SpecError(f"{source}: {', '.join(where) + ': ' if where else ''}{message}")
+    return f"{source}: {', '.join(where)}" if where else source
 
 
-def _unknown(keys: list[Any], known: list[str] | tuple[str, ...], what: str) -> str:
-    hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1)) else "")
-             for k in keys]
-    return f"unknown {what} {', '.join(hints)}; allowed: {', '.join(known)}"
+def _error(source: str, message: str, config: object = None, key: str | None = None) -> SpecError:
+    return SpecError(f"{_where(source, config, key)}: {message}")
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -125,6 +118,12 @@ class AblationConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+#: What a key neither the configuration nor ``defaults`` gives is: the field's default (``images`` and
+#: ``identities`` have none).
+FALLBACKS: dict[str, Any] = {key: default_of(AblationConfig, key) for key in CONFIG_KEYS
+                             if key not in ("images", "identities")}
+
+
 @dataclass(frozen=True)
 class AblationSpec:
     """The configurations (file order) and the few-shot protocol every one of them is scored with."""
@@ -170,17 +169,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _count(source: str, config: str, key: str, value: Any, optional: bool = False) -> int | None:
-    # type(...) is int: bool is an int subclass, so `images: yes` is rejected too
-    if (value is not None or not optional) and (type(value) is not int or value < 1):
-        raise _error(source, f"must be an integer >= 1, got {value!r}", config, key)
-    return value
-
-
 def _ids(source: str, config: str | None, key: str, value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or not value or len(set(map(str, value))) != len(value):
+    if not isinstance(value, (list, tuple)) or not value or len(set(map(str, value))) != len(value):
         raise _error(source, f"must be a non-empty list of distinct ids, got {value!r}", config, key)
     if bad := [v for v in value if not is_valid_id(v)]:
         raise _error(source, f"invalid id(s) {bad} (letters, digits, '_' and '-' only)", config, key)
@@ -194,25 +186,14 @@ def _mapping(source: str, config: str | None, key: str, value: Any) -> dict[Any,
 
 
 def _overrides(source: str, config: str | None, key: str, value: Any, base: Any) -> dict[str, Any]:
-    """Field overrides of the dataclass ``base``: known names and values of each field's type.
-
-    The config classes check ranges, not types (``lr: "fast"`` would only fail in training), and
-    PyYAML reads ``1e-3`` as a string (YAML 1.1 floats need a dot), so types are checked here.
-    """
-    changes, known = _mapping(source, config, key, value), [f.name for f in fields(base)]
-    if unknown := [k for k in changes if k not in known]:
-        raise _error(source, _unknown(unknown, known, f"{type(base).__name__} field(s)"), config, key)
-    out = {}
-    for name, v in changes.items():
-        want = type(getattr(base, name))
-        if want is float and type(v) is int:
-            v = float(v)
-        elif not (want is tuple and isinstance(v, list)) and type(v) is not want:
-            hint = " (PyYAML reads 1e-3 as a string: write 1.0e-3)" if want is float and isinstance(v, str) else ""
-            raise _error(source, f"{name} must be {_TYPE_NAMES.get(want, want.__name__)}, got {v!r}{hint}",
-                         config, key)
-        out[name] = v
-    return out
+    """Field overrides of the dataclass ``base``, checked by ``training.settings`` (names, types, and
+    ``base``'s own invariants), as JSON-able data: ``lr: "fast"`` fails here, not in training."""
+    changes = _mapping(source, config, key, value)
+    try:
+        result = apply_overrides(base, changes, _where(source, config, key))
+    except SettingsError as err:
+        raise SpecError(str(err)) from None
+    return {name: list(v) if isinstance(v := getattr(result, name), tuple) else v for name in changes}
 
 
 def _parse_config(source: str, name: Any, body: Any, defaults: dict[str, Any]) -> AblationConfig:
@@ -221,40 +202,36 @@ def _parse_config(source: str, name: Any, body: Any, defaults: dict[str, Any]) -
                              "(letters, digits, '_' and '-', at most 128 characters)")
     body = _mapping(source, name, "", body)
     if unknown := [k for k in body if k not in CONFIG_KEYS]:
-        raise _error(source, _unknown(unknown, CONFIG_KEYS, "key(s)"), name)
+        raise _error(source, unknown_names(unknown, CONFIG_KEYS, "key(s)"), name)
     s = {**FALLBACKS, **defaults, **body}
     for key in ("images", "identities"):
         if key not in s:
             raise _error(source, "missing (no default either)", name, key)
-    images, identities, n_v, n_e = (_count(source, name, k, s[k], optional=k.endswith("_per_identity")) for k in
-                                    ("images", "identities", "views_per_identity", "expressions_per_identity"))
-    views, exprs = _ids(source, name, "views", s["views"]), _ids(source, name, "expressions", s["expressions"])
-    for word, count, pool in (("views", n_v, views), ("expressions", n_e, exprs)):
+    try:  # the types of every key but prior_changes (its own fields are checked below); strict: `images: 8.0`
+        t = check_changes(AblationConfig, {k: v for k, v in s.items() if k != "prior_changes"})
+    except SettingsError as err:
+        raise _error(source, err.problem, name, err.field) from None
+    for key in ("images", "identities", "views_per_identity", "expressions_per_identity"):
+        if t[key] is not None and t[key] < 1:
+            raise _error(source, f"must be an integer >= 1, got {t[key]!r}", name, key)
+    views, exprs = _ids(source, name, "views", t["views"]), _ids(source, name, "expressions", t["expressions"])
+    for word, count, pool in (("views", t["views_per_identity"], views),
+                              ("expressions", t["expressions_per_identity"], exprs)):
         if count is None and pool is None:
             raise _error(source, f"give {word}_per_identity (a count drawn per identity) or {word} "
                                  "(an explicit list)", name, f"{word}_per_identity")
         if count is not None and pool is not None and count > len(pool):
             raise _error(source, f"{count} exceeds the {len(pool)} {word} listed {list(pool)}", name,
                          f"{word}_per_identity")
-    for key, want in (("seed", int), ("description", str), ("prior_preset", str)):
-        if type(s[key]) is not want:
-            raise _error(source, f"must be {_TYPE_NAMES[want]}, got {s[key]!r}", name, key)
-    if s["prior_preset"] not in prior_cfg.PRESETS:
-        raise _error(source, f"unknown prior preset {s['prior_preset']!r}; choose one of {sorted(prior_cfg.PRESETS)}",
+    if t["prior_preset"] not in prior_cfg.PRESETS:
+        raise _error(source, f"unknown prior preset {t['prior_preset']!r}; choose one of {sorted(prior_cfg.PRESETS)}",
                      name, "prior_preset")
-    changes = _overrides(source, name, "prior_changes", s["prior_changes"], prior_cfg.PRESETS[s["prior_preset"]])
-    config = AblationConfig(name=name, images=images, identities=identities, views_per_identity=n_v,
-                            expressions_per_identity=n_e, views=views, expressions=exprs,
-                            prior_preset=s["prior_preset"], prior_changes=changes, seed=s["seed"],
-                            description=s["description"])
-    v, e = config.n_views, config.n_expressions
+    changes = _overrides(source, name, "prior_changes", s["prior_changes"], prior_cfg.PRESETS[t["prior_preset"]])
+    config = AblationConfig(name=name, **{**t, "views": views, "expressions": exprs, "prior_changes": changes})
+    images, identities, v, e = config.images, config.identities, config.n_views, config.n_expressions
     if images != identities * v * e:
         raise _error(source, f"budget mismatch: images={images} but identities x views x expressions per "
                              f"identity = {identities} x {v} x {e} = {identities * v * e}", name, "images")
-    try:
-        config.prior_config()
-    except (TypeError, ValueError) as err:
-        raise _error(source, f"PriorConfig rejects {changes}: {err}", name, "prior_changes") from err
     return config
 
 
@@ -268,14 +245,14 @@ def parse_spec(text: str, source: str = "<string>") -> AblationSpec:
         raise _error(source, f"the spec must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}; "
                              f"got {type(doc).__name__}")
     if unknown := [k for k in doc if k not in TOP_LEVEL_KEYS]:
-        raise _error(source, _unknown(unknown, TOP_LEVEL_KEYS, "top-level key(s)"))
+        raise _error(source, unknown_names(unknown, TOP_LEVEL_KEYS, "top-level key(s)"))
     if "version" not in doc:
         raise _error(source, f"missing (this reader understands version {VERSION})", key="version")
     if type(doc["version"]) is not int or doc["version"] != VERSION:
         raise _error(source, f"unsupported version {doc['version']!r}; expected {VERSION}", key="version")
     defaults = _mapping(source, None, "defaults", doc.get("defaults"))
     if unknown := [k for k in defaults if k not in CONFIG_KEYS]:
-        raise _error(source, _unknown(unknown, CONFIG_KEYS, "key(s)"), key="defaults")
+        raise _error(source, unknown_names(unknown, CONFIG_KEYS, "key(s)"), key="defaults")
     configs = doc.get("configurations")
     if not isinstance(configs, dict) or not configs:
         got = "missing" if configs is None else f"got {type(configs).__name__} {configs!r}"
@@ -291,13 +268,8 @@ def parse_spec(text: str, source: str = "<string>") -> AblationSpec:
         raise _error(source, f"unknown few-shot preset {preset_name!r}; choose one of {sorted(fewshot_cfg.PRESETS)}",
                      key="fewshot_preset")
     overrides = _overrides(source, None, "fewshot", doc.get("fewshot"), fewshot_cfg.PRESETS[preset_name])
-    spec = AblationSpec(configurations=parsed, fewshot=overrides, fewshot_preset=preset_name, test_splits=splits,
+    return AblationSpec(configurations=parsed, fewshot=overrides, fewshot_preset=preset_name, test_splits=splits,
                         source=source, digest=hashlib.sha256(text.encode("utf-8")).hexdigest())
-    try:
-        spec.fewshot_config()
-    except (TypeError, ValueError) as err:
-        raise _error(source, f"FewShotConfig rejects {overrides}: {err}", key="fewshot") from err
-    return spec
 
 
 def load_spec(path: str | Path) -> AblationSpec:

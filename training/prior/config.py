@@ -84,9 +84,10 @@ class PriorConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}; got {self.backbone!r}")
         if self.photometric_loss not in PHOTOMETRIC_LOSSES:
-            raise ValueError(f"photometric_loss must be one of {PHOTOMETRIC_LOSSES}, got {self.photometric_loss!r}")
+            raise ValueError(f"photometric_loss must be one of {', '.join(PHOTOMETRIC_LOSSES)}; "
+                             f"got {self.photometric_loss!r}")
         for name in ("resolution", "load_resolution", "images_per_batch", "rays_per_image", "coarse_samples",
                      "latent_dim", "feature_dim", "hidden_dim", "k_neighbors", "max_anchors", "iterations",
                      "checkpoint_every", "log_every", "triplane_resolution", "shards_in_flight"):
