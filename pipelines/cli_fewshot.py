@@ -22,20 +22,22 @@ def _error(message: str) -> None:
 
 
 def cmd_fewshot(args: argparse.Namespace) -> int:
+    from capture_schema.storage import Storage
     from fitting.face_models import load_face_model
-    from training.fewshot.config import fewshot_preset
+    from training.fewshot.config import PRESETS
     from training.fewshot.report import summary_markdown
     from training.fewshot.stage import run_fewshot
+    from training.settings import SettingsError, apply_overrides
     from training.stage_io import StageError
 
-    from capture_schema.storage import Storage
-
-    changes = {name: tuple(value) if isinstance(value, list) else value
-               for name in _OVERRIDES if (value := getattr(args, name)) is not None}
+    if args.preset not in PRESETS:
+        _error(f"unknown few-shot preset {args.preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        return EXIT_USAGE
+    changes = {name: value for name in _OVERRIDES if (value := getattr(args, name)) is not None}
     try:
-        config = fewshot_preset(args.preset, **changes)
-    except (ValueError, TypeError) as exc:
-        _error(f"invalid few-shot settings: {exc}")
+        config = apply_overrides(PRESETS[args.preset], changes, "settings")
+    except SettingsError as exc:
+        _error(str(exc))
         return EXIT_USAGE
     try:
         model = load_face_model(args.face_model, args.face_model_path, args.face_model_embedding)
