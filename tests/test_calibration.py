@@ -33,7 +33,7 @@ from capture_schema.cameras import Camera
 from capture_schema.converters import read_colmap_model, read_transforms
 from capture_simulator.board_render import DEFAULT_BOARD, project_board_corners
 from capture_simulator.rig import default_rig
-from fitting.boards import board_object_points
+from fitting.calibration.boards import board_object_points
 from fitting.calibration import (
     CalibrationError,
     calibrate_folder,

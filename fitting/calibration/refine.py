@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from capture_schema.cameras import Camera
-from fitting.boards import board_object_points
+from fitting.calibration.boards import board_object_points
 from fitting.calibration.detect import ProgressCallback
 from fitting.calibration.errors import CalibrationError, implausible_camera
 from fitting.calibration.initialize import InitialRig
