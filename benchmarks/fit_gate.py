@@ -99,7 +99,8 @@ def simulate(kind: str, n: int, out: Path, ict_dir: Path, size: int, seed: int) 
 
 
 def landmarks_for(session: Path, cache: Path):
-    from fitting.landmarks import detect_session, read_landmarks_zarr, write_landmarks_zarr
+    from fitting.landmarks.detect import detect_session
+    from fitting.landmarks.store import read_landmarks_zarr, write_landmarks_zarr
 
     path = cache / f"{session.parent.parent.name}_{session.name}.zarr"
     if path.exists():

@@ -5,8 +5,8 @@ the built-in model's span to the built-in subjects; optionally (``texture_warp_m
 warps each subject's photo texture so the drawn features sit off the mesh's landmark vertices.
 This benchmark simulates a few subjects of each kind at 512 px (13 expressions x 13 cameras,
 the same seed, so the off-span subjects with and without the warp are the same people in the
-same poses), detects them with mediapipe (``fitting.landmarks.detect_session``, both passes as
-the pipeline runs it), and prints
+same poses), detects them with mediapipe (``fitting.landmarks.detect.detect_session``, both passes
+as the pipeline runs it), and prints
 
 1. mediapipe's error against the simulator's true 2D landmarks (per view: the median over the
    478 landmarks) per bin of the TRUE view angle (degrees between the camera's optical axis and

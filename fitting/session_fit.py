@@ -26,7 +26,7 @@ from fitting.face_fit import FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FitConfig, Frame
 from fitting.face_models.base import FaceModel
 
 if TYPE_CHECKING:
-    from fitting.landmarks import SessionLandmarks
+    from fitting.landmarks.detect import SessionLandmarks
 
 #: A nominal lens for photographs without calibration: focal length = the longer image side (~53 deg).
 NOMINAL_FOCAL_PER_SIDE = 1.0

@@ -31,7 +31,7 @@ def model():
 def test_single_view_fit_of_a_real_photo(model) -> None:
     from skimage import data
 
-    from fitting.landmarks import FaceMeshDetector
+    from fitting.landmarks.detect import FaceMeshDetector
 
     image = data.astronaut()
     with FaceMeshDetector() as detector:

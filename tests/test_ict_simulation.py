@@ -154,7 +154,7 @@ def test_multiview_fit_of_a_rendered_ict_subject(source) -> None:
     from capture_simulator.render_face import project_landmarks, render_view
     from capture_simulator.rig import default_rig
     from fitting.face_fit import fit_frames
-    from fitting.landmarks import FaceMeshDetector
+    from fitting.landmarks.detect import FaceMeshDetector
     from fitting.morphable_model import load_default_model, load_default_texture
 
     mesh, texture = load_default_model(), load_default_texture()

@@ -1,6 +1,6 @@
 """Face landmarks with real mediapipe FaceMesh: single images, whole sessions, the zarr store, the summary table.
 
-Bars come from measuring 1,014 simulated views at 512 px (see ``fitting.landmarks``):
+Bars come from measuring 1,014 simulated views at 512 px (see ``fitting.landmarks.detect``):
 frontal nine views err 1.8-3.0 px on average (per-view median, worst 5.1 px), and
 no view over 10 px off got confidence above 0.5.
 """
@@ -17,8 +17,7 @@ import pyarrow as pa
 import pytest
 
 from capture_schema.tables import LANDMARK_SUMMARY_SCHEMA
-from fitting.landmark_store import LandmarkStoreError, read_landmarks_zarr, write_landmarks_zarr
-from fitting.landmarks import (
+from fitting.landmarks.detect import (
     DETECTOR_NAME,
     N_LANDMARKS,
     FaceMeshDetector,
@@ -28,6 +27,7 @@ from fitting.landmarks import (
     detect_session,
     landmark_summary_table,
 )
+from fitting.landmarks.store import LandmarkStoreError, read_landmarks_zarr, write_landmarks_zarr
 
 FRONTAL_MEDIAN_PX = 3.0  # median over the session's frontal views (measured 2.2)
 FRONTAL_WORST_PX = 6.0  # any frontal view (measured worst 5.1 over 702 views)

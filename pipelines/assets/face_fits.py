@@ -148,7 +148,7 @@ def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, f
     """Fit, publish the fit zarr, the views table, the overlay and ``inputs.json`` together; the outcome summary."""
     from fitting.fit_overlay import session_overlay
     from fitting.fit_quality import evaluate_fit
-    from fitting.landmarks import read_landmarks_zarr
+    from fitting.landmarks.store import read_landmarks_zarr
     from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
 
     calibration = read_session_calibration(store, session_id)

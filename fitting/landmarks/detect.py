@@ -318,11 +318,3 @@ def landmark_summary_table(landmarks: SessionLandmarks) -> pa.Table:
         for name, value in row.items():
             cols[name].append(value)
     return table_from_columns(cols, LANDMARK_SUMMARY_SCHEMA)
-
-
-def __getattr__(name: str):  # the zarr store lives in its own module; zarr is imported only when used
-    if name in ("write_landmarks_zarr", "read_landmarks_zarr"):
-        from fitting import landmark_store
-
-        return getattr(landmark_store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
