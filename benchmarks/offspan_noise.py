@@ -13,7 +13,7 @@ as the pipeline runs it), and prints
    the face's true facing direction), in image px and as NME (% of that view's true outer
    eye-corner distance), next to REFERENCE.md's numbers for independently rendered heads;
 2. the built-in model's multi-view fit through the TRUE calibration (``fit_session``): the
-   gate statistics of ``fitting.fit_quality.evaluate_fit`` (fit quality = median normalised
+   gate statistics of ``fitting.face_fit.quality.evaluate_fit`` (fit quality = median normalised
    residual over used views, against ``FIT_QUALITY_MAX``; worst camera median, against
    ``CAMERA_CONSISTENCY_MAX``), and the fitted mesh's distance from the true one (posed, 478
    vertices; the truth is the face source's own model, ``source.model``).
@@ -90,11 +90,11 @@ def main() -> None:
 
     from capture_simulator.face_source import BuiltinFaceSource
     from capture_simulator.off_span import OffSpanFaceSource
-    from fitting.face_fit import VIEW_OUTLIER
+    from fitting.face_fit.fitter import VIEW_OUTLIER
     from fitting.face_models.builtin import builtin_face_model
-    from fitting.fit_quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, evaluate_fit
+    from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, evaluate_fit
     from fitting.morphable_model import OUTER_EYE_CORNERS
-    from fitting.session_fit import fit_session
+    from fitting.face_fit.session import fit_session
 
     work, tmp = work_directory(args.work_dir)
     runs = []

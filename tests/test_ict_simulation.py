@@ -118,7 +118,7 @@ def test_cli_simulate_needs_the_ict_folder(tmp_path: Path) -> None:
 def test_fit_recovers_projected_landmarks_and_flags_a_wrong_view(source) -> None:
     """No images: true landmarks + 1.5 px noise, one view replaced by a face 30 px away and 15 % larger."""
     from capture_simulator.rig import default_rig
-    from fitting.face_fit import fit_frames
+    from fitting.face_fit.fitter import fit_frames
 
     cams = list(default_rig(512, seed=0).values())
     rng = np.random.default_rng(11)
@@ -153,7 +153,7 @@ def test_multiview_fit_of_a_rendered_ict_subject(source) -> None:
 
     from capture_simulator.render_face import project_landmarks, render_view
     from capture_simulator.rig import default_rig
-    from fitting.face_fit import fit_frames
+    from fitting.face_fit.fitter import fit_frames
     from fitting.landmarks.detect import FaceMeshDetector
     from fitting.morphable_model import load_default_model, load_default_texture
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 def session(sim_dataset, sim_landmarks, tmp_path_factory):
     """The first simulated session with its true calibration, manifest, landmarks and a fit."""
     from fitting.face_models import load_face_model
-    from fitting.session_fit import fit_session
+    from fitting.face_fit.session import fit_session
 
     sid = sim_dataset.session_ids[0]
     session_dir = sim_dataset.captures_root / sid

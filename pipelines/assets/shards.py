@@ -107,7 +107,7 @@ def _write_shards(context: dg.AssetExecutionContext, captures: CapturesResource,
     import pyarrow.parquet as pq
 
     from fitting.landmarks.store import read_landmarks_zarr
-    from fitting.session_fit import read_session_fit
+    from fitting.face_fit.session import read_session_fit
     from training.shards.write import ShardInputError, session_samples, write_session_shards
 
     try:

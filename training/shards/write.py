@@ -40,9 +40,9 @@ from training.shards.format import (BLOCK, CAMERA_BLOCK, FIT_BLOCK, FORMAT_FIELD
                                     JSON_MEMBER, KEY_FIELDS, RECORD, SHARD_FORMAT, TAR_GROUP, TAR_MODE, TAR_MTIME,
                                     TAR_USER, TRAIN_BLOCK)
 
-if TYPE_CHECKING:  # fitting.session_fit imports torch: not needed to write shards
+if TYPE_CHECKING:  # fitting.face_fit.session imports torch: not needed to write shards
     from fitting.landmarks.detect import SessionLandmarks
-    from fitting.session_fit import SessionFit
+    from fitting.face_fit.session import SessionFit
 
 
 class ShardInputError(ValueError):

@@ -51,7 +51,7 @@ def session_overlay(session_fit, session_dir, cameras: dict[str, Camera], landma
     """The overlay of the frame and view worth showing (``session_fit.overlay_view``): RGB image
     (None when that capture image is missing), frame index, view index."""
     from fitting.landmarks.detect import read_image_rgb, session_image_path
-    from fitting.session_fit import overlay_view
+    from fitting.face_fit.session import overlay_view
 
     e, c = overlay_view(session_fit, cameras)
     path = session_image_path(session_dir, session_fit.expressions[e], session_fit.cameras[c])

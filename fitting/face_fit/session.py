@@ -22,7 +22,7 @@ from capture_schema.calibration_file import Calibration
 from capture_schema.cameras import Camera
 from capture_schema.manifest import table_from_columns
 from capture_schema.tables import FACE_FIT_VIEWS_SCHEMA
-from fitting.face_fit import FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FitConfig, FrameFit, fit_frames
+from fitting.face_fit.fitter import FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FitConfig, FrameFit, fit_frames
 from fitting.face_models.base import FaceModel
 
 if TYPE_CHECKING:
