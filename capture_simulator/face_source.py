@@ -131,7 +131,7 @@ class BuiltinFaceSource(FaceSource):
 
     @cached_property
     def model(self) -> FaceModel:
-        from fitting.face_models.builtin import builtin_face_model
+        from fitting.morphable_model import builtin_face_model
 
         return builtin_face_model()
 

@@ -25,6 +25,7 @@ from importlib import resources
 import numpy as np
 
 from capture_schema.layout import DEFAULT_EXPRESSIONS
+from fitting.face_models.base import LandmarkEmbedding, LinearFaceModel
 
 N_VERTICES = 478
 ASSET = "assets/face_model.npz"
@@ -193,3 +194,19 @@ def load_default_model() -> MorphableModel:
 def load_default_texture() -> np.ndarray:
     """The model's texture, uint8 (H, W, 3) RGB: the face crop of the astronaut photo."""
     return _asset()["texture"]
+
+
+@lru_cache(maxsize=1)
+def builtin_face_model() -> LinearFaceModel:
+    """The packaged model (``fitting/assets/face_model.npz``) as a ``LinearFaceModel``."""
+    m = load_default_model()
+    return LinearFaceModel(
+        name="builtin",
+        template=m.template,
+        faces=m.faces,
+        identity_basis=m.identity_basis,
+        expression_basis=m.expression_basis,
+        identity_names=m.identity_names,
+        expression_names=m.expression_names,
+        landmark_embedding=LandmarkEmbedding.identity(m.template.shape[0]),
+    )
