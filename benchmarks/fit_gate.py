@@ -129,7 +129,7 @@ def main() -> None:
     from fitting.face_models.ict import TOPOLOGY_FILE
     from fitting.face_fit.quality import (MODEL_FACING_AXIS, NOISE_TABLE_DEG, NOISE_TABLE_REF_PX, evaluate_fit,
                                      expected_detector_noise_px, model_facing_axis)
-    from fitting.morphable_model import OUTER_EYE_CORNERS
+    from fitting.face_models.builtin import OUTER_EYE_CORNERS
     from fitting.face_fit.session import fit_session
 
     work, tmp = work_directory(args.work_dir)

@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from capture_schema.calibration_file import read_calibration
-    from fitting.morphable_model import builtin_face_model
+    from fitting.face_models.builtin import builtin_face_model
     from fitting.landmarks.detect import detect_session
     from fitting.face_fit.session import fit_session
 

@@ -91,9 +91,9 @@ def main() -> None:
     from capture_simulator.face_source import BuiltinFaceSource
     from capture_simulator.off_span import OffSpanFaceSource
     from fitting.face_fit.fitter import VIEW_OUTLIER
-    from fitting.morphable_model import builtin_face_model
+    from fitting.face_models.builtin import builtin_face_model
     from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, evaluate_fit
-    from fitting.morphable_model import OUTER_EYE_CORNERS
+    from fitting.face_models.builtin import OUTER_EYE_CORNERS
     from fitting.face_fit.session import fit_session
 
     work, tmp = work_directory(args.work_dir)

@@ -37,7 +37,7 @@ import numpy as np
 
 from capture_schema.layout import DEFAULT_EXPRESSIONS
 from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance, sample_subject
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 from fitting.face_models.base import FaceModel
 
 FACE_SOURCE_KINDS = ("offspan", "builtin", "ict")
@@ -131,7 +131,7 @@ class BuiltinFaceSource(FaceSource):
 
     @cached_property
     def model(self) -> FaceModel:
-        from fitting.morphable_model import builtin_face_model
+        from fitting.face_models.builtin import builtin_face_model
 
         return builtin_face_model()
 

@@ -19,7 +19,7 @@ import numpy as np
 from capture_schema.layout import DEFAULT_EXPRESSIONS
 from capture_simulator.face_source import _EYES, ICT_IDENTITY_CLIP, FaceSource, _check_expression
 from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 from fitting.face_models.base import FaceModel
 
 

@@ -20,8 +20,8 @@ import numpy as np
 from capture_schema.cameras import Camera
 from capture_simulator.rasterize import Raster, rasterize
 from capture_simulator.subjects import SubjectAppearance
-from fitting import morphable_model as mm
-from fitting.morphable_model import MorphableModel
+from fitting.face_models import builtin as mm
+from fitting.face_models.builtin import MorphableModel
 
 KEY_LIGHT = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])
 FILL_LIGHT = np.array([0.7, -0.2, -0.8]) / np.linalg.norm([0.7, -0.2, -0.8])

@@ -50,7 +50,7 @@ from capture_simulator.off_span import OffSpanFaceSource
 from capture_simulator.render_face import project_landmarks, render_view
 from capture_simulator.rig import default_rig
 from capture_simulator.subjects import SubjectAppearance
-from fitting.morphable_model import load_default_model, load_default_texture
+from fitting.face_models.builtin import load_default_model, load_default_texture
 
 JPEG_QUALITY = 95
 RIG_ID = "sim_rig_01"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fitting.morphable_model import MorphableModel
+from fitting.face_models.builtin import MorphableModel
 
 #: Hair colours (RGB in [0, 1]): black, dark brown, brown, auburn, dark blond, grey.
 HAIR_PALETTE = np.array([

@@ -1,4 +1,4 @@
-"""Build ``fitting/assets/face_model.npz``, the built-in morphable face model.
+"""Build ``fitting/face_models/assets/face_model.npz``, the built-in morphable face model.
 
 Run ``python -m fitting.build_face_model [OUT]`` (default: the packaged asset).
 Steps, all deterministic: mediapipe FaceMesh (static image, refined, 478 points) on
@@ -25,7 +25,7 @@ from scipy.spatial.transform import Rotation
 
 from capture_schema.atomic import atomic_write_bytes
 from fitting import face_model_modes as modes
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 
 EYE_CORNER_DISTANCE_M = 0.09
 #: Head pitch added to the photo's (degrees, chin forward): the photo's head is a
@@ -233,7 +233,7 @@ def build_face_model(out_path: Path | str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    default = Path(__file__).resolve().parent / mm.ASSET
+    default = Path(mm.__file__).resolve().parent / mm.ASSET
     print(build_face_model(args[0] if args else default))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 
 #: Where closed lids meet, as a fraction of the eye opening above the lower lid.
 CLOSE_LINE = 0.3

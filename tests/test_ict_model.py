@@ -24,7 +24,7 @@ from fitting.face_models.ict_embedding import (
     closest_points_on_mesh,
 )
 from fitting.face_models.ict_obj import import_ict_obj, read_obj
-from fitting.morphable_model import (
+from fitting.face_models.builtin import (
     LEFT_EYE_LOWER,
     LEFT_EYE_UPPER,
     LIPS_LOWER_INNER,

@@ -75,7 +75,7 @@ def _baseline(source, frames) -> np.ndarray:
 
 @needs_ict
 def test_presets_and_render_shape(source) -> None:
-    from fitting import morphable_model as mm
+    from fitting.face_models import builtin as mm
 
     model = source.model
     for name in EXPRESSIONS:
@@ -155,7 +155,7 @@ def test_multiview_fit_of_a_rendered_ict_subject(source) -> None:
     from capture_simulator.rig import default_rig
     from fitting.face_fit.fitter import fit_frames
     from fitting.landmarks.detect import FaceMeshDetector
-    from fitting.morphable_model import load_default_model, load_default_texture
+    from fitting.face_models.builtin import load_default_model, load_default_texture
 
     mesh, texture = load_default_model(), load_default_texture()
     cams = list(default_rig(512, seed=0).values())

@@ -97,7 +97,7 @@ def test_single_pass_is_unverified_and_close_to_the_cross_checked_result(detecto
 
 def test_detection_commutes_with_mirroring_the_image(detector, astronaut) -> None:
     """Mirrored back (x -> (w - 1) - x, ids through the mirror table) the result on the flipped image is the same."""
-    from fitting.morphable_model import load_default_model
+    from fitting.face_models.builtin import load_default_model
 
     w = astronaut.shape[1]
     plain, flipped = detector.detect(astronaut), detector.detect(np.ascontiguousarray(astronaut[:, ::-1]))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from capture_schema.layout import DEFAULT_EXPRESSIONS
-from fitting import morphable_model as mm
-from fitting.morphable_model import load_default_model, load_default_texture
+from fitting.face_models import builtin as mm
+from fitting.face_models.builtin import load_default_model, load_default_texture
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_texture_and_asset_size(model: mm.MorphableModel) -> None:
     texture = load_default_texture()
     assert texture.dtype == np.uint8 and texture.ndim == 3 and texture.shape[2] == 3
     assert min(texture.shape[:2]) >= 64
-    asset = resources.files("fitting").joinpath(mm.ASSET)
+    asset = resources.files("fitting.face_models").joinpath(mm.ASSET)
     assert len(asset.read_bytes()) < 1_000_000
 
 

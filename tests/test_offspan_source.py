@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_ground_truth_is_the_source_model
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 
 SEEDS = range(10)
 FIELD_KEPT_MIN = 0.95
@@ -165,7 +165,7 @@ def test_subjects_differ_and_are_plausible(source, builtin) -> None:
 def test_texture_warp_moves_only_the_texture(source) -> None:
     from capture_simulator.off_span import OffSpanFaceSource
     from capture_simulator.subjects import SubjectAppearance
-    from fitting.morphable_model import load_default_texture
+    from fitting.face_models.builtin import load_default_texture
 
     texture = load_default_texture()
     plain = source.sample_subject(np.random.default_rng(2))

@@ -16,7 +16,7 @@ from capture_schema.layout import DEFAULT_CAMERAS
 from capture_simulator.rig import camera_angles, default_rig, frontal_cameras
 from capture_simulator.render_face import landmark_visibility, project_landmarks, render_view
 from capture_simulator.subjects import neutral_subject, sample_subject
-from fitting.morphable_model import MorphableModel, load_default_model, load_default_texture
+from fitting.face_models.builtin import MorphableModel, load_default_model, load_default_texture
 
 SIZE = 512
 VIEW_NME_MAX = 0.04

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from capture_schema.calibration_file import Calibration
-from fitting.morphable_model import OUTER_EYE_CORNERS
+from fitting.face_models.builtin import OUTER_EYE_CORNERS
 
 if TYPE_CHECKING:  # fitting.face_fit.fitter imports torch: the thresholds must be importable without it
     from fitting.face_fit.session import SessionFit

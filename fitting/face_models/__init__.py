@@ -18,7 +18,7 @@ def load_face_model(kind: str = "builtin", path: str | os.PathLike[str] | None =
     """``builtin``; ``ict`` with ``path`` = the folder of packaged ICT-FaceKit npz files;
     ``flame`` with ``path`` = the model pickle and ``embedding`` = its mediapipe embedding npz."""
     if kind == "builtin":
-        from fitting.morphable_model import builtin_face_model
+        from fitting.face_models.builtin import builtin_face_model
 
         return builtin_face_model()
     if kind not in FACE_MODEL_KINDS:

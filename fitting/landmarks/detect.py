@@ -73,7 +73,7 @@ class Detection:
 
 
 def _mirror_table() -> np.ndarray:
-    from fitting.morphable_model import load_default_model
+    from fitting.face_models.builtin import load_default_model
 
     mirror = load_default_model().mirror
     if mirror is None or mirror.shape != (N_LANDMARKS,):

@@ -162,7 +162,7 @@ class MorphableModel:
 
 
 def _read_asset() -> dict[str, np.ndarray]:
-    with resources.files("fitting").joinpath(ASSET).open("rb") as fh:
+    with resources.files("fitting.face_models").joinpath(ASSET).open("rb") as fh:
         with np.load(fh, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
 
@@ -176,7 +176,7 @@ def _asset() -> dict[str, np.ndarray]:
 
 
 def load_default_model() -> MorphableModel:
-    """The packaged model (``fitting/assets/face_model.npz``, built by ``build_face_model``)."""
+    """The packaged model (``fitting/face_models/assets/face_model.npz``, built by ``build_face_model``)."""
     a = _asset()
     return MorphableModel(
         template=a["template"],
@@ -198,7 +198,7 @@ def load_default_texture() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def builtin_face_model() -> LinearFaceModel:
-    """The packaged model (``fitting/assets/face_model.npz``) as a ``LinearFaceModel``."""
+    """The packaged model (``fitting/face_models/assets/face_model.npz``) as a ``LinearFaceModel``."""
     m = load_default_model()
     return LinearFaceModel(
         name="builtin",
