@@ -26,6 +26,7 @@ from scipy.spatial.transform import Rotation
 from capture_schema.atomic import atomic_write_bytes
 from fitting import face_model_modes as modes
 from fitting.face_models import builtin as mm
+from fitting.face_models.linear import EYE_FILL, MOUTH_FILL, SKIN
 
 EYE_CORNER_DISTANCE_M = 0.09
 #: Head pitch added to the photo's (degrees, chin forward): the photo's head is a
@@ -186,14 +187,14 @@ def build_arrays() -> dict[str, np.ndarray]:
     eye, mouth = fill_triangles()
     centre = np.array([0.0, 0.0, template[:, 2].max()])
     faces = orient_outwards(template, np.concatenate([skin, eye, mouth]), centre)
-    labels = np.concatenate([np.full(len(skin), mm.SKIN), np.full(len(eye), mm.EYE_FILL),
-                             np.full(len(mouth), mm.MOUTH_FILL)]).astype(np.int8)
-    graph = modes.FaceGraph(template, faces[labels == mm.SKIN], perm)
+    labels = np.concatenate([np.full(len(skin), SKIN), np.full(len(eye), EYE_FILL),
+                             np.full(len(mouth), MOUTH_FILL)]).astype(np.int8)
+    graph = modes.FaceGraph(template, faces[labels == SKIN], perm)
     closed = template + modes.close_lips(graph)
     closed = 0.5 * (closed + closed[perm] * np.array([-1.0, 1.0, 1.0]))
     closed -= closed[:468].mean(axis=0) * np.array([0.0, 1.0, 1.0])
-    graph = modes.FaceGraph(closed, faces[labels == mm.SKIN], perm)
-    normals = modes.vertex_normals(closed, faces[labels == mm.SKIN])
+    graph = modes.FaceGraph(closed, faces[labels == SKIN], perm)
+    normals = modes.vertex_normals(closed, faces[labels == SKIN])
     id_names, id_basis = modes.identity_modes(graph, normals)
     ex_names, ex_basis = modes.expression_modes(graph, normals)
     texture, uv = texture_and_uv(photo, photo_points, skin)

@@ -155,9 +155,9 @@ def test_multiview_fit_of_a_rendered_ict_subject(source) -> None:
     from capture_simulator.rig import default_rig
     from fitting.face_fit.fitter import fit_frames
     from fitting.landmarks.detect import FaceMeshDetector
-    from fitting.face_models.builtin import load_default_model, load_default_texture
+    from fitting.face_models.builtin import builtin_face_model, builtin_texture
 
-    mesh, texture = load_default_model(), load_default_texture()
+    mesh, texture = builtin_face_model(np.float64), builtin_texture()
     cams = list(default_rig(512, seed=0).values())
     subject = source.sample_subject(np.random.default_rng(IMAGE_SUBJECT_SEED))
     frames = _frames(source, subject.identity)

@@ -97,13 +97,13 @@ def test_single_pass_is_unverified_and_close_to_the_cross_checked_result(detecto
 
 def test_detection_commutes_with_mirroring_the_image(detector, astronaut) -> None:
     """Mirrored back (x -> (w - 1) - x, ids through the mirror table) the result on the flipped image is the same."""
-    from fitting.face_models.builtin import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
 
     w = astronaut.shape[1]
     plain, flipped = detector.detect(astronaut), detector.detect(np.ascontiguousarray(astronaut[:, ::-1]))
     back = flipped.landmarks.copy()
     back[:, 0] = (w - 1) - back[:, 0]
-    assert np.abs(back[load_default_model().mirror] - plain.landmarks).max() < 1e-3
+    assert np.abs(back[builtin_face_model(np.float64).mirror] - plain.landmarks).max() < 1e-3
     assert flipped.mirror_nme == pytest.approx(plain.mirror_nme, rel=1e-6)
 
 

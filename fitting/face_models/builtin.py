@@ -3,10 +3,15 @@
 This is a *simple linear model*, not a learned one: the template is mediapipe
 FaceMesh's reconstruction of one photograph (scikit-image's ``astronaut``), and the
 identity and expression bases are hand-designed, smooth displacement fields on
-landmark regions (see ``fitting.face_model_modes``). It exists so the simulator,
-the fitter and the tests share one model whose vertices *are* the landmarks that
-mediapipe detects, with no licensed asset and no download. A learned model (e.g.
-FLAME, ICT-FaceKit) can replace it behind the same ``MorphableModel`` fields.
+landmark regions (built offline by ``tools.build_face_model`` with the modes of
+``tools.face_model_modes``). It exists so the simulator, the fitter and the tests
+share one model whose vertices *are* the landmarks that mediapipe detects, with no
+licensed asset and no download. A learned model (e.g. FLAME, ICT-FaceKit) can
+replace it behind the ``FaceModel`` interface.
+
+``builtin_face_model()`` is the model, a ``LinearFaceModel``; this module also
+names mediapipe's landmark regions (eye, lip and brow contours, irises, the face
+oval), which the fitter, the simulator and the gates use by id.
 
 Coordinates: metres, OpenCV-like world axes (x towards the subject's left, y down,
 z away from the frontal cameras: the face looks towards -z), template centroid at
@@ -18,14 +23,14 @@ capture expressions onto them. The template's mouth is closed and its eyes open.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 
 from capture_schema.layout import DEFAULT_EXPRESSIONS
-from fitting.face_models.base import LandmarkEmbedding, LinearFaceModel
+from fitting.face_models.base import LandmarkEmbedding
+from fitting.face_models.linear import LinearFaceModel
 
 N_VERTICES = 478
 ASSET = "assets/face_model.npz"
@@ -51,9 +56,6 @@ FACE_OVAL = (
 )
 OUTER_EYE_CORNERS = (33, 263)
 
-#: Labels of ``MorphableModel.face_labels``: skin, eye fill (textured), mouth interior (dark).
-SKIN, EYE_FILL, MOUTH_FILL = 0, 1, 2
-
 #: Expression presets as weights of named expression components.
 _PRESETS: dict[str, dict[str, float]] = {
     "neutral": {},
@@ -77,90 +79,6 @@ _PRESETS: dict[str, dict[str, float]] = {
 assert tuple(_PRESETS) == DEFAULT_EXPRESSIONS
 
 
-@dataclass(frozen=True, eq=False)
-class MorphableModel:
-    """A linear face model: ``template + B_id @ identity + B_expr @ expression``.
-
-    ``faces`` are triangles oriented with outward normals; ``face_labels`` (optional)
-    marks which are skin, eye fill or mouth interior, and ``mirror`` (optional) maps
-    each vertex to its left/right mirror image (for mirrored detection and symmetry).
-    """
-
-    template: np.ndarray  # (478, 3) metres
-    faces: np.ndarray  # (F, 3) int32
-    uv: np.ndarray  # (478, 2) in [0, 1] of the texture, origin top-left
-    identity_basis: np.ndarray  # (n_id, 478, 3) metres per unit coefficient
-    expression_basis: np.ndarray  # (n_expr, 478, 3)
-    identity_names: tuple[str, ...]
-    expression_names: tuple[str, ...]
-    face_labels: np.ndarray | None = None  # (F,) int8: SKIN, EYE_FILL, MOUTH_FILL
-    mirror: np.ndarray | None = None  # (478,) int
-
-    def __post_init__(self) -> None:
-        n = self.template.shape[0]
-        if self.template.shape != (n, 3) or self.uv.shape != (n, 2):
-            raise ValueError("template must be (N, 3) and uv (N, 2)")
-        if self.identity_basis.shape[1:] != (n, 3) or self.expression_basis.shape[1:] != (n, 3):
-            raise ValueError("bases must be (K, N, 3) on the template's vertices")
-        if len(self.identity_names) != len(self.identity_basis):
-            raise ValueError("one identity name per identity component")
-        if len(self.expression_names) != len(self.expression_basis):
-            raise ValueError("one expression name per expression component")
-        if self.faces.ndim != 2 or self.faces.shape[1] != 3 or self.faces.min() < 0 or self.faces.max() >= n:
-            raise ValueError("faces must be (F, 3) vertex indices")
-
-    @property
-    def n_identity(self) -> int:
-        return len(self.identity_names)
-
-    @property
-    def n_expression(self) -> int:
-        return len(self.expression_names)
-
-    @property
-    def skin_faces(self) -> np.ndarray:
-        """Triangles of the skin surface only (no eye or mouth fill)."""
-        if self.face_labels is None:
-            return self.faces
-        return self.faces[self.face_labels == SKIN]
-
-    def vertices(
-        self,
-        identity: np.ndarray | None = None,
-        expression: np.ndarray | None = None,
-        rotation: np.ndarray | None = None,
-        translation: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Vertices (N, 3): the linear model, then ``X @ rotation.T + translation``."""
-        verts = self.template.astype(np.float64, copy=True)
-        if identity is not None:
-            verts += np.tensordot(self._coeffs(identity, self.n_identity, "identity"), self.identity_basis, axes=1)
-        if expression is not None:
-            coeffs = self._coeffs(expression, self.n_expression, "expression")
-            verts += np.tensordot(coeffs, self.expression_basis, axes=1)
-        if rotation is not None:
-            verts = verts @ np.asarray(rotation, dtype=np.float64).reshape(3, 3).T
-        if translation is not None:
-            verts = verts + np.asarray(translation, dtype=np.float64).reshape(3)
-        return verts
-
-    def expression_preset(self, name: str) -> np.ndarray:
-        """Expression coefficients for one of the 13 capture expressions."""
-        if name not in _PRESETS:
-            raise ValueError(f"unknown expression {name!r}; expected one of {', '.join(DEFAULT_EXPRESSIONS)}")
-        coeffs = np.zeros(self.n_expression)
-        for component, weight in _PRESETS[name].items():
-            coeffs[self.expression_names.index(component)] = weight
-        return coeffs
-
-    @staticmethod
-    def _coeffs(values: np.ndarray, n: int, what: str) -> np.ndarray:
-        arr = np.asarray(values, dtype=np.float64).reshape(-1)
-        if arr.shape != (n,):
-            raise ValueError(f"{what} coefficients must have {n} values, got {arr.shape[0]}")
-        return arr
-
-
 def _read_asset() -> dict[str, np.ndarray]:
     with resources.files("fitting.face_models").joinpath(ASSET).open("rb") as fh:
         with np.load(fh, allow_pickle=False) as data:
@@ -175,38 +93,38 @@ def _asset() -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_default_model() -> MorphableModel:
-    """The packaged model (``fitting/face_models/assets/face_model.npz``, built by ``build_face_model``)."""
+def builtin_face_model(dtype: np.dtype | type = np.float32) -> LinearFaceModel:
+    """The packaged model (``fitting/face_models/assets/face_model.npz``, built by
+    ``tools.build_face_model``), named ``builtin``, with its uv, face labels, mirror
+    map and the 13 capture expressions as presets.
+
+    ``dtype`` is the precision of its template and bases: float32 (default) is the
+    fitter's; float64 is the asset's own, for code that must reproduce it exactly
+    (the simulator, the ICT embedding). One instance per precision is shared.
+    """
+    return _builtin_face_model(np.dtype(dtype))
+
+
+@lru_cache(maxsize=2)
+def _builtin_face_model(dtype: np.dtype) -> LinearFaceModel:
     a = _asset()
-    return MorphableModel(
+    return LinearFaceModel(
+        name="builtin",
         template=a["template"],
         faces=a["faces"],
-        uv=a["uv"],
         identity_basis=a["identity_basis"],
         expression_basis=a["expression_basis"],
         identity_names=tuple(str(s) for s in a["identity_names"]),
         expression_names=tuple(str(s) for s in a["expression_names"]),
+        landmark_embedding=LandmarkEmbedding.identity(a["template"].shape[0]),
+        uv=a["uv"],
         face_labels=a["face_labels"],
         mirror=a["mirror"],
+        expression_presets=_PRESETS,
+        dtype=dtype,
     )
 
 
-def load_default_texture() -> np.ndarray:
-    """The model's texture, uint8 (H, W, 3) RGB: the face crop of the astronaut photo."""
+def builtin_texture() -> np.ndarray:
+    """The built-in model's texture, uint8 (H, W, 3) RGB: the face crop of the astronaut photo."""
     return _asset()["texture"]
-
-
-@lru_cache(maxsize=1)
-def builtin_face_model() -> LinearFaceModel:
-    """The packaged model (``fitting/face_models/assets/face_model.npz``) as a ``LinearFaceModel``."""
-    m = load_default_model()
-    return LinearFaceModel(
-        name="builtin",
-        template=m.template,
-        faces=m.faces,
-        identity_basis=m.identity_basis,
-        expression_basis=m.expression_basis,
-        identity_names=m.identity_names,
-        expression_names=m.expression_names,
-        landmark_embedding=LandmarkEmbedding.identity(m.template.shape[0]),
-    )

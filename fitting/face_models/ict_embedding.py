@@ -132,9 +132,9 @@ def _laplacian(faces: np.ndarray, n: int) -> sparse.csc_matrix:
 
 def _source_model():
     """The built-in model on vertices 0..467: template, stacked bases, skin faces, ``jaw_open`` delta."""
-    from fitting.face_models.builtin import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
 
-    m = load_default_model()
+    m = builtin_face_model(np.float64)
     n = N_EMBEDDED
     jaw = m.expression_basis[m.expression_names.index("jaw_open"), :n].astype(np.float64)
     basis = np.concatenate([m.identity_basis, m.expression_basis])[:, :n].astype(np.float64)

@@ -73,9 +73,9 @@ class Detection:
 
 
 def _mirror_table() -> np.ndarray:
-    from fitting.face_models.builtin import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
 
-    mirror = load_default_model().mirror
+    mirror = builtin_face_model(np.float64).mirror
     if mirror is None or mirror.shape != (N_LANDMARKS,):
         raise RuntimeError("the default face model has no (478,) mirror table")
     return np.asarray(mirror, dtype=np.intp)
