@@ -22,6 +22,7 @@ from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance
 from fitting.face_models import builtin as mm
 from fitting.face_models.base import FaceModel
 from fitting.face_models.linear import LinearFaceModel
+from fitting.geometry import vertex_normals
 
 
 # --- Off-span subjects ------------------------------------------------------------------------
@@ -145,8 +146,6 @@ def offspan_identity_fields(morphable: LinearFaceModel,
     """
     p = morphable.template.astype(np.float64)
     mirror = np.asarray(morphable.mirror)
-    from fitting.face_model_modes import vertex_normals
-
     normals = vertex_normals(p, morphable.skin_faces)
     x, y = p[:, 0], p[:, 1]
     zeros = np.zeros(len(p))

@@ -191,7 +191,7 @@ def test_texture_and_asset_size(model: LinearFaceModel) -> None:
 
 
 def test_build_is_deterministic_and_matches_the_asset(tmp_path, model: LinearFaceModel) -> None:
-    from fitting.build_face_model import build_face_model
+    from tools.build_face_model import build_face_model
 
     first = build_face_model(tmp_path / "a.npz").read_bytes()
     assert build_face_model(tmp_path / "b.npz").read_bytes() == first

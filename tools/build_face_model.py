@@ -1,13 +1,14 @@
 """Build ``fitting/face_models/assets/face_model.npz``, the built-in morphable face model.
 
-Run ``python -m fitting.build_face_model [OUT]`` (default: the packaged asset).
+Run ``python -m tools.build_face_model [OUT]`` from the repository root (default: the
+packaged asset); offline only, the wheel does not ship ``tools``.
 Steps, all deterministic: mediapipe FaceMesh (static image, refined, 478 points) on
 scikit-image's ``astronaut`` photo; pixel x, y, z (z has roughly x's scale) to
 metres with the outer eye corners 0.09 m apart; undo the photo's head roll and yaw
 by making the landmark cloud as left/right symmetric as possible, symmetrise it,
 tilt it a little chin-forward; close the photo's parted lips; triangulate
 (tessellation 3-cliques minus two spurious nostril triangles, plus eye and mouth
-fills); add the hand-designed modes of ``fitting.face_model_modes``. The texture
+fills); add the hand-designed modes of ``tools.face_model_modes``. The texture
 is the photo's face crop with the backdrop that reaches the face edge inpainted.
 The npz holds no timestamps: rebuilding on one platform gives identical bytes.
 """
@@ -24,9 +25,10 @@ from scipy.optimize import linear_sum_assignment, minimize
 from scipy.spatial.transform import Rotation
 
 from capture_schema.atomic import atomic_write_bytes
-from fitting import face_model_modes as modes
 from fitting.face_models import builtin as mm
 from fitting.face_models.linear import EYE_FILL, MOUTH_FILL, SKIN
+from fitting.geometry import vertex_normals
+from tools import face_model_modes as modes
 
 EYE_CORNER_DISTANCE_M = 0.09
 #: Head pitch added to the photo's (degrees, chin forward): the photo's head is a
@@ -194,7 +196,7 @@ def build_arrays() -> dict[str, np.ndarray]:
     closed = 0.5 * (closed + closed[perm] * np.array([-1.0, 1.0, 1.0]))
     closed -= closed[:468].mean(axis=0) * np.array([0.0, 1.0, 1.0])
     graph = modes.FaceGraph(closed, faces[labels == SKIN], perm)
-    normals = modes.vertex_normals(closed, faces[labels == SKIN])
+    normals = vertex_normals(closed, faces[labels == SKIN])
     id_names, id_basis = modes.identity_modes(graph, normals)
     ex_names, ex_basis = modes.expression_modes(graph, normals)
     texture, uv = texture_and_uv(photo, photo_points, skin)

@@ -92,15 +92,6 @@ def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (faces must be consistently oriented)."""
-    fn = np.cross(points[faces[:, 1]] - points[faces[:, 0]], points[faces[:, 2]] - points[faces[:, 0]])
-    normals = np.zeros_like(points)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], fn)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-
-
 def jaw_weights(g: FaceGraph) -> np.ndarray:
     """How much each vertex follows the lower jaw (1 on lower lip and chin, 0 above the mouth)."""
     p = g.points
