@@ -125,12 +125,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from fitting.face_fit.fitter import VIEW_OUTLIER, FitConfig
-    from fitting.face_models import load_face_model
-    from fitting.face_models.ict import TOPOLOGY_FILE
     from fitting.face_fit.quality import (MODEL_FACING_AXIS, NOISE_TABLE_DEG, NOISE_TABLE_REF_PX, evaluate_fit,
-                                     expected_detector_noise_px, model_facing_axis)
-    from fitting.face_models.builtin import OUTER_EYE_CORNERS
+                                          expected_detector_noise_px, model_facing_axis)
     from fitting.face_fit.session import fit_session
+    from fitting.face_models import load_face_model
+    from fitting.face_models.builtin import OUTER_EYE_CORNERS
+    from fitting.face_models.ict import TOPOLOGY_FILE
 
     work, tmp = work_directory(args.work_dir)
     sources = []

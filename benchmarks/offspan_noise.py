@@ -91,10 +91,10 @@ def main() -> None:
     from capture_simulator.face_source import BuiltinFaceSource
     from capture_simulator.off_span import OffSpanFaceSource
     from fitting.face_fit.fitter import VIEW_OUTLIER
-    from fitting.face_models.builtin import builtin_face_model
     from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, evaluate_fit
-    from fitting.face_models.builtin import OUTER_EYE_CORNERS
     from fitting.face_fit.session import fit_session
+    from fitting.face_models.builtin import builtin_face_model
+    from fitting.face_models.builtin import OUTER_EYE_CORNERS
 
     work, tmp = work_directory(args.work_dir)
     runs = []

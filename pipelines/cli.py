@@ -198,11 +198,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from capture_schema.atomic import atomic_write_bytes
     from capture_schema.calibration_file import read_calibration
     from capture_schema.manifest import parquet_bytes
-    from fitting.face_models import load_face_model
     from fitting.face_fit.overlay import session_overlay
+    from fitting.face_fit.session import FitInputError, fit_session, fit_views_table, write_session_fit
+    from fitting.face_models import load_face_model
     from fitting.landmarks.detect import LandmarkInputError
     from fitting.landmarks.store import read_landmarks_zarr, write_landmarks_zarr
-    from fitting.face_fit.session import FitInputError, fit_session, fit_views_table, write_session_fit
 
     session_dir, out = Path(args.session_dir), Path(args.out)
     if not session_dir.is_dir():

@@ -14,9 +14,9 @@ import pytest
 
 from capture_schema import derived_layout as layout
 from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
+from fitting.face_fit.session import read_session_fit
 from fitting.face_models.builtin import builtin_face_model
 from fitting.landmarks.store import read_landmarks_zarr
-from fitting.face_fit.session import read_session_fit
 from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.face_fits import face_fits
 from pipelines.assets.ingest import session_manifest

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
 from fitting.face_fit.fitter import (FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FRAME_OK, VIEW_NOT_DETECTED, VIEW_OUTLIER,
-                              VIEW_USED, fit_frames)
-from fitting.face_models.builtin import builtin_face_model
+                                     VIEW_USED, fit_frames)
 from fitting.face_fit.session import (fit_session, fit_single_image, fit_views_table, read_session_fit,
-                                 write_session_fit)
+                                      write_session_fit)
+from fitting.face_models.builtin import builtin_face_model
 
 #: The simulated subjects lie outside the built-in model's span (``offspan``), so no fit can reach
 #: the truth; the yardstick is the best the model can do (``conftest.best_in_span``). Measured on

@@ -154,8 +154,8 @@ def test_multiview_fit_of_a_rendered_ict_subject(source) -> None:
     from capture_simulator.render_face import project_landmarks, render_view
     from capture_simulator.rig import default_rig
     from fitting.face_fit.fitter import fit_frames
-    from fitting.landmarks.detect import FaceMeshDetector
     from fitting.face_models.builtin import builtin_face_model, builtin_texture
+    from fitting.landmarks.detect import FaceMeshDetector
 
     mesh, texture = builtin_face_model(np.float64), builtin_texture()
     cams = list(default_rig(512, seed=0).values())

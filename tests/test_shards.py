@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def session(sim_dataset, sim_landmarks, tmp_path_factory):
     """The first simulated session with its true calibration, manifest, landmarks and a fit."""
-    from fitting.face_models import load_face_model
     from fitting.face_fit.session import fit_session
+    from fitting.face_models import load_face_model
 
     sid = sim_dataset.session_ids[0]
     session_dir = sim_dataset.captures_root / sid

@@ -78,7 +78,6 @@ import numpy as np
 from capture_schema.cameras import Camera
 from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
 from fitting.bundle_adjustment.colmap_solver import hold_rational_terms
-from fitting.geometry import project_to_so3, umeyama
 from fitting.bundle_adjustment.report import BundleAdjustmentReport, assemble_report, measure_fit
 from fitting.bundle_adjustment.triangulation import (
     check_observations,
@@ -86,6 +85,7 @@ from fitting.bundle_adjustment.triangulation import (
     reprojection_errors,
     triangulate_points,
 )
+from fitting.geometry import project_to_so3, umeyama
 
 __all__ = ["BundleAdjustmentReport", "default_loss_schedule", "refine_cameras_and_points"]
 

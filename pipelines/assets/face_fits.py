@@ -148,8 +148,8 @@ def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, f
     """Fit, publish the fit zarr, the views table, the overlay and ``inputs.json`` together; the outcome summary."""
     from fitting.face_fit.overlay import session_overlay
     from fitting.face_fit.quality import evaluate_fit
-    from fitting.landmarks.store import read_landmarks_zarr
     from fitting.face_fit.session import FitInputError, fit_session, fit_views_table, write_session_fit
+    from fitting.landmarks.store import read_landmarks_zarr
 
     calibration = read_session_calibration(store, session_id)
     with store.local_directory(layout.landmarks_zarr(session_id)) as path:

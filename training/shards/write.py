@@ -41,8 +41,8 @@ from training.shards.format import (BLOCK, CAMERA_BLOCK, FIT_BLOCK, FORMAT_FIELD
                                     TAR_USER, TRAIN_BLOCK)
 
 if TYPE_CHECKING:  # fitting.face_fit.session imports torch: not needed to write shards
-    from fitting.landmarks.detect import SessionLandmarks
     from fitting.face_fit.session import SessionFit
+    from fitting.landmarks.detect import SessionLandmarks
 
 
 class ShardInputError(ValueError):
