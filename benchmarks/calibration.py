@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from benchmarks.common import best_of
-from fitting.boards import board_object_points
+from fitting.calibration.boards import board_object_points
 from fitting.calibration.detect import detect_folder, load_board
 from fitting.calibration.initialize import initialize_rig
 from fitting.calibration.refine import refine_rig

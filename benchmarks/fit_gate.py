@@ -1,4 +1,4 @@
-"""Measure the numbers behind ``fitting.fit_quality``: detector noise per view angle and both
+"""Measure the numbers behind ``fitting.face_fit.quality``: detector noise per view angle and both
 fit gates on good sessions and on sessions with a wrong calibration.
 
 Faces that are not the built-in model's template: (i) ICT-FaceKit subjects through the
@@ -17,7 +17,7 @@ the pipeline does) and fitted with the built-in model through the TRUE cameras. 
     .venv/bin/python -m benchmarks.fit_gate [--ict-subjects 3] [--builtin-subjects 2]
         [--perturb-sessions 2] [--work-dir DIR]   # DIR keeps simulated sessions and landmarks for a rerun
 
-The defaults take ~5 minutes on 2 cores. The numbers quoted in ``fitting/fit_quality.py``
+The defaults take ~5 minutes on 2 cores. The numbers quoted in ``fitting/face_fit/quality.py``
 come from ``--ict-subjects 8 --builtin-subjects 4 --perturb-sessions 3`` (seed 5), ~10
 minutes (3 with the sessions already under ``--work-dir``).
 
@@ -99,7 +99,8 @@ def simulate(kind: str, n: int, out: Path, ict_dir: Path, size: int, seed: int) 
 
 
 def landmarks_for(session: Path, cache: Path):
-    from fitting.landmarks import detect_session, read_landmarks_zarr, write_landmarks_zarr
+    from fitting.landmarks.detect import detect_session
+    from fitting.landmarks.store import read_landmarks_zarr, write_landmarks_zarr
 
     path = cache / f"{session.parent.parent.name}_{session.name}.zarr"
     if path.exists():
@@ -123,13 +124,13 @@ def main() -> None:
                         help="sessions per face source that get the rotated/swapped calibrations")
     args = parser.parse_args()
 
-    from fitting.face_fit import VIEW_OUTLIER, FitConfig
+    from fitting.face_fit.fitter import VIEW_OUTLIER, FitConfig
+    from fitting.face_fit.quality import (MODEL_FACING_AXIS, NOISE_TABLE_DEG, NOISE_TABLE_REF_PX, evaluate_fit,
+                                          expected_detector_noise_px, model_facing_axis)
+    from fitting.face_fit.session import fit_session
     from fitting.face_models import load_face_model
+    from fitting.face_models.builtin import OUTER_EYE_CORNERS
     from fitting.face_models.ict import TOPOLOGY_FILE
-    from fitting.fit_quality import (MODEL_FACING_AXIS, NOISE_TABLE_DEG, NOISE_TABLE_REF_PX, evaluate_fit,
-                                     expected_detector_noise_px, model_facing_axis)
-    from fitting.morphable_model import OUTER_EYE_CORNERS
-    from fitting.session_fit import fit_session
 
     work, tmp = work_directory(args.work_dir)
     sources = []

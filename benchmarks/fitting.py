@@ -29,9 +29,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from capture_schema.calibration_file import read_calibration
+    from fitting.face_fit.session import fit_session
     from fitting.face_models.builtin import builtin_face_model
-    from fitting.landmarks import detect_session
-    from fitting.session_fit import fit_session
+    from fitting.landmarks.detect import detect_session
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.session:

@@ -5,15 +5,15 @@ the built-in model's span to the built-in subjects; optionally (``texture_warp_m
 warps each subject's photo texture so the drawn features sit off the mesh's landmark vertices.
 This benchmark simulates a few subjects of each kind at 512 px (13 expressions x 13 cameras,
 the same seed, so the off-span subjects with and without the warp are the same people in the
-same poses), detects them with mediapipe (``fitting.landmarks.detect_session``, both passes as
-the pipeline runs it), and prints
+same poses), detects them with mediapipe (``fitting.landmarks.detect.detect_session``, both passes
+as the pipeline runs it), and prints
 
 1. mediapipe's error against the simulator's true 2D landmarks (per view: the median over the
    478 landmarks) per bin of the TRUE view angle (degrees between the camera's optical axis and
    the face's true facing direction), in image px and as NME (% of that view's true outer
    eye-corner distance), next to REFERENCE.md's numbers for independently rendered heads;
 2. the built-in model's multi-view fit through the TRUE calibration (``fit_session``): the
-   gate statistics of ``fitting.fit_quality.evaluate_fit`` (fit quality = median normalised
+   gate statistics of ``fitting.face_fit.quality.evaluate_fit`` (fit quality = median normalised
    residual over used views, against ``FIT_QUALITY_MAX``; worst camera median, against
    ``CAMERA_CONSISTENCY_MAX``), and the fitted mesh's distance from the true one (posed, 478
    vertices; the truth is the face source's own model, ``source.model``).
@@ -90,11 +90,11 @@ def main() -> None:
 
     from capture_simulator.face_source import BuiltinFaceSource
     from capture_simulator.off_span import OffSpanFaceSource
-    from fitting.face_fit import VIEW_OUTLIER
+    from fitting.face_fit.fitter import VIEW_OUTLIER
+    from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, evaluate_fit
+    from fitting.face_fit.session import fit_session
     from fitting.face_models.builtin import builtin_face_model
-    from fitting.fit_quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, evaluate_fit
-    from fitting.morphable_model import OUTER_EYE_CORNERS
-    from fitting.session_fit import fit_session
+    from fitting.face_models.builtin import OUTER_EYE_CORNERS
 
     work, tmp = work_directory(args.work_dir)
     runs = []

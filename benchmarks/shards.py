@@ -161,7 +161,7 @@ def part_b_loader_throughput(sessions: list[BenchSession], shards_dir: Path, res
     torch.set_num_threads(1)
     urls = sorted(str(p) for p in shards_dir.rglob(f"*{layout.SHARD_SUFFIX}"))
     from capture_schema.session import read_session
-    from fitting.landmarks import session_image_path
+    from fitting.landmarks.detect import session_image_path
 
     loose = []  # the same images in the shards' (grid) order
     for s in sessions:

@@ -11,7 +11,7 @@ rejected so that a typo (``square_length`` without ``_m``) cannot be silently ig
 This module stays free of OpenCV: the dictionary names are listed here and checked
 against ``cv2.aruco`` by the tests.
 
-Board frame (shared by both forms and used by ``fitting.boards``): origin at the
+Board frame (shared by both forms and used by ``fitting.calibration.boards``): origin at the
 top-left *outer* corner of the square grid as printed, x along a row (to the right),
 y down the columns, z = x cross y pointing into the board (away from a viewer who
 sees the pattern). The pattern spans ``[0, width_m] x [0, height_m]``. A chessboard's

@@ -4,7 +4,7 @@ Rendering is by inverse mapping so that the geometry is exact: every supersample
 pixel's distorted coordinate is undistorted (Newton iteration on the camera's own
 ``distort_normalized``, so render and ``Camera.project`` agree to ~1e-9 px), turned
 into a world ray, intersected with the board plane and looked up in the board
-texture (``fitting.boards.board_texture``, bilinear ``cv2.remap``). Supersampled
+texture (``fitting.calibration.boards.board_texture``, bilinear ``cv2.remap``). Supersampled
 pixel ``j`` has its centre at image coordinate ``(j + 0.5) / s - 0.5``, so a block of
 ``s x s`` averages to a pixel centred on an integer, OpenCV's convention.
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from capture_schema.board import BoardSpec, CharucoBoardSpec
 from capture_schema.cameras import Camera
-from fitting.boards import BoardTexture, board_object_points, board_texture
+from fitting.calibration.boards import BoardTexture, board_object_points, board_texture
 
 #: The simulator's board: 7x5 squares of 4 cm (28 x 20 cm pattern, 24 corners, 17 markers).
 #: At 1 m with f ~ 1100 px a square spans ~44 px and a marker cell ~4.7 px, so markers
@@ -262,7 +262,7 @@ def project_board_corners(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth pixels (N, 2) of the board's inner corners and a visibility mask (N,).
 
-    Rows follow ``fitting.boards.board_object_points`` (ChArUco ids). Visible means in
+    Rows follow ``fitting.calibration.boards.board_object_points`` (ChArUco ids). Visible means in
     front of the camera, on the printed side, inside the image (pixel centres at
     integers, so ``[-0.5, W - 0.5]``) and within the lens model's valid region.
     """

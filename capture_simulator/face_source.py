@@ -37,7 +37,7 @@ import numpy as np
 
 from capture_schema.layout import DEFAULT_EXPRESSIONS
 from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance, sample_subject
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 from fitting.face_models.base import FaceModel
 
 FACE_SOURCE_KINDS = ("offspan", "builtin", "ict")
@@ -121,19 +121,17 @@ def _check_expression(name: str) -> None:
 
 
 class BuiltinFaceSource(FaceSource):
-    """The built-in model: render shape = its vertices, presets = ``MorphableModel.expression_preset``."""
+    """The built-in model: render shape = its vertices, presets = ``LinearFaceModel.expression_preset``."""
 
     name = "builtin"
 
     def __init__(self) -> None:
-        self.morphable = mm.load_default_model()
+        self.morphable = mm.builtin_face_model(np.float64)
         self.centre = np.zeros(3)
 
     @cached_property
     def model(self) -> FaceModel:
-        from fitting.face_models.builtin import builtin_face_model
-
-        return builtin_face_model()
+        return mm.builtin_face_model()
 
     def sample_identity(self, rng: np.random.Generator) -> np.ndarray:
         return np.clip(rng.standard_normal(self.morphable.n_identity), -IDENTITY_CLIP, IDENTITY_CLIP)
@@ -164,7 +162,7 @@ class IctFaceSource(FaceSource):
         self._lm_template = self._model.template[ids].astype(np.float64)
         self._lm_identity = self._model.identity_basis[:, ids].astype(np.float64)
         self._lm_expression = self._model.expression_basis[:, ids].astype(np.float64)
-        self._template = mm.load_default_model().template.astype(np.float64)
+        self._template = mm.builtin_face_model(np.float64).template.astype(np.float64)
         self.centre = self._landmarks(np.zeros(self._model.n_identity), np.zeros(self._model.n_expression)).mean(0)
 
     def __reduce__(self):

@@ -19,8 +19,10 @@ import numpy as np
 from capture_schema.layout import DEFAULT_EXPRESSIONS
 from capture_simulator.face_source import _EYES, ICT_IDENTITY_CLIP, FaceSource, _check_expression
 from capture_simulator.subjects import IDENTITY_CLIP, SubjectAppearance
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 from fitting.face_models.base import FaceModel
+from fitting.face_models.linear import LinearFaceModel
+from fitting.geometry import vertex_normals
 
 
 # --- Off-span subjects ------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def _rms_mm(field: np.ndarray) -> float:
     return 1000.0 * float(np.sqrt((field[:_N_MESH] ** 2).sum(-1).mean()))
 
 
-def offspan_identity_fields(morphable: mm.MorphableModel,
+def offspan_identity_fields(morphable: LinearFaceModel,
                             seed: int = OFFSPAN_SEED) -> tuple[tuple[str, ...], np.ndarray]:
     """Names and (K, 478, 3) raw displacement fields, before projection and scaling.
 
@@ -144,8 +146,6 @@ def offspan_identity_fields(morphable: mm.MorphableModel,
     """
     p = morphable.template.astype(np.float64)
     mirror = np.asarray(morphable.mirror)
-    from fitting.face_model_modes import vertex_normals
-
     normals = vertex_normals(p, morphable.skin_faces)
     x, y = p[:, 0], p[:, 1]
     zeros = np.zeros(len(p))
@@ -243,7 +243,7 @@ class OffSpanFaceSource(FaceSource):
             raise ValueError("identity_rms_mm, expression_fraction and texture_warp_mm must be >= 0")
         self.seed, self.identity_rms_mm = int(seed), float(identity_rms_mm)
         self.expression_fraction, self.texture_warp_mm = float(expression_fraction), float(texture_warp_mm)
-        self.morphable = mm.load_default_model()
+        self.morphable = mm.builtin_face_model(np.float64)
         self.centre = np.zeros(3)
         m = self.morphable
         template = m.template.astype(np.float64)
@@ -287,7 +287,7 @@ class OffSpanFaceSource(FaceSource):
 
     @cached_property
     def model(self) -> FaceModel:
-        from fitting.face_models.base import LandmarkEmbedding, LinearFaceModel
+        from fitting.face_models.base import LandmarkEmbedding
 
         m = self.morphable
         return LinearFaceModel(
@@ -352,7 +352,7 @@ TEXTURE_WARP_BUMPS = 6
 class WarpedTextureAppearance(SubjectAppearance):
     """A subject whose albedo map is the photo texture, recoloured AND warped in uv space.
 
-    ``recolor`` of the model's texture image (``load_default_texture()``'s shape) also moves its
+    ``recolor`` of the model's texture image (``builtin_texture()``'s shape) also moves its
     content by a smooth field from ``texture_warp_seed`` of RMS ``texture_warp_mm`` over the mesh
     vertices (mm on the template's surface, through each vertex's local mm-per-texel); anything
     else (a colour list, another image) is only recoloured. ``texture_warp_mm`` = 0: no warp.
@@ -379,14 +379,14 @@ class WarpedTextureAppearance(SubjectAppearance):
 
 
 def _texture_shape() -> tuple[int, int]:
-    return tuple(mm.load_default_texture().shape[:2])  # type: ignore[return-value]
+    return tuple(mm.builtin_texture().shape[:2])  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=1)
 def _texel_geometry() -> tuple[np.ndarray, np.ndarray]:
     """Texel position (texture px) of every vertex, and each mesh vertex's local mm per texel
     (median over its edges of 3D length / uv length)."""
-    m = mm.load_default_model()
+    m = mm.builtin_face_model(np.float64)
     h, w = _texture_shape()
     template = m.template.astype(np.float64)
     uv_px = m.uv.astype(np.float64) * [w, h] - 0.5

@@ -20,8 +20,8 @@ import numpy as np
 from capture_schema.cameras import Camera
 from capture_simulator.rasterize import Raster, rasterize
 from capture_simulator.subjects import SubjectAppearance
-from fitting import morphable_model as mm
-from fitting.morphable_model import MorphableModel
+from fitting.face_models import builtin as mm
+from fitting.face_models.linear import MOUTH_FILL, LinearFaceModel
 
 KEY_LIGHT = np.array([-0.5, -0.6, -1.0]) / np.linalg.norm([-0.5, -0.6, -1.0])
 FILL_LIGHT = np.array([0.7, -0.2, -0.8]) / np.linalg.norm([0.7, -0.2, -0.8])
@@ -169,7 +169,7 @@ def _pose(rotation: np.ndarray | None, translation: np.ndarray | None) -> tuple[
     return R, t
 
 
-def skin_color(model: MorphableModel, texture: np.ndarray) -> np.ndarray:
+def skin_color(model: LinearFaceModel, texture: np.ndarray) -> np.ndarray:
     """Median photo colour over cheek/forehead/chin landmarks, RGB in [0, 1]."""
     h, w = texture.shape[:2]
     uv = model.uv[list(SKIN_SAMPLE_LANDMARKS)]
@@ -177,7 +177,7 @@ def skin_color(model: MorphableModel, texture: np.ndarray) -> np.ndarray:
     return np.median(texture[px[:, 1], px[:, 0]].astype(np.float64), axis=0) / 255.0
 
 
-def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance, expression: np.ndarray,
+def _scene(model: LinearFaceModel, texture: np.ndarray, appearance: SubjectAppearance, expression: np.ndarray,
            rotation: np.ndarray | None, translation: np.ndarray | None,
            shape: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """World-space vertices, triangles, per-face material, per-vertex surface
@@ -188,7 +188,7 @@ def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppear
     verts = np.concatenate([face, extra]) @ R.T + t
     labels = model.face_labels if model.face_labels is not None else np.zeros(len(model.faces), np.int8)
     faces = np.concatenate([model.faces.astype(np.int64), extra_tris])
-    material = np.concatenate([np.where(labels == mm.MOUTH_FILL, _MOUTH, _TEXTURED),
+    material = np.concatenate([np.where(labels == MOUTH_FILL, _MOUTH, _TEXTURED),
                                np.full(len(extra_tris), _VERTEX_COLOR)])
     skin = appearance.recolor(skin_color(model, texture)[None].astype(np.float32))[0]
     color = (1.0 - hair[:, None]) * skin + hair[:, None] * np.asarray(appearance.hair_color)
@@ -199,7 +199,7 @@ def _scene(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppear
     return verts, faces, material, np.concatenate([uv, mouth_v], axis=1), color
 
 
-def _face(model: MorphableModel, appearance: SubjectAppearance, expression: np.ndarray | None,
+def _face(model: LinearFaceModel, appearance: SubjectAppearance, expression: np.ndarray | None,
           shape: np.ndarray | None) -> np.ndarray:
     """The unposed face (478, 3): ``shape`` where given (another model drives the
     positions, see ``face_source``), else the model's own vertices."""
@@ -226,7 +226,7 @@ def _background(height: int, width: int) -> np.ndarray:
     return ((1 - t) * top + t * bottom) * (1.0 - 0.06 * x**2)
 
 
-def render_view(model: MorphableModel, texture: np.ndarray, appearance: SubjectAppearance,
+def render_view(model: LinearFaceModel, texture: np.ndarray, appearance: SubjectAppearance,
                 expression_coeffs: np.ndarray, head_rotation: np.ndarray | None,
                 head_translation: np.ndarray | None, camera: Camera, supersample: int = 2,
                 shape: np.ndarray | None = None) -> np.ndarray:
@@ -294,7 +294,7 @@ def _sample(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return out.reshape(-1, 3)[: len(uv)]
 
 
-def project_landmarks(model: MorphableModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
+def project_landmarks(model: LinearFaceModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
                       head_rotation: np.ndarray | None, head_translation: np.ndarray | None,
                       camera: Camera, shape: np.ndarray | None = None) -> np.ndarray:
     """Ground-truth 2D landmarks (478, 2) in ``camera``'s distorted pixel coordinates
@@ -305,7 +305,7 @@ def project_landmarks(model: MorphableModel, appearance: SubjectAppearance, expr
     return camera.project(_face(model, appearance, None, shape) @ R.T + t)
 
 
-def landmark_visibility(model: MorphableModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
+def landmark_visibility(model: LinearFaceModel, appearance: SubjectAppearance, expression_coeffs: np.ndarray,
                         head_rotation: np.ndarray | None, head_translation: np.ndarray | None,
                         camera: Camera, tolerance_m: float = 0.004, shape: np.ndarray | None = None) -> np.ndarray:
     """Which landmarks (478,) are unoccluded in ``camera``: depth within ``tolerance_m`` of the z-buffer."""

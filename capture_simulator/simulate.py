@@ -50,7 +50,7 @@ from capture_simulator.off_span import OffSpanFaceSource
 from capture_simulator.render_face import project_landmarks, render_view
 from capture_simulator.rig import default_rig
 from capture_simulator.subjects import SubjectAppearance
-from fitting.morphable_model import load_default_model, load_default_texture
+from fitting.face_models.builtin import builtin_face_model, builtin_texture
 
 JPEG_QUALITY = 95
 RIG_ID = "sim_rig_01"
@@ -101,7 +101,7 @@ def render_calibration_captures(
 def _simulate_subject(args: tuple) -> dict:
     """Render one session's 13 x 13 grid; returns encoded images and ground truth (picklable)."""
     index, seed, rig, source = args
-    model, texture = load_default_model(), load_default_texture()  # the drawn topology, uv and texture
+    model, texture = builtin_face_model(np.float64), builtin_texture()  # the drawn topology, uv and texture
     rng = np.random.default_rng([seed, 2, index])
     appearance = source.sample_subject(rng)
     images: dict[tuple[str, str], bytes] = {}

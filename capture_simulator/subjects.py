@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fitting.morphable_model import MorphableModel
+from fitting.face_models.linear import LinearFaceModel
 
 #: Hair colours (RGB in [0, 1]): black, dark brown, brown, auburn, dark blond, grey.
 HAIR_PALETTE = np.array([
@@ -49,12 +49,12 @@ class SubjectAppearance:
         return np.clip(out, 0.0, 1.0).reshape(img.shape)
 
 
-def neutral_subject(model: MorphableModel) -> SubjectAppearance:
+def neutral_subject(model: LinearFaceModel) -> SubjectAppearance:
     """The template face with the photo's own colours."""
     return SubjectAppearance(identity=np.zeros(model.n_identity))
 
 
-def sample_subject(rng: np.random.Generator, model: MorphableModel) -> SubjectAppearance:
+def sample_subject(rng: np.random.Generator, model: LinearFaceModel) -> SubjectAppearance:
     """Draw a plausible subject; the same generator state gives the same subject."""
     identity = np.clip(rng.standard_normal(model.n_identity), -IDENTITY_CLIP, IDENTITY_CLIP)
     hue = float(rng.normal(0.0, 4.0))

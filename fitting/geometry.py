@@ -1,4 +1,4 @@
-"""Small rigid-geometry helpers: poses, rotation averaging, similarity alignment (Umeyama).
+"""Small geometry helpers: poses, rotation averaging, similarity alignment (Umeyama), mesh normals.
 
 Poses are 4x4 homogeneous matrices ``T_a_b`` mapping points from frame ``b`` to
 frame ``a`` (``x_a = T_a_b @ x_b``), so chains read left to right:
@@ -105,3 +105,12 @@ def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> tuple[
     s = float(np.trace(np.diag(S) @ D) / (xs**2).sum(1).mean()) if with_scale else 1.0
     t = mu_d - s * R @ mu_s
     return s, R, t
+
+
+def vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals (faces must be consistently oriented)."""
+    fn = np.cross(points[faces[:, 1]] - points[faces[:, 0]], points[faces[:, 2]] - points[faces[:, 0]])
+    normals = np.zeros_like(points)
+    for k in range(3):
+        np.add.at(normals, faces[:, k], fn)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)

@@ -137,7 +137,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _detect_session_with_bar(session_dir: Path, workers: int | None, mirror: bool):
-    from fitting.landmarks import detect_session
+    from fitting.landmarks.detect import detect_session
 
     bar = None
 
@@ -157,7 +157,8 @@ def _detect_session_with_bar(session_dir: Path, workers: int | None, mirror: boo
 def cmd_landmarks(args: argparse.Namespace) -> int:
     from capture_schema.atomic import atomic_write_json, atomic_write_bytes
     from capture_schema.manifest import parquet_bytes
-    from fitting.landmarks import LandmarkInputError, detect_image_file, landmark_summary_table, write_landmarks_zarr
+    from fitting.landmarks.detect import LandmarkInputError, detect_image_file, landmark_summary_table
+    from fitting.landmarks.store import write_landmarks_zarr
 
     source, out = Path(args.source), Path(args.out)
     try:
@@ -198,10 +199,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from capture_schema.atomic import atomic_write_bytes
     from capture_schema.calibration_file import read_calibration
     from capture_schema.manifest import parquet_bytes
+    from fitting.face_fit.overlay import session_overlay
+    from fitting.face_fit.session import FitInputError, fit_session, fit_views_table, write_session_fit
     from fitting.face_models import load_face_model
-    from fitting.fit_overlay import session_overlay
-    from fitting.landmarks import LandmarkInputError, read_landmarks_zarr, write_landmarks_zarr
-    from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
+    from fitting.landmarks.detect import LandmarkInputError
+    from fitting.landmarks.store import read_landmarks_zarr, write_landmarks_zarr
 
     session_dir, out = Path(args.session_dir), Path(args.out)
     if not session_dir.is_dir():

@@ -90,7 +90,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def sim_landmarks(sim_dataset):
     """mediapipe landmarks of the first simulated session (detected once per test run)."""
-    from fitting.landmarks import detect_session
+    from fitting.landmarks.detect import detect_session
 
     return detect_session(sim_dataset.captures_root / sim_dataset.session_ids[0], workers=2)
 

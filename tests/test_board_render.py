@@ -23,7 +23,7 @@ from capture_simulator.board_render import (
     render_board_view,
     undistort_normalized,
 )
-from fitting.boards import board_object_points, board_texture, detect_board, make_charuco_board
+from fitting.calibration.boards import board_object_points, board_texture, detect_board, make_charuco_board
 
 SIZE = 512
 IN_VIEW_MAX_OBLIQUITY_DEG = 60.0

@@ -33,7 +33,7 @@ from capture_schema.cameras import Camera
 from capture_schema.converters import read_colmap_model, read_transforms
 from capture_simulator.board_render import DEFAULT_BOARD, project_board_corners
 from capture_simulator.rig import default_rig
-from fitting.boards import board_object_points
+from fitting.calibration.boards import board_object_points
 from fitting.calibration import (
     CalibrationError,
     calibrate_folder,
@@ -579,7 +579,7 @@ def test_rational_terms_held_without_clobbering_pycolmaps_manifold() -> None:
     """k4..k6 stay 0 and a principal point pycolmap holds constant stays constant too."""
     import pycolmap
 
-    from fitting.colmap_solver import hold_rational_terms
+    from fitting.bundle_adjustment.colmap_solver import hold_rational_terms
 
     rec = pycolmap.Reconstruction()
     rec.add_camera(pycolmap.Camera(camera_id=1, model="FULL_OPENCV", width=640, height=480,

@@ -14,9 +14,9 @@ import pytest
 
 from capture_schema import derived_layout as layout
 from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
+from fitting.face_fit.session import read_session_fit
 from fitting.face_models.builtin import builtin_face_model
-from fitting.landmarks import read_landmarks_zarr
-from fitting.session_fit import read_session_fit
+from fitting.landmarks.store import read_landmarks_zarr
 from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.face_fits import face_fits
 from pipelines.assets.ingest import session_manifest
@@ -108,7 +108,7 @@ def test_cli_landmarks_on_one_image_and_on_a_face_free_image(tmp_path: Path, cap
 
 
 def test_cli_fit_writes_the_fit_and_reports_bad_input(sim_dataset, sim_landmarks, tmp_path: Path) -> None:
-    from fitting.landmarks import write_landmarks_zarr
+    from fitting.landmarks.store import write_landmarks_zarr
 
     sid = sim_dataset.session_ids[0]
     calib = sim_dataset.ground_truth_root / sid / "calibration.json"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
-from fitting.face_fit import (FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FRAME_OK, VIEW_NOT_DETECTED, VIEW_OUTLIER,
-                              VIEW_USED, fit_frames)
+from fitting.face_fit.fitter import (FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FRAME_OK, VIEW_NOT_DETECTED, VIEW_OUTLIER,
+                                     VIEW_USED, fit_frames)
+from fitting.face_fit.session import (fit_session, fit_single_image, fit_views_table, read_session_fit,
+                                      write_session_fit)
 from fitting.face_models.builtin import builtin_face_model
-from fitting.session_fit import (fit_session, fit_single_image, fit_views_table, read_session_fit,
-                                 write_session_fit)
 
 #: The simulated subjects lie outside the built-in model's span (``offspan``), so no fit can reach
 #: the truth; the yardstick is the best the model can do (``conftest.best_in_span``). Measured on
@@ -31,7 +31,7 @@ def model():
 def test_single_view_fit_of_a_real_photo(model) -> None:
     from skimage import data
 
-    from fitting.landmarks import FaceMeshDetector
+    from fitting.landmarks.detect import FaceMeshDetector
 
     image = data.astronaut()
     with FaceMeshDetector() as detector:

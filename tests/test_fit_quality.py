@@ -1,4 +1,4 @@
-"""The fit gates of ``fitting.fit_quality`` on the shared simulated session.
+"""The fit gates of ``fitting.face_fit.quality`` on the shared simulated session.
 
 Residuals are judged against the detector's expected noise at each view's angle, so a
 good fit passes, while a camera whose calibration is wrong (rotated 3 degrees about its
@@ -15,7 +15,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from conftest import sim_ground_truth
-from fitting.fit_quality import (
+from fitting.face_fit.quality import (
     NOISE_TABLE_DEG,
     NOISE_TABLE_REF_PX,
     evaluate_fit,
@@ -40,7 +40,7 @@ def model():
 
 
 def _fit(model, landmarks, calibration):
-    from fitting.session_fit import fit_session
+    from fitting.face_fit.session import fit_session
 
     return fit_session(model, landmarks, calibration)
 

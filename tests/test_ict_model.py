@@ -10,6 +10,15 @@ import pytest
 
 from conftest import SHARED_DATA, needs_reference_data
 from fitting.face_models import ict
+from fitting.face_models.builtin import (
+    LEFT_EYE_LOWER,
+    LEFT_EYE_UPPER,
+    LIPS_LOWER_INNER,
+    LIPS_UPPER_INNER,
+    RIGHT_EYE_LOWER,
+    RIGHT_EYE_UPPER,
+    builtin_face_model,
+)
 from fitting.face_models.ict import (
     IctFormatError,
     ict_to_model_frame,
@@ -24,15 +33,6 @@ from fitting.face_models.ict_embedding import (
     closest_points_on_mesh,
 )
 from fitting.face_models.ict_obj import import_ict_obj, read_obj
-from fitting.morphable_model import (
-    LEFT_EYE_LOWER,
-    LEFT_EYE_UPPER,
-    LIPS_LOWER_INNER,
-    LIPS_UPPER_INNER,
-    RIGHT_EYE_LOWER,
-    RIGHT_EYE_UPPER,
-    load_default_model,
-)
 
 ICT_DIR = SHARED_DATA / "ict_facekit"
 needs_ict = needs_reference_data(ICT_DIR / ict.TOPOLOGY_FILE, "ICT-FaceKit packaged files (shared data)")
@@ -150,7 +150,7 @@ def test_triangulate_quads_keeps_winding_and_drops_degenerates() -> None:
 
 def test_correspondence_table_on_builtin_model() -> None:
     """The iBUG-68 -> mediapipe table respects mirror symmetry and the scheme's layout."""
-    bm = load_default_model()
+    bm = builtin_face_model(np.float64)
     t = bm.template
     mp = IBUG68_TO_MEDIAPIPE
     for i, m in mp.items():

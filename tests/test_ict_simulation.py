@@ -75,7 +75,7 @@ def _baseline(source, frames) -> np.ndarray:
 
 @needs_ict
 def test_presets_and_render_shape(source) -> None:
-    from fitting import morphable_model as mm
+    from fitting.face_models import builtin as mm
 
     model = source.model
     for name in EXPRESSIONS:
@@ -118,7 +118,7 @@ def test_cli_simulate_needs_the_ict_folder(tmp_path: Path) -> None:
 def test_fit_recovers_projected_landmarks_and_flags_a_wrong_view(source) -> None:
     """No images: true landmarks + 1.5 px noise, one view replaced by a face 30 px away and 15 % larger."""
     from capture_simulator.rig import default_rig
-    from fitting.face_fit import fit_frames
+    from fitting.face_fit.fitter import fit_frames
 
     cams = list(default_rig(512, seed=0).values())
     rng = np.random.default_rng(11)
@@ -153,11 +153,11 @@ def test_multiview_fit_of_a_rendered_ict_subject(source) -> None:
 
     from capture_simulator.render_face import project_landmarks, render_view
     from capture_simulator.rig import default_rig
-    from fitting.face_fit import fit_frames
-    from fitting.landmarks import FaceMeshDetector
-    from fitting.morphable_model import load_default_model, load_default_texture
+    from fitting.face_fit.fitter import fit_frames
+    from fitting.face_models.builtin import builtin_face_model, builtin_texture
+    from fitting.landmarks.detect import FaceMeshDetector
 
-    mesh, texture = load_default_model(), load_default_texture()
+    mesh, texture = builtin_face_model(np.float64), builtin_texture()
     cams = list(default_rig(512, seed=0).values())
     subject = source.sample_subject(np.random.default_rng(IMAGE_SUBJECT_SEED))
     frames = _frames(source, subject.identity)

@@ -24,7 +24,7 @@ from capture_schema.image_check import (
 )
 from fitting.calibration.detect import detect_folder
 from fitting.image_io import ImageReadError, read_image
-from fitting.landmarks import LandmarkInputError, detect_image_file, read_image_rgb
+from fitting.landmarks.detect import LandmarkInputError, detect_image_file, read_image_rgb
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX file types needed")
 

@@ -1,6 +1,6 @@
 """Face landmarks with real mediapipe FaceMesh: single images, whole sessions, the zarr store, the summary table.
 
-Bars come from measuring 1,014 simulated views at 512 px (see ``fitting.landmarks``):
+Bars come from measuring 1,014 simulated views at 512 px (see ``fitting.landmarks.detect``):
 frontal nine views err 1.8-3.0 px on average (per-view median, worst 5.1 px), and
 no view over 10 px off got confidence above 0.5.
 """
@@ -17,8 +17,7 @@ import pyarrow as pa
 import pytest
 
 from capture_schema.tables import LANDMARK_SUMMARY_SCHEMA
-from fitting.landmark_store import LandmarkStoreError, read_landmarks_zarr, write_landmarks_zarr
-from fitting.landmarks import (
+from fitting.landmarks.detect import (
     DETECTOR_NAME,
     N_LANDMARKS,
     FaceMeshDetector,
@@ -28,6 +27,7 @@ from fitting.landmarks import (
     detect_session,
     landmark_summary_table,
 )
+from fitting.landmarks.store import LandmarkStoreError, read_landmarks_zarr, write_landmarks_zarr
 
 FRONTAL_MEDIAN_PX = 3.0  # median over the session's frontal views (measured 2.2)
 FRONTAL_WORST_PX = 6.0  # any frontal view (measured worst 5.1 over 702 views)
@@ -97,13 +97,13 @@ def test_single_pass_is_unverified_and_close_to_the_cross_checked_result(detecto
 
 def test_detection_commutes_with_mirroring_the_image(detector, astronaut) -> None:
     """Mirrored back (x -> (w - 1) - x, ids through the mirror table) the result on the flipped image is the same."""
-    from fitting.morphable_model import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
 
     w = astronaut.shape[1]
     plain, flipped = detector.detect(astronaut), detector.detect(np.ascontiguousarray(astronaut[:, ::-1]))
     back = flipped.landmarks.copy()
     back[:, 0] = (w - 1) - back[:, 0]
-    assert np.abs(back[load_default_model().mirror] - plain.landmarks).max() < 1e-3
+    assert np.abs(back[builtin_face_model(np.float64).mirror] - plain.landmarks).max() < 1e-3
     assert flipped.mirror_nme == pytest.approx(plain.mirror_nme, rel=1e-6)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_ground_truth_is_the_source_model
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 
 SEEDS = range(10)
 FIELD_KEPT_MIN = 0.95
@@ -39,7 +39,7 @@ def source():
 
 @pytest.fixture(scope="module")
 def builtin():
-    return mm.load_default_model()
+    return mm.builtin_face_model(np.float64)
 
 
 def _rms_mm(d: np.ndarray) -> float:
@@ -165,9 +165,9 @@ def test_subjects_differ_and_are_plausible(source, builtin) -> None:
 def test_texture_warp_moves_only_the_texture(source) -> None:
     from capture_simulator.off_span import OffSpanFaceSource
     from capture_simulator.subjects import SubjectAppearance
-    from fitting.morphable_model import load_default_texture
+    from fitting.face_models.builtin import builtin_texture
 
-    texture = load_default_texture()
+    texture = builtin_texture()
     plain = source.sample_subject(np.random.default_rng(2))
     warped = OffSpanFaceSource(texture_warp_mm=1.5).sample_subject(np.random.default_rng(2))
     assert np.array_equal(plain.identity, warped.identity) and plain.hue_shift_deg == warped.hue_shift_deg

@@ -31,8 +31,8 @@ import pytest
 
 from capture_schema.cameras import Camera, look_at
 from conftest import SHARED_DATA, need_reference_data
-from fitting.point_bundle_adjustment import refine_cameras_and_points
-from fitting.triangulation import (
+from fitting.bundle_adjustment.points import refine_cameras_and_points
+from fitting.bundle_adjustment.triangulation import (
     error_summary,
     observed_mask,
     reprojection_errors,

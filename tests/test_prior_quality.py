@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fitting.face_models import load_face_model
-from fitting.morphable_model import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER, LEFT_BROW, RIGHT_BROW
+from fitting.face_models.builtin import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER, LEFT_BROW, RIGHT_BROW
 from training.loader import SampleFilter
 from training.prior.checkpoint import load_prior
 from training.prior.dataset import frame_loader, prior_data_from_index

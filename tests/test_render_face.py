@@ -16,7 +16,8 @@ from capture_schema.layout import DEFAULT_CAMERAS
 from capture_simulator.rig import camera_angles, default_rig, frontal_cameras
 from capture_simulator.render_face import landmark_visibility, project_landmarks, render_view
 from capture_simulator.subjects import neutral_subject, sample_subject
-from fitting.morphable_model import MorphableModel, load_default_model, load_default_texture
+from fitting.face_models.builtin import builtin_face_model, builtin_texture
+from fitting.face_models.linear import LinearFaceModel
 
 SIZE = 512
 VIEW_NME_MAX = 0.04
@@ -24,13 +25,13 @@ MEAN_NME_MAX = 0.03
 
 
 @pytest.fixture(scope="module")
-def model() -> MorphableModel:
-    return load_default_model()
+def model() -> LinearFaceModel:
+    return builtin_face_model(np.float64)
 
 
 @pytest.fixture(scope="module")
 def texture() -> np.ndarray:
-    return load_default_texture()
+    return builtin_texture()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_rig_is_deterministic_per_seed() -> None:
 
 # --- subjects ------------------------------------------------------------------------
 
-def test_subjects_are_deterministic_and_distinct(model: MorphableModel, texture: np.ndarray) -> None:
+def test_subjects_are_deterministic_and_distinct(model: LinearFaceModel, texture: np.ndarray) -> None:
     a = sample_subject(np.random.default_rng(11), model)
     b = sample_subject(np.random.default_rng(11), model)
     c = sample_subject(np.random.default_rng(12), model)

@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def session(sim_dataset, sim_landmarks, tmp_path_factory):
     """The first simulated session with its true calibration, manifest, landmarks and a fit."""
+    from fitting.face_fit.session import fit_session
     from fitting.face_models import load_face_model
-    from fitting.session_fit import fit_session
 
     sid = sim_dataset.session_ids[0]
     session_dir = sim_dataset.captures_root / sid
@@ -210,10 +210,10 @@ MIN_MASK_ON_HEAD = 0.9
 
 def test_masks_cover_the_whole_head_in_every_view(session, sim_dataset, tmp_path: Path) -> None:
     from capture_simulator.render_face import head_mesh
-    from fitting.morphable_model import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
     keys, samples = _read_tars(_write(session, tmp_path / "out", ShardConfig(train_resolution=128)).paths)
     truth = sim_ground_truth(sim_dataset)
-    skin_faces = load_default_model().skin_faces
+    skin_faces = builtin_face_model(np.float64).skin_faces
     cameras = truth["calibration"].cameras
     covered, on_head, views = [], [], []
     for e, frame in enumerate(truth["frames"]):

@@ -1,8 +1,10 @@
 """Rig calibration from calibration-board captures.
 
-``detect`` (OpenCV board detection) -> ``initialize`` (per-camera OpenCV
-calibration, robust relative poses) -> ``refine`` (one joint pycolmap bundle
-adjustment) -> ``calibrate`` (the folder-level API and atomic outputs).
+``boards`` (the OpenCV side of a board spec: object points, board objects,
+textures, shared with the simulator's board renderer) -> ``detect`` (OpenCV board
+detection) -> ``initialize`` (per-camera OpenCV calibration, robust relative
+poses) -> ``refine`` (one joint pycolmap bundle adjustment of the rig and its
+board poses) -> ``calibrate`` (the folder-level API and atomic outputs).
 pycolmap is imported lazily inside ``refine`` (heavy, not fork-friendly).
 """
 

@@ -42,7 +42,7 @@ from capture_schema.calibration_file import Calibration, write_calibration
 from capture_schema.cameras import Camera
 from capture_schema.converters import write_colmap_model, write_transforms
 from capture_schema.layout import BOARD_FILE
-from fitting.boards import board_object_points
+from fitting.calibration.boards import board_object_points
 from fitting.calibration.detect import (
     CameraDetections,
     ProgressCallback,

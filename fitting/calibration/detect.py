@@ -39,7 +39,7 @@ import numpy as np
 
 from capture_schema.board import BoardSpec, BoardSpecError, CharucoBoardSpec, ChessboardSpec, read_board
 from capture_schema.layout import BOARD_FILE
-from fitting.boards import make_charuco_board
+from fitting.calibration.boards import make_charuco_board
 from fitting.calibration.errors import CalibrationError
 from fitting.image_io import ImageReadError, read_image
 
@@ -63,7 +63,7 @@ _SB_FLAGS = cv2.CALIB_CB_ACCURACY | cv2.CALIB_CB_NORMALIZE_IMAGE
 class ViewDetection:
     """The board corners one camera saw at one moment.
 
-    ``ids`` index ``fitting.boards.board_object_points(spec)``; for a chessboard
+    ``ids`` index ``fitting.calibration.boards.board_object_points(spec)``; for a chessboard
     whose order is ambiguous (``spec.order_ambiguous``) they are in the detector's
     order, which ``initialize`` may reverse to agree with the other cameras.
     """

@@ -38,7 +38,7 @@ import numpy as np
 
 from capture_schema.board import BoardSpec, CharucoBoardSpec, ChessboardSpec
 from capture_schema.cameras import Camera
-from fitting.boards import board_object_points
+from fitting.calibration.boards import board_object_points
 from fitting.calibration.detect import (
     CameraDetections,
     FolderDetections,

@@ -56,11 +56,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from capture_schema.cameras import Camera
-from fitting.boards import board_object_points
+from fitting.bundle_adjustment.colmap_solver import FULL_OPENCV_RATIONAL, hold_rational_terms
+from fitting.calibration.boards import board_object_points
 from fitting.calibration.detect import ProgressCallback
 from fitting.calibration.errors import CalibrationError, implausible_camera
 from fitting.calibration.initialize import InitialRig
-from fitting.colmap_solver import FULL_OPENCV_RATIONAL, hold_rational_terms
 
 #: Cauchy loss scale in pixels.
 LOSS_SCALE_PX = 1.0

@@ -1,7 +1,15 @@
 """Morphable face models behind one interface (``base.FaceModel``): built-in, ICT-FaceKit, FLAME.
 
+``base`` is the interface and the mediapipe ``LandmarkEmbedding``; ``linear`` is
+``LinearFaceModel``, the one class for every linear model (the built-in model of
+``builtin`` with its packaged ``assets/face_model.npz``, ICT-FaceKit from ``ict``,
+whose landmark embedding ``ict_embedding`` builds and ``ict_obj`` imports from
+ICT's OBJ files); ``flame`` is FLAME (skinned, not linear), read through
+``safe_pickle`` because its model file is a pickle.
+
 ``load_face_model`` is the one place a configuration (CLI flags, the Dagster
-resource) turns into a model, so every step of a run uses the same one.
+resource) turns into a model, so every step of a run uses the same one. Model
+modules are imported on demand; torch only when a model runs its forward pass.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fitting.face_models.base import LinearFaceModel
 from fitting.face_models.ict_embedding import build_mediapipe_embedding
+from fitting.face_models.linear import LinearFaceModel
 
 MODEL_NAME = "ict-facekit"
 TOPOLOGY_FILE = "ict_skin_topology.npz"

@@ -1,7 +1,7 @@
 """Where mediapipe's landmarks sit on ICT-FaceKit's face, computed from geometry at load time.
 
 ICT ships the iBUG/Multi-PIE 68 landmarks as vertex ids, not mediapipe's 478. The
-project's built-in model (``fitting.morphable_model``) *is* mediapipe's topology, so
+project's built-in model (``fitting.face_models.builtin``) *is* mediapipe's topology, so
 we register it onto ICT's face and read off where each of its vertices lands:
 
 1. ``IBUG68_TO_MEDIAPIPE`` pairs the inner-face 68-point ids (brows, nose, eyes,
@@ -132,9 +132,9 @@ def _laplacian(faces: np.ndarray, n: int) -> sparse.csc_matrix:
 
 def _source_model():
     """The built-in model on vertices 0..467: template, stacked bases, skin faces, ``jaw_open`` delta."""
-    from fitting.morphable_model import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
 
-    m = load_default_model()
+    m = builtin_face_model(np.float64)
     n = N_EMBEDDED
     jaw = m.expression_basis[m.expression_names.index("jaw_open"), :n].astype(np.float64)
     basis = np.concatenate([m.identity_basis, m.expression_basis])[:, :n].astype(np.float64)

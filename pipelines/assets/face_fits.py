@@ -1,6 +1,6 @@
 """``face_fits``: the morphable model fitted to a session's landmarks through its calibrated cameras.
 
-Thin by design: the work is ``fitting.session_fit``. The zarr store, the
+Thin by design: the work is ``fitting.face_fit.session``. The zarr store, the
 per-view error table and an overlay picture go into ``derived_layout.face_fits_dir(session_id)``.
 """
 
@@ -20,7 +20,7 @@ from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version,
                                     recorded_fingerprint, recorded_outcome, write_record)
 from pipelines.assets.store_io import load_face_model
 from training.stage_io import finite
-from fitting.fit_quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
+from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource
 
@@ -29,7 +29,7 @@ THUMBNAIL_PX = 320
 
 class FaceFitConfig(dg.Config):
     """Acceptance thresholds of a fit, as residuals relative to the detector's expected noise
-    at each view's angle (``fitting.fit_quality``: what they measure and the measured distributions)."""
+    at each view's angle (``fitting.face_fit.quality``: what they measure and the measured distributions)."""
 
     max_fit_residual: float = FIT_QUALITY_MAX
     """``fit_within_detector_noise`` fails when the median over the used views of (landmark residual /
@@ -147,10 +147,10 @@ def _overlay_markdown(store, session_id: str, caption: str | None) -> str:
 def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, face_model: FaceModelResource,
          session_id: str, target: str, fp: str, inputs: dict) -> dict:
     """Fit, publish the fit zarr, the views table, the overlay and ``inputs.json`` together; the outcome summary."""
-    from fitting.fit_overlay import session_overlay
-    from fitting.fit_quality import evaluate_fit
-    from fitting.landmarks import read_landmarks_zarr
-    from fitting.session_fit import FitInputError, fit_session, fit_views_table, write_session_fit
+    from fitting.face_fit.overlay import session_overlay
+    from fitting.face_fit.quality import evaluate_fit
+    from fitting.face_fit.session import FitInputError, fit_session, fit_views_table, write_session_fit
+    from fitting.landmarks.store import read_landmarks_zarr
 
     calibration = read_session_calibration(store, session_id)
     with store.local_directory(layout.landmarks_zarr(session_id)) as path:

@@ -88,7 +88,8 @@ def face_landmarks(
 def _detect(context: dg.AssetExecutionContext, config: LandmarksConfig, captures: CapturesResource, store,
             session_id: str, target: str, fp: str, inputs: dict) -> dict:
     """Detect, publish the zarr store, the summary and ``inputs.json`` together; the outcome summary."""
-    from fitting.landmarks import detect_session, landmark_summary_table, write_landmarks_zarr
+    from fitting.landmarks.detect import detect_session, landmark_summary_table
+    from fitting.landmarks.store import write_landmarks_zarr
 
     step = {"next": 0}
 

@@ -61,10 +61,9 @@ def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, s
 
     prior_config = _prior_config(config)
     store = storage.storage()
-    with stage_failures():
-        index = read_index(store)
     try:
-        data = prior_data_from_index(index, split="train")
+        with stage_failures():
+            data = prior_data_from_index(read_index(store), split="train")
     except (ValueError, KeyError, pa.ArrowException) as exc:
         raise dg.Failure(f"dataset index {store.uri(layout.INDEX)} cannot be trained on: {exc}") from None
     model = load_face_model(face_model)

@@ -109,8 +109,8 @@ def _write_shards(context: dg.AssetExecutionContext, captures: CapturesResource,
     """Write the shards, publish them with ``shards.json`` and ``inputs.json`` as one folder; the outcome."""
     import pyarrow.parquet as pq
 
-    from fitting.landmarks import read_landmarks_zarr
-    from fitting.session_fit import read_session_fit
+    from fitting.face_fit.session import read_session_fit
+    from fitting.landmarks.store import read_landmarks_zarr
     from training.shards.write import ShardInputError, session_samples, write_session_shards
 
     try:

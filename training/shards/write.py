@@ -35,14 +35,14 @@ from capture_schema.calibration_file import Calibration
 from capture_schema.image_check import ImageCorrupt, ImageLimits, check_image_bytes, read_capture_file
 from capture_schema.layout import is_valid_id, sample_key
 from capture_schema.session import read_session
-from fitting.landmarks import session_image_path
+from fitting.landmarks.detect import session_image_path
 from training.shards.format import (BLOCK, CAMERA_BLOCK, FIT_BLOCK, FORMAT_FIELD, IMAGE_BLOCK, IMAGE_EXTENSIONS,
                                     JSON_MEMBER, KEY_FIELDS, RECORD, SHARD_FORMAT, TAR_GROUP, TAR_MODE, TAR_MTIME,
                                     TAR_USER, TRAIN_BLOCK)
 
-if TYPE_CHECKING:  # fitting.session_fit imports torch: not needed to write shards
-    from fitting.landmarks import SessionLandmarks
-    from fitting.session_fit import SessionFit
+if TYPE_CHECKING:  # fitting.face_fit.session imports torch: not needed to write shards
+    from fitting.face_fit.session import SessionFit
+    from fitting.landmarks.detect import SessionLandmarks
 
 
 class ShardInputError(ValueError):

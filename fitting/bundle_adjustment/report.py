@@ -1,4 +1,4 @@
-"""The report of :func:`fitting.point_bundle_adjustment.refine_cameras_and_points`.
+"""The report of :func:`fitting.bundle_adjustment.points.refine_cameras_and_points`.
 
 Kept apart from the solve so that module holds only the pycolmap plumbing. The
 errors are measured with the project's own projection (OpenCV model,
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from capture_schema.cameras import Camera
-from fitting.triangulation import error_summary, observed_mask, reprojection_errors
+from fitting.bundle_adjustment.triangulation import error_summary, observed_mask, reprojection_errors
 
 
 @dataclass

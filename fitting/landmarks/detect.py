@@ -73,9 +73,9 @@ class Detection:
 
 
 def _mirror_table() -> np.ndarray:
-    from fitting.morphable_model import load_default_model
+    from fitting.face_models.builtin import builtin_face_model
 
-    mirror = load_default_model().mirror
+    mirror = builtin_face_model(np.float64).mirror
     if mirror is None or mirror.shape != (N_LANDMARKS,):
         raise RuntimeError("the default face model has no (478,) mirror table")
     return np.asarray(mirror, dtype=np.intp)
@@ -318,11 +318,3 @@ def landmark_summary_table(landmarks: SessionLandmarks) -> pa.Table:
         for name, value in row.items():
             cols[name].append(value)
     return table_from_columns(cols, LANDMARK_SUMMARY_SCHEMA)
-
-
-def __getattr__(name: str):  # the zarr store lives in its own module; zarr is imported only when used
-    if name in ("write_landmarks_zarr", "read_landmarks_zarr"):
-        from fitting import landmark_store
-
-        return getattr(landmark_store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,14 @@
-"""Build ``fitting/assets/face_model.npz``, the built-in morphable face model.
+"""Build ``fitting/face_models/assets/face_model.npz``, the built-in morphable face model.
 
-Run ``python -m fitting.build_face_model [OUT]`` (default: the packaged asset).
+Run ``python -m tools.build_face_model [OUT]`` from the repository root (default: the
+packaged asset); offline only, the wheel does not ship ``tools``.
 Steps, all deterministic: mediapipe FaceMesh (static image, refined, 478 points) on
 scikit-image's ``astronaut`` photo; pixel x, y, z (z has roughly x's scale) to
 metres with the outer eye corners 0.09 m apart; undo the photo's head roll and yaw
 by making the landmark cloud as left/right symmetric as possible, symmetrise it,
 tilt it a little chin-forward; close the photo's parted lips; triangulate
 (tessellation 3-cliques minus two spurious nostril triangles, plus eye and mouth
-fills); add the hand-designed modes of ``fitting.face_model_modes``. The texture
+fills); add the hand-designed modes of ``tools.face_model_modes``. The texture
 is the photo's face crop with the backdrop that reaches the face edge inpainted.
 The npz holds no timestamps: rebuilding on one platform gives identical bytes.
 """
@@ -24,8 +25,10 @@ from scipy.optimize import linear_sum_assignment, minimize
 from scipy.spatial.transform import Rotation
 
 from capture_schema.atomic import atomic_write_bytes
-from fitting import face_model_modes as modes
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
+from fitting.face_models.linear import EYE_FILL, MOUTH_FILL, SKIN
+from fitting.geometry import vertex_normals
+from tools import face_model_modes as modes
 
 EYE_CORNER_DISTANCE_M = 0.09
 #: Head pitch added to the photo's (degrees, chin forward): the photo's head is a
@@ -186,14 +189,14 @@ def build_arrays() -> dict[str, np.ndarray]:
     eye, mouth = fill_triangles()
     centre = np.array([0.0, 0.0, template[:, 2].max()])
     faces = orient_outwards(template, np.concatenate([skin, eye, mouth]), centre)
-    labels = np.concatenate([np.full(len(skin), mm.SKIN), np.full(len(eye), mm.EYE_FILL),
-                             np.full(len(mouth), mm.MOUTH_FILL)]).astype(np.int8)
-    graph = modes.FaceGraph(template, faces[labels == mm.SKIN], perm)
+    labels = np.concatenate([np.full(len(skin), SKIN), np.full(len(eye), EYE_FILL),
+                             np.full(len(mouth), MOUTH_FILL)]).astype(np.int8)
+    graph = modes.FaceGraph(template, faces[labels == SKIN], perm)
     closed = template + modes.close_lips(graph)
     closed = 0.5 * (closed + closed[perm] * np.array([-1.0, 1.0, 1.0]))
     closed -= closed[:468].mean(axis=0) * np.array([0.0, 1.0, 1.0])
-    graph = modes.FaceGraph(closed, faces[labels == mm.SKIN], perm)
-    normals = modes.vertex_normals(closed, faces[labels == mm.SKIN])
+    graph = modes.FaceGraph(closed, faces[labels == SKIN], perm)
+    normals = vertex_normals(closed, faces[labels == SKIN])
     id_names, id_basis = modes.identity_modes(graph, normals)
     ex_names, ex_basis = modes.expression_modes(graph, normals)
     texture, uv = texture_and_uv(photo, photo_points, skin)
@@ -233,7 +236,7 @@ def build_face_model(out_path: Path | str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    default = Path(__file__).resolve().parent / mm.ASSET
+    default = Path(mm.__file__).resolve().parent / mm.ASSET
     print(build_face_model(args[0] if args else default))
 
 

@@ -1,8 +1,8 @@
 """Robust bundle adjustment of a static camera rig and the points it observed.
 
 Given cameras (:class:`capture_schema.cameras.Camera`), an initial guess of the 3D
-points (e.g. :func:`fitting.triangulation.triangulate_points`) and the observations
-``pixels`` ``(C, N, 2)`` (NaN where unseen), :func:`refine_cameras_and_points`
+points (e.g. :func:`fitting.bundle_adjustment.triangulation.triangulate_points`) and
+the observations ``pixels`` ``(C, N, 2)`` (NaN where unseen), :func:`refine_cameras_and_points`
 jointly refines the camera poses (optionally the intrinsics and distortion) and the
 points with pycolmap's Ceres bundle adjuster under a Cauchy loss, and returns new
 ``Camera`` objects, the refined points and a :class:`BundleAdjustmentReport`.
@@ -59,7 +59,7 @@ changes. ``report.gauge_alignment`` gives that similarity and the RMS camera cha
 Errors and reproducibility
 --------------------------
 The report's errors are the project's own, over *every* observation of every point
-in the solve, not COLMAP's (:mod:`fitting.point_bundle_adjustment_report`). Ceres runs
+in the solve, not COLMAP's (:mod:`fitting.bundle_adjustment.report`). Ceres runs
 on one thread by default: with several threads its reductions are summed in a varying
 order and, on a problem as far from converged as the real data, the result then
 differs from run to run (centimetres); one thread is bit-reproducible and, on two
@@ -77,10 +77,15 @@ import numpy as np
 
 from capture_schema.cameras import Camera
 from capture_schema.converters.colmap import camera_to_colmap, intrinsics_from_colmap
-from fitting.colmap_solver import hold_rational_terms
+from fitting.bundle_adjustment.colmap_solver import hold_rational_terms
+from fitting.bundle_adjustment.report import BundleAdjustmentReport, assemble_report, measure_fit
+from fitting.bundle_adjustment.triangulation import (
+    check_observations,
+    observed_mask,
+    reprojection_errors,
+    triangulate_points,
+)
 from fitting.geometry import project_to_so3, umeyama
-from fitting.point_bundle_adjustment_report import BundleAdjustmentReport, assemble_report, measure_fit
-from fitting.triangulation import check_observations, observed_mask, reprojection_errors, triangulate_points
 
 __all__ = ["BundleAdjustmentReport", "default_loss_schedule", "refine_cameras_and_points"]
 

@@ -48,10 +48,10 @@ def draw_fit_overlay(image_rgb: np.ndarray, camera: Camera, vertices: np.ndarray
 
 def session_overlay(session_fit, session_dir, cameras: dict[str, Camera], landmarks,
                     faces: np.ndarray) -> tuple[np.ndarray | None, int, int]:
-    """The overlay of the frame and view worth showing (``session_fit.overlay_view``): RGB image
+    """The overlay of the frame and view worth showing (``session.overlay_view``): RGB image
     (None when that capture image is missing), frame index, view index."""
-    from fitting.landmarks import read_image_rgb, session_image_path
-    from fitting.session_fit import overlay_view
+    from fitting.face_fit.session import overlay_view
+    from fitting.landmarks.detect import read_image_rgb, session_image_path
 
     e, c = overlay_view(session_fit, cameras)
     path = session_image_path(session_dir, session_fit.expressions[e], session_fit.cameras[c])

@@ -22,7 +22,7 @@ and two gates read the normalised residuals:
   "outlier" and the used views alone look fine, so this gate must look at them.
   It names the cameras that fail.
 
-Residuals are in *reference pixels* (``fitting.face_fit.REFERENCE_EYE_PX``: pixels of a
+Residuals are in *reference pixels* (``fitting.face_fit.fitter.REFERENCE_EYE_PX``: pixels of a
 face whose outer eye corners are 60 px apart), the fitter's own convention: per
 frame, pixels are divided by the median over that frame's views of the fitted
 outer-eye-corner distance / 60. A view's residual is the median over the model's
@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from capture_schema.calibration_file import Calibration
-from fitting.morphable_model import OUTER_EYE_CORNERS
+from fitting.face_models.builtin import OUTER_EYE_CORNERS
 
-if TYPE_CHECKING:  # fitting.face_fit imports torch: the thresholds must be importable without it
-    from fitting.session_fit import SessionFit
+if TYPE_CHECKING:  # fitting.face_fit.fitter imports torch: the thresholds must be importable without it
+    from fitting.face_fit.session import SessionFit
 
 #: The direction a face looks in its model frame: every ``FaceModel`` shares the
 #: convention x = subject's left, y down, face looking towards -z (``face_models.base``).
@@ -155,7 +155,7 @@ class ViewQuality:
 
     @property
     def used(self) -> np.ndarray:
-        from fitting.face_fit import VIEW_USED
+        from fitting.face_fit.fitter import VIEW_USED
 
         return (self.status == VIEW_USED) & self.judged
 
@@ -234,7 +234,7 @@ def model_facing_axis(model) -> np.ndarray:
 
 
 def _reference_eye_px() -> float:
-    from fitting.face_fit import REFERENCE_EYE_PX
+    from fitting.face_fit.fitter import REFERENCE_EYE_PX
 
     return REFERENCE_EYE_PX
 
@@ -279,7 +279,7 @@ def view_quality(session_fit: SessionFit, calibration: Calibration,
         raise ValueError(f"calibration has no camera(s) {', '.join(missing)} of session {session_fit.session_id}")
     fit = session_fit.fit
     status = np.asarray(fit.view_status, dtype=object)
-    from fitting.face_fit import VIEW_NO_FIT, VIEW_NOT_DETECTED
+    from fitting.face_fit.fitter import VIEW_NO_FIT, VIEW_NOT_DETECTED
 
     judged = ~np.isin(status, [VIEW_NOT_DETECTED, VIEW_NO_FIT]) & np.isfinite(fit.view_median_px)
     scale = _pixel_scale(fit.projected, fit.landmark_ids, judged)

@@ -22,11 +22,11 @@ from capture_schema.calibration_file import Calibration
 from capture_schema.cameras import Camera
 from capture_schema.manifest import table_from_columns
 from capture_schema.tables import FACE_FIT_VIEWS_SCHEMA
-from fitting.face_fit import FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FitConfig, FrameFit, fit_frames
+from fitting.face_fit.fitter import FRAME_FEW_VIEWS, FRAME_NOT_FITTED, FitConfig, FrameFit, fit_frames
 from fitting.face_models.base import FaceModel
 
 if TYPE_CHECKING:
-    from fitting.landmarks import SessionLandmarks
+    from fitting.landmarks.detect import SessionLandmarks
 
 #: A nominal lens for photographs without calibration: focal length = the longer image side (~53 deg).
 NOMINAL_FOCAL_PER_SIDE = 1.0

@@ -33,10 +33,10 @@ import torch
 
 from capture_schema.cameras import Camera
 from fitting.camera_model import CameraBatch, axis_angle_to_matrix
+from fitting.face_models import builtin as mm
 from fitting.face_models.base import FaceModel
+from fitting.face_models.builtin import FACE_OVAL, LEFT_IRIS, OUTER_EYE_CORNERS, RIGHT_IRIS
 from fitting.geometry import consensus_pose, inv_h, to_h
-from fitting import morphable_model as mm
-from fitting.morphable_model import FACE_OVAL, LEFT_IRIS, OUTER_EYE_CORNERS, RIGHT_IRIS
 
 #: Per-view status codes of ``FrameFit.view_status``.
 VIEW_USED, VIEW_NOT_DETECTED, VIEW_OUTLIER, VIEW_NO_FIT = "used", "not_detected", "outlier", "frame_not_fitted"

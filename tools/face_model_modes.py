@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from fitting import morphable_model as mm
+from fitting.face_models import builtin as mm
 
 #: Where closed lids meet, as a fraction of the eye opening above the lower lid.
 CLOSE_LINE = 0.3
@@ -90,15 +90,6 @@ def _scale_x(points: np.ndarray, gain: float) -> np.ndarray:
 def _smoothstep(a: float, b: float, x: np.ndarray) -> np.ndarray:
     t = np.clip((x - a) / (b - a), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
-
-
-def vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals (faces must be consistently oriented)."""
-    fn = np.cross(points[faces[:, 1]] - points[faces[:, 0]], points[faces[:, 2]] - points[faces[:, 0]])
-    normals = np.zeros_like(points)
-    for k in range(3):
-        np.add.at(normals, faces[:, k], fn)
-    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def jaw_weights(g: FaceGraph) -> np.ndarray:

@@ -12,7 +12,7 @@ two rows ``x * P[2] - P[0]`` and ``y * P[2] - P[1]`` with ``P = [R | t]``, and t
 point is the right singular vector of the stacked system. It is vectorised over
 points (a batched SVD of ``(N, 2C, 4)``; unseen views contribute zero rows), so
 ~180k points over 12 cameras triangulate in about 1.5 s. It is the initial
-guess for :mod:`fitting.point_bundle_adjustment`, not an estimate to trust on
+guess for :mod:`fitting.bundle_adjustment.points`, not an estimate to trust on
 noisy keypoints: near-parallel two-view rays give points far off, which is why
 medians and percentiles, not means, summarise its errors.
 """

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from capture_schema.array_store import read_array_group, write_array_group
 from capture_schema.derived_layout import ZARR_METADATA_FILE
-from fitting.landmarks import N_LANDMARKS, SessionLandmarks
+from fitting.landmarks.detect import N_LANDMARKS, SessionLandmarks
 
 FORMAT = "o2a.landmarks/1"
 PIXEL_CONVENTION = "opencv: x right, y down, pixel centre at integer coordinates"
