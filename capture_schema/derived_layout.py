@@ -65,7 +65,7 @@ FIT_OVERLAY_FILE = "overlay.png"
 #: Zarr v3: group and array metadata files, and the chunk folder of an array (``c/<i>/<j>...``).
 ZARR_METADATA_FILE = "zarr.json"
 ZARR_CHUNKS_DIR = "c"
-#: The reuse record a session step publishes inside its output folder (``pipelines.assets.reuse``).
+#: The reuse record a session step publishes inside its output folder (``capture_schema.reuse``).
 INPUTS_FILE = "inputs.json"
 
 # Shards (training.shards.write).

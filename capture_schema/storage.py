@@ -108,6 +108,17 @@ class Storage:
             self._fs.pipe_file(f"{self._root}/{relpath}/{path.relative_to(local_dir).as_posix()}", path.read_bytes())
         return self.uri(relpath)
 
+    def folders(self, relpath: str) -> list[str]:
+        """Names of the folders directly under ``relpath``, sorted; none when it is not a folder."""
+        if self.local_root is not None:
+            path = self.local_root / relpath
+            return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+        full = f"{self._root}/{relpath}"
+        if not self._fs.isdir(full):
+            return []
+        return sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in self._fs.ls(full, detail=True)
+                      if entry["type"] == "directory")
+
     @contextmanager
     def local_directory(self, relpath: str) -> Iterator[Path]:
         """A local folder with ``relpath``'s files: the folder itself when local, a temporary copy otherwise."""

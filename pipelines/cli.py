@@ -18,6 +18,7 @@ from pipelines.cli_ablation import add_ablation_commands
 from pipelines.cli_errors import command_name, os_error_message
 from pipelines.cli_fewshot import add_fewshot_command
 from pipelines.cli_prior import add_prior_commands
+from pipelines.cli_stages import add_calibrate_session_arguments, add_stage_commands, calibrate_session_command
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -79,6 +80,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from fitting.calibration import CalibrationError, calibrate_folder, write_calibration_outputs
 
+    if args.session is not None:
+        return calibrate_session_command(args)
+    if args.calib_dir is None or args.out is None:
+        print("o2a calibrate: give CALIB_DIR --out DIR, or --session SESSION_DIR --storage URL", file=sys.stderr)
+        return EXIT_USAGE
+    if args.storage is not None or args.max_rmse is not None:
+        print("o2a calibrate: --storage and --max-rmse go with --session", file=sys.stderr)
+        return EXIT_USAGE
     calib_dir = Path(args.calib_dir)
     if not calib_dir.is_dir():
         print(f"o2a calibrate: {calib_dir} is not a folder", file=sys.stderr)
@@ -97,7 +106,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         result = calibrate_folder(calib_dir, cameras=args.cameras.split(",") if args.cameras else None,
                                   progress=progress, subpix_half_window=args.subpix_window,
-                                  loss_scale_px=args.loss_scale)
+                                  **({} if args.loss_scale is None else {"loss_scale_px": args.loss_scale}))
         out = write_calibration_outputs(result, Path(args.out))
     except CalibrationError as exc:
         print(f"o2a calibrate: calibration impossible: {exc}", file=sys.stderr)
@@ -333,12 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("calibrate", help="calibrate a rig from a calibration folder (board.json + <camera>/NNN images)")
-    p.add_argument("calib_dir")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("calib_dir", nargs="?", metavar="CALIB_DIR")
+    p.add_argument("--out", help="with CALIB_DIR: output folder (written atomically)")
     p.add_argument("--cameras", help="comma-separated camera ids in rig order (default: every camera folder, sorted)")
     p.add_argument("--subpix-window", type=int, default=None,
                    help="chessboard cornerSubPix half-window in px (default: sized to the squares, at most 11)")
-    p.add_argument("--loss-scale", type=float, default=1.0, help="Cauchy loss scale of the bundle adjustment, px")
+    p.add_argument("--loss-scale", type=float, help="Cauchy loss scale of the bundle adjustment, px (default 1.0)")
+    add_calibrate_session_arguments(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("simulate", help="write simulated capture sessions plus ground truth")
@@ -388,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-fewshot", action="store_true", help="stop after the prior (no few-shot report)")
     r.set_defaults(func=cmd_pipeline_run)
 
+    add_stage_commands(sub)
     add_prior_commands(sub)
     add_fewshot_command(sub)
     add_ablation_commands(sub)

@@ -58,10 +58,14 @@ class FaceModelResource(dg.ConfigurableResource):
     path: str = ""
     embedding: str = ""
 
-    def load(self):
-        from fitting.face_models import load_face_model
+    def choice(self):
+        """The configuration as the library takes it (``fitting.face_models.choice.FaceModelChoice``)."""
+        from fitting.face_models.choice import FaceModelChoice
 
-        return load_face_model(self.kind, self.path or None, self.embedding or None)
+        return FaceModelChoice(self.kind, self.path, self.embedding)
+
+    def load(self):
+        return self.choice().load()
 
 
 def _setting(variable: str, default: str) -> str | dg.EnvVar:

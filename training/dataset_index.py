@@ -6,18 +6,28 @@ function of the subject id (a salted hash mapped to [0, 1) and cut at the
 configured fractions), so a held-out subject never appears in training, every
 session of a subject lands in the same split, and adding subjects never moves
 another subject between splits.
+
+``build_dataset_index`` is the ``dataset_index`` step (the asset and ``o2a index``):
+it gathers the ``shards.json`` of the given sessions from a storage root and writes
+the index and its coverage summary there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from capture_schema.manifest import table_from_columns
+from capture_schema import derived_layout as layout
+from capture_schema.atomic import canonical_json
+from capture_schema.layout import is_valid_id
+from capture_schema.manifest import parquet_bytes, table_from_columns
+from capture_schema.reuse import MissingUpstreamError
+from capture_schema.storage import Storage
 from capture_schema.tables import DATASET_INDEX_SCHEMA
 
 SPLITS = ("train", "validation", "test")
@@ -117,3 +127,51 @@ def coverage_markdown(summary: dict) -> str:
     lines += ["", f"missing cells: {len(missing)}" + (f" ({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})"
                                                      if missing else "")]
     return "\n".join(lines)
+
+
+def stored_session_ids(store: Storage) -> list[str]:
+    """Every session a storage root knows of: ingested (``ingest/<id>/``) or sharded (``shards/<id>/``).
+
+    What the CLI indexes when no Dagster partition list is at hand: like the partitions,
+    it includes sessions that have no shards (quarantined, failed), so they are listed."""
+    found = set(store.folders(layout.INGEST)) | set(store.folders(layout.SHARDS))
+    return sorted(name for name in found if is_valid_id(name))
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def build_dataset_index(store: Storage, session_ids: Iterable[str], rule: SplitRule = SplitRule(),
+                        log: Callable[[str], None] = _quiet) -> dict:
+    """Index the shards of every session in ``session_ids`` that has them; the coverage summary.
+
+    Writes ``derived_layout.INDEX`` and ``COVERAGE`` only when their bytes change; the
+    summary (also in ``coverage.json``) lists ``sessions_without_shards``. ``log`` gets the
+    warnings (sessions left out, an empty split). Raises ``MissingUpstreamError`` when no
+    session has shards.
+    """
+    sessions, expected, without = [], {}, []
+    for session_id in sorted(session_ids):
+        relpath = layout.shards_index(session_id)
+        if not store.exists(relpath):
+            without.append(session_id)
+            continue
+        info = json.loads(store.read_bytes(relpath))
+        sessions.append(SessionShards(session_id, info["subject_id"], store.uri(layout.shards_dir(session_id)),
+                                      info["shards"]))
+        expected[session_id] = (info["expressions"], info["cameras"])
+    if not sessions:
+        raise MissingUpstreamError("no session has shards yet: materialise session_shards first",
+                                   ("session_shards",))
+    if without:
+        log(f"sessions without shards (not indexed): {', '.join(without)}")
+    index = build_index(sessions, rule)
+    summary = coverage_summary(index, expected)
+    summary["sessions_without_shards"] = without
+    store.write_if_changed(layout.INDEX, parquet_bytes(index))
+    store.write_if_changed(layout.COVERAGE, canonical_json(summary).encode())
+    for split, row in summary["per_split"].items():
+        if row["subjects"] == 0:
+            log(f"split {split!r} has no subject ({summary['identities']} subjects in all)")
+    return summary

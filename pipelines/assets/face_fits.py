@@ -14,10 +14,11 @@ import numpy as np
 
 from capture_schema import derived_layout as layout
 from capture_schema.manifest import parquet_bytes
-from pipelines.assets.calibration import camera_calibration, read_session_calibration, session_calibration_digest
+from capture_schema.reuse import (CODE_VERSIONS, MissingUpstreamError, fingerprint, library_version,
+                                  recorded_fingerprint, recorded_outcome, write_record)
+from fitting.calibration.session import read_session_calibration, session_calibration_digest
+from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.landmarks import face_landmarks
-from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, local_file_identity,
-                                    recorded_fingerprint, recorded_outcome, write_record)
 from pipelines.assets.store_io import load_face_model
 from training.stage_io import finite
 from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
@@ -46,12 +47,6 @@ def _thumbnail_markdown(image_rgb: np.ndarray) -> str:
     return f"![fit overlay](data:image/png;base64,{base64.b64encode(png.tobytes()).decode()})"
 
 
-def face_model_identity(face_model: FaceModelResource) -> dict:
-    """What names the face model as an input: its kind and the files it is read from."""
-    return {"kind": face_model.kind, "path": local_file_identity(face_model.path),
-            "embedding": local_file_identity(face_model.embedding)}
-
-
 @dg.asset(
     partitions_def=sessions_partitions,
     deps=[face_landmarks, camera_calibration],
@@ -76,8 +71,12 @@ def face_fits(
     store = storage.storage()
     target = layout.face_fits_dir(session_id)
     landmarks_fp = recorded_fingerprint(store, layout.landmarks_dir(session_id))
-    inputs = {"landmarks": landmarks_fp, "calibration": session_calibration_digest(store, session_id),
-              "face_model": face_model_identity(face_model), "torch": library_version("torch")}
+    try:
+        calibration_digest = session_calibration_digest(store, session_id)
+    except MissingUpstreamError as exc:
+        raise dg.Failure(str(exc)) from None
+    inputs = {"landmarks": landmarks_fp, "calibration": calibration_digest,
+              "face_model": face_model.choice().identity(), "torch": library_version("torch")}
     fp = fingerprint("face_fits", inputs)
     outcome = recorded_outcome(store, target, fp) if landmarks_fp else None
     reused = outcome is not None

@@ -13,8 +13,8 @@ import dagster as dg
 from capture_schema import derived_layout as layout
 from capture_schema.layout import SESSION_FILE
 from capture_schema.manifest import parquet_bytes
-from pipelines.assets.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_outcome, stored_digest,
-                                    write_record)
+from capture_schema.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_outcome, stored_digest,
+                                  write_record)
 from pipelines.assets.ingest import session_manifest
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, StorageResource

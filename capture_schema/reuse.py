@@ -7,9 +7,13 @@ version below and the versions of the libraries that shape the result) and
 publishes ``inputs.json`` *inside* its output folder, with a small summary of the
 outcome it reports. Because the folder is published whole, ``inputs.json`` can
 never describe other outputs than the ones beside it. When the fingerprint of a
-new run matches, the step rebuilds its Dagster result from that summary and
-computes nothing. The fingerprint is also the step's Dagster data version, so
-downstream lineage changes exactly when the bytes can.
+new run matches, the step rebuilds its result from that summary and computes
+nothing. The fingerprint is also the step's Dagster data version, so downstream
+lineage changes exactly when the bytes can.
+
+The rule lives here, below every step, so a step gives the same answer whether
+Dagster or the ``o2a`` CLI runs it. ``MissingUpstreamError`` and
+``require_not_quarantined`` are what a session step raises when it cannot start.
 
 Bump a step's entry in ``CODE_VERSIONS`` whenever a change to its code changes its output.
 """
@@ -21,7 +25,7 @@ import json
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from capture_schema import derived_layout as layout
 from capture_schema.atomic import canonical_json
@@ -29,6 +33,26 @@ from capture_schema.storage import Storage
 
 #: Also the assets' Dagster ``code_version``: bumping one marks that step stale everywhere.
 CODE_VERSIONS = {"face_landmarks": "1", "face_fits": "1", "session_shards": "2"}  # shards 2: head proxy in the mask seed
+
+
+class MissingUpstreamError(ValueError):
+    """A session step cannot start: what an earlier step writes is absent (or the session is quarantined).
+
+    ``steps`` names the steps (Dagster asset names) to run first, so a caller can add how
+    to run them (the CLI names its commands) without parsing the message.
+    """
+
+    def __init__(self, message: str, steps: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.steps = tuple(steps)
+
+
+def require_not_quarantined(store: Storage, session_id: str) -> None:
+    """Refuse to work on a session whose ingest found it invalid (its quarantine record is present)."""
+    if store.exists(layout.quarantine(session_id)):
+        record = store.uri(layout.quarantine(session_id))
+        raise MissingUpstreamError(f"session {session_id} is quarantined (see {record}); fix it and re-materialise "
+                                   "session_manifest first", ("session_manifest",))
 
 
 def library_version(name: str) -> str:
