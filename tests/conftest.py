@@ -6,8 +6,12 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SIM_SIZE = 512
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from capture_schema import derived_layout as layout
 from conftest import FIT_OVER_FLOOR_PX, best_in_span, mean_reprojection_px, sim_ground_truth
