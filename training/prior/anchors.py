@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-_MAX_DISTANCE_ENTRIES = 1 << 25  # (points x anchors) per cdist chunk: ~128 MB of float32
+_MAX_DISTANCE_ENTRIES = 1 << 18  # (points x anchors) per cdist chunk: ~128 MB of float32
 
 
 def spread_vertices(template: np.ndarray, count: int) -> np.ndarray:
