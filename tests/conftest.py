@@ -50,10 +50,24 @@ def needs_reference_data(path: Path, what: str) -> pytest.MarkDecorator:
 HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior", "sim"})
 
 
+#: Session fixtures shared across files: under pytest-xdist (``make test`` runs two workers) every test
+#: using one runs on the same worker, so each is built once per run; other tests stay with their module
+#: (module fixtures are built once too).
+SHARED_FIXTURE_GROUPS = ("prior_pipeline", "sim_dataset")
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    names = set(getattr(item, "fixturenames", ()))
+    return next((name for name in SHARED_FIXTURE_GROUPS if name in names), item.nodeid.split("::")[0])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    distributed = config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if distributed:
+            item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -80,15 +80,19 @@ class AvatarPrior(nn.Module):
         near, far, _ = sphere_bounds(origins, dirs, centre, radius)
         depths = stratified_samples(near, far, cfg.coarse_samples, generator)
         B, R, _ = depths.shape
-        if cfg.fine_samples:
-            with torch.no_grad():
-                sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
-                coarse = composite(sigma.view(B, R, -1), rgb.view(B, R, -1, 3), depths, far,
-                                   latent.new_zeros(latent.shape[0], 3))
-            fine = importance_samples(depths, coarse["weights"], cfg.fine_samples, generator)
-            depths, _ = torch.sort(torch.cat([depths, fine], -1), -1)
         sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
-        return composite(sigma.view(B, R, -1), rgb.view(B, R, -1, 3), depths, far, self._background(has_mask))
+        sigma, rgb = sigma.view(B, R, -1), rgb.view(B, R, -1, 3)
+        if cfg.fine_samples:
+            # The coarse samples' values are kept for the final composite (not evaluated twice):
+            # the field is pointwise, so this is the same render with a third fewer field evaluations.
+            with torch.no_grad():
+                coarse = composite(sigma.detach(), rgb.detach(), depths, far, latent.new_zeros(latent.shape[0], 3))
+            fine = importance_samples(depths, coarse["weights"], cfg.fine_samples, generator)
+            sigma_fine, rgb_fine = self._field(self._points(origins, dirs, fine), condition)
+            depths, order = torch.sort(torch.cat([depths, fine], -1), -1)
+            sigma = torch.cat([sigma, sigma_fine.view(B, R, -1)], -1).gather(-1, order)
+            rgb = torch.cat([rgb, rgb_fine.view(B, R, -1, 3)], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
+        return composite(sigma, rgb, depths, far, self._background(has_mask))
 
     @staticmethod
     def _points(origins: torch.Tensor, dirs: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
