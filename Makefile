@@ -40,12 +40,16 @@ ablation: setup
 	$(VENV)/bin/o2a ablation run --storage file://$(DATA)/derived --dagster-home $(DATA)/dagster_home
 	@echo "ablation report: $(DATA)/derived/ablations/report.html"
 
+# two pytest-xdist workers: tests sharing a session fixture (the simulated sessions, the 12-subject
+# pipeline and its prior) stay on one worker (tests/conftest.py), the rest run beside them
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # the edit-test loop: everything but the tests marked slow (simulated pipeline, trained prior)
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 bench: setup
 	$(PY) -m benchmarks.ingest
@@ -53,6 +57,7 @@ bench: setup
 	$(PY) -m benchmarks.fitting
 	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.prior
+	$(PY) -m benchmarks.anchor_search
 	$(PY) -m benchmarks.fewshot
 
 clean:

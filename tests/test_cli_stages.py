@@ -148,6 +148,10 @@ def test_shard_names_the_missing_upstream_step_and_its_command(capsys, tmp_path:
     assert f"camera_calibration: o2a calibrate --session {captures / 's1'} --storage {url}" in err, err
 
     store.write_bytes(layout.calibration_pointer("s1"), json.dumps({"calibration_key": "k1"}).encode())
+    code, _, err = _run(capsys, argv)  # the pointer names a calibration.json that is gone
+    assert code == 1 and "an input is missing" in err and "materialise camera_calibration first" in err, err
+    assert f"camera_calibration: o2a calibrate --session {captures / 's1'} --storage {url}" in err, err
+
     store.write_bytes(layout.calibration_file("k1"), b"{}")
     code, _, err = _run(capsys, argv)
     assert code == 1 and "materialise session_manifest, face_landmarks and face_fits first" in err, err

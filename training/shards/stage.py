@@ -69,8 +69,10 @@ def shard_session(store: Storage, session_dir: str | os.PathLike[str], session_i
                   "config": asdict(config), "opencv": library_version("opencv-contrib-python"),
                   "face_model": face_model.identity() if config.masks else None}
     except FileNotFoundError as exc:
+        # the manifest, or the calibration.json the session's pointer names (removed since calibration ran)
+        step = "session_manifest" if not store.exists(layout.manifest(session_id)) else "camera_calibration"
         raise MissingUpstreamError(f"session {session_id}: an input is missing ({exc}); materialise "
-                                   "session_manifest first", ("session_manifest",)) from None
+                                   f"{step} first", (step,)) from None
     fp = fingerprint(STEP, inputs)
     outcome = recorded_outcome(store, target, fp) if all(upstream) else None
     if outcome is not None:
