@@ -61,12 +61,13 @@ def _xdist_group(item: pytest.Item) -> str:
     return next((name for name in SHARED_FIXTURE_GROUPS if name in names), item.nodeid.split("::")[0])
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    distributed = config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no"
+    grouped = config.pluginmanager.hasplugin("xdist")  # registers the mark; only --dist loadgroup reads it
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        if distributed:
+        if grouped:
             item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
 
 
