@@ -71,6 +71,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller, with each worker's node ids
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Stop a distributed run whose groups did not take (each worker would build every shared fixture)."""
+    if node.config.getvalue("dist") == "loadgroup" and ids and not any("@" in nodeid for nodeid in ids):
+        pytest.exit("pytest-xdist --dist loadgroup did not group the tests (pytest 9.2 breaks it: "
+                    "pytest-dev/pytest-xdist#1386); install pytest<9.2 or run without -n", returncode=4)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("reference_data"):
         if "missing" in mark.kwargs:
