@@ -416,6 +416,54 @@ def _args(s: dict) -> tuple:
     return (s["expression"], s["vertices"], s["rotation"], s["translation"], s["origins"], s["dirs"], s["has_mask"])
 
 
+def _two_pass_render(model: AvatarPrior, latent: torch.Tensor, scene: dict, seed: int | None) -> dict:
+    """The textbook coarse-to-fine render, written out: the field is evaluated again at every coarse depth."""
+    from training.prior.fields import FrameCondition
+
+    cfg, g = model.config, None if seed is None else torch.Generator().manual_seed(seed)
+    anchors = scene["vertices"][:, model.anchor_ids]
+    condition = FrameCondition(latent, scene["expression"], anchors, scene["rotation"], scene["translation"])
+    centre = anchors.mean(1)
+    radius = (anchors - centre[:, None]).norm(dim=-1).amax(1) + cfg.max_distance
+    origins, dirs = scene["origins"], scene["dirs"]
+    near, far, _ = sphere_bounds(origins, dirs, centre, radius)
+    depths = stratified_samples(near, far, cfg.coarse_samples, g)
+    B, R, _ = depths.shape
+
+    def field(d: torch.Tensor):
+        points = (origins[:, :, None, :] + dirs[:, :, None, :] * d[..., None]).reshape(B, -1, 3)
+        sigma, rgb = model._field(points, condition)
+        return sigma.view(B, R, -1), rgb.view(B, R, -1, 3)
+
+    with torch.no_grad():
+        coarse = composite(*field(depths), depths, far, latent.new_zeros(B, 3))
+    depths, _ = torch.sort(torch.cat([depths, importance_samples(depths, coarse["weights"], cfg.fine_samples, g)],
+                                     -1), -1)
+    return composite(*field(depths), depths, far, model._background(scene["has_mask"]))
+
+
+@pytest.mark.parametrize("backbone", ["anchored", "triplane"])
+@pytest.mark.parametrize("seed", [None, 3])
+def test_render_keeps_the_coarse_values_and_matches_the_two_pass_render(backbone, seed):
+    """Evaluating only the fine samples in the second pass renders what re-evaluating every sample does,
+    with the same gradients (evaluation: deterministic depths; training: jittered with a seeded generator)."""
+    model, scene = _model(backbone), _scene()
+    outputs, grads = [], []
+    for render in (lambda lat: model.render_rays(lat, *_args(scene), generator=None if seed is None
+                                                 else torch.Generator().manual_seed(seed)),
+                   lambda lat: _two_pass_render(model, lat, scene, seed)):
+        model.zero_grad()
+        latent = model.latents(torch.tensor([0, 2]))
+        out = render(latent)
+        (out["rgb"].sum() + out["depth"].sum()).backward()
+        outputs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    for name in ("rgb", "acc", "depth", "weights"):
+        torch.testing.assert_close(outputs[0][name], outputs[1][name], rtol=1e-5, atol=1e-6)
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("backbone", ["anchored", "triplane"])
 def test_render_rays_shapes_ranges_and_background(backbone):
     model, scene = _model(backbone), _scene()
