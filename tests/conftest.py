@@ -79,7 +79,23 @@ def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
                     "pytest-dev/pytest-xdist#1386); install pytest<9.2 or run without -n", returncode=4)
 
 
+_TORCH_THREADS: list[int] = []  # torch's own default, read once per worker
+
+
+def _share_the_cores(item: pytest.Item) -> None:
+    """Under xdist: the 12-subject group (training, rendering) keeps torch's default threads, every other
+    test runs torch on one, so the two workers do not oversubscribe the cores with spinning threads."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import torch
+
+    if not _TORCH_THREADS:
+        _TORCH_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(_TORCH_THREADS[0] if _xdist_group(item) == "prior_pipeline" else 1)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _share_the_cores(item)
     for mark in item.iter_markers("reference_data"):
         if "missing" in mark.kwargs:
             need_reference_data(Path(mark.kwargs["missing"]), mark.kwargs["what"])
