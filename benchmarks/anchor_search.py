@@ -1,13 +1,14 @@
-"""The prior's nearest-anchor search at different chunk sizes (``training.prior.anchors``).
+"""The prior's nearest-anchor search: the k-d tree (CPU) against the distance matrix (``training.prior.anchors``).
 
-Every sample point of the avatar prior looks up its k nearest mesh anchors: a
-``cdist`` of a chunk of points against every anchor, then ``topk``. The chunk
-bounds the distance matrix (points x anchors per chunk). This benchmark runs
-``nearest_anchors`` on the shapes of a CPU-preset render (4 frames of 64 x 64
-rays x 24 samples, 1024 anchors, k = 4) with the chunk limit at the old value
-(2^25 entries, 128 MB of float32: the baseline), the current one and a few
-others, checks that every setting finds the same neighbours as the baseline, and
-prints the time ratio baseline / setting (above 1: faster than the baseline).
+Every sample point of the avatar prior looks up its k nearest mesh anchors. On a
+CPU the ids come from a k-d tree per frame; on an accelerator from chunks of the
+points x anchors distance matrix and ``topk`` (the CPU's method before the tree).
+This benchmark runs both on the shapes of a CPU-preset render (4 frames of 64 x 64
+rays x 24 samples, 1024 anchors, k = 4), the matrix at the old chunk limits
+(2^25 entries, 128 MB: the first baseline; 2^20: the second) and the tree on one
+thread and on torch's threads, checks the share of ids equal to the first
+baseline's (they differ only in near-ties the matrix's rounding orders
+differently), and prints the time ratio baseline / method (above 1: faster).
 
     .venv/bin/python -m benchmarks.anchor_search [--frames N] [--repeat N]
 """
@@ -34,13 +35,22 @@ def head_like(frames: int, points: int, n_anchors: int, seed: int = 0) -> tuple[
     return radius * samples / samples.norm(dim=-1, keepdim=True), surface
 
 
-def timed_search(points: torch.Tensor, surface: torch.Tensor, k: int, entries: int, repeat: int):
+def matrix_search(points: torch.Tensor, surface: torch.Tensor, k: int, entries: int, repeat: int):
     saved = anchors._MAX_DISTANCE_ENTRIES
     anchors._MAX_DISTANCE_ENTRIES = entries
     try:
-        return best_of(repeat, lambda: anchors.nearest_anchors(points, surface, k).index)
+        return best_of(repeat, lambda: anchors._matrix_search(points, surface, k))
     finally:
         anchors._MAX_DISTANCE_ENTRIES = saved
+
+
+def tree_search(points: torch.Tensor, surface: torch.Tensor, k: int, threads: int, repeat: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return best_of(repeat, lambda: anchors.nearest_anchors(points, surface, k).index)
+    finally:
+        torch.set_num_threads(saved)
 
 
 def main() -> None:
@@ -50,16 +60,18 @@ def main() -> None:
     args = parser.parse_args()
 
     points, surface = head_like(args.frames, 64 * 64 * 24, 1024)
-    current = anchors._MAX_DISTANCE_ENTRIES
-    print(f"{args.frames} frames x {points.shape[1]} points, {surface.shape[1]} anchors, k=4, "
-          f"{torch.get_num_threads()} threads; current chunk limit 2^{current.bit_length() - 1} entries")
-    base_s, base_index = timed_search(points, surface, 4, BASELINE_ENTRIES, args.repeat)
-    print(f"{'entries per chunk':>18} {'seconds':>8} {'baseline/this':>14} {'same neighbours':>16}")
-    for power in (25, 22, 20, 18, 16):
-        seconds, index = timed_search(points, surface, 4, 1 << power, args.repeat)
-        mark = "  <- current" if 1 << power == current else ""
-        print(f"{'2^' + str(power):>18} {seconds:>8.3f} {base_s / seconds:>14.2f} "
-              f"{str(bool(torch.equal(index, base_index))):>16}{mark}")
+    threads = torch.get_num_threads()
+    print(f"{args.frames} frames x {points.shape[1]} points, {surface.shape[1]} anchors, k=4, {threads} threads")
+    base_s, base_index = matrix_search(points, surface, 4, BASELINE_ENTRIES, args.repeat)
+    runs = [("matrix, 2^25-entry chunks", base_s, base_index),
+            ("matrix, 2^20-entry chunks", *matrix_search(points, surface, 4, 1 << 20, args.repeat)),
+            ("k-d tree, 1 thread", *tree_search(points, surface, 4, 1, args.repeat))]
+    if threads > 1:
+        runs.append((f"k-d tree, {threads} threads", *tree_search(points, surface, 4, threads, args.repeat)))
+    print(f"{'method':>28} {'seconds':>8} {'baseline/this':>14} {'same ids':>9}")
+    for name, seconds, index in runs:
+        same = (index == base_index).double().mean().item()
+        print(f"{name:>28} {seconds:>8.3f} {base_s / seconds:>14.2f} {same:>9.5f}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
@@ -50,15 +52,28 @@ def needs_reference_data(path: Path, what: str) -> pytest.MarkDecorator:
 HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior", "sim"})
 
 
-#: Session fixtures shared across files: under pytest-xdist (``make test`` runs two workers) every test
-#: using one runs on the same worker, so each is built once per run; other tests stay with their module
-#: (module fixtures are built once too).
-SHARED_FIXTURE_GROUPS = ("prior_pipeline", "sim_dataset")
+#: How ``make test`` spreads the suite over its two pytest-xdist workers (``--dist loadgroup``), in the
+#: order the units are handed out. The 12-subject pipeline and the trained prior are built once per run
+#: and shared by both workers (``build_once``). The first worker takes the chain pipeline -> prior ->
+#: few-shot; the other runs the 2-subject group, then the modules in ``SECOND_WORKER`` (the ablations
+#: need only the pipeline, the prior's quality tests start once the chain has trained it). Every other
+#: test stays with its module, so module fixtures are built once too.
+PRIOR_CHAIN, SIM_GROUP = "prior_chain", "sim_dataset"
+SECOND_WORKER = {"test_ablation_assets.py": "ablation", "test_prior_quality.py": "prior_quality"}
+_UNIT_ORDER = (PRIOR_CHAIN, SIM_GROUP, *SECOND_WORKER.values())
 
 
 def _xdist_group(item: pytest.Item) -> str:
     names = set(getattr(item, "fixturenames", ()))
-    return next((name for name in SHARED_FIXTURE_GROUPS if name in names), item.nodeid.split("::")[0])
+    module = item.nodeid.split("::")[0]
+    if "prior_pipeline" in names:
+        return SECOND_WORKER.get(module.rsplit("/", 1)[-1], PRIOR_CHAIN)
+    return SIM_GROUP if "sim_dataset" in names else module
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: hand out units in _UNIT_ORDER, not by size
+        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
@@ -69,6 +84,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if grouped:
             item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+    if grouped:
+        rank = {group: i for i, group in enumerate(_UNIT_ORDER)}
+        items.sort(key=lambda item: rank.get(_xdist_group(item), len(rank)))  # stable: file order within
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook, on the controller, with each worker's node ids
@@ -79,23 +97,43 @@ def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
                     "pytest-dev/pytest-xdist#1386); install pytest<9.2 or run without -n", returncode=4)
 
 
-_TORCH_THREADS: list[int] = []  # torch's own default, read once per worker
+def _share_the_cores() -> None:
+    """Under xdist, torch runs on one thread per worker: two workers on two cores, no spinning threads."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
-def _share_the_cores(item: pytest.Item) -> None:
-    """Under xdist: the 12-subject group (training, rendering) keeps torch's default threads, every other
-    test runs torch on one, so the two workers do not oversubscribe the cores with spinning threads."""
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict]) -> dict:
+    """``build(folder)`` once per test run, even when pytest-xdist runs the tests in several processes.
+
+    Without xdist this is ``build`` in a fresh temporary folder. Under xdist the first worker to
+    ask builds in a folder of the run's base temp (shared by the workers) while the others wait on
+    a file lock, then all read the JSON the builder left; a failed build fails every asker with its
+    error instead of being rebuilt. ``build`` returns plain JSON values.
+    """
     if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    import torch
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
 
-    if not _TORCH_THREADS:
-        _TORCH_THREADS.append(torch.get_num_threads())
-    torch.set_num_threads(_TORCH_THREADS[0] if _xdist_group(item) == "prior_pipeline" else 1)
+    shared = tmp_path_factory.getbasetemp().parent
+    done, failed = shared / f"{name}.json", shared / f"{name}.failed"
+    with FileLock(str(shared / f"{name}.lock")):
+        if failed.exists():
+            pytest.fail(f"building {name} failed on another worker: {failed.read_text()}", pytrace=False)
+        if not done.exists():
+            try:
+                value = build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)))
+            except BaseException as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}"[:4000])
+                raise
+            done.write_text(json.dumps(value))
+        return json.loads(done.read_text())
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    _share_the_cores(item)
+    _share_the_cores()
     for mark in item.iter_markers("reference_data"):
         if "missing" in mark.kwargs:
             need_reference_data(Path(mark.kwargs["missing"]), mark.kwargs["what"])
@@ -206,50 +244,68 @@ PRIOR_SUBJECTS = 12  # the split rule puts 10 in train, sim0008 in validation an
 PRIOR_SIZE = 384  # the smallest size at which the simulated board still calibrates every camera
 
 
-@pytest.fixture(scope="session")
-def prior_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """12 simulated subjects at 384 px taken through every session asset and the dataset index.
-
-    The avatar-prior tests train on its ``train`` split (10 subjects x 169 images). Returns
-    the captures root, the storage URL, the index path and the Dagster instance used.
-    """
+def _run_prior_pipeline(root: Path) -> dict:
     import dagster as dg
 
     from capture_schema import derived_layout as layout
     from capture_simulator.simulate import simulate_dataset
     from pipelines.resources import CapturesResource, StorageResource
+    from pipelines.partitions import SESSIONS_PARTITION
     from pipelines.runner import build_dataset_index, run_all_sessions
 
-    root = tmp_path_factory.mktemp("prior_sim")
     sim = simulate_dataset(root / "sim", n_subjects=PRIOR_SUBJECTS, size=PRIOR_SIZE, seed=11)
     captures, storage = CapturesResource(root=str(sim.captures_root)), StorageResource(url=f"file://{root}/derived")
     instance = dg.DagsterInstance.ephemeral()
     runs = run_all_sessions(instance, captures, storage, log_level="WARNING", log=lambda _: None)
     assert all(r.success and not r.failed_checks for r in runs), runs
     assert build_dataset_index(instance, storage, log_level="WARNING", log=lambda _: None)
-    return {"captures": sim.captures_root, "storage": storage.url, "index": root / "derived" / layout.INDEX,
-            "instance": instance, "ground_truth": sim.ground_truth_root}
+    return {"captures": str(sim.captures_root), "storage": storage.url, "index": str(root / "derived" / layout.INDEX),
+            "ground_truth": str(sim.ground_truth_root),
+            "sessions": instance.get_dynamic_partitions(SESSIONS_PARTITION)}
 
 
 @pytest.fixture(scope="session")
-def trained_prior(prior_pipeline) -> dict:
-    """The ``avatar_prior`` asset materialised ONCE per test run, default cpu preset, on ``prior_pipeline``.
+def prior_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """12 simulated subjects at 384 px taken through every session asset and the dataset index.
 
-    Trains on the 10 train subjects into ``<storage root>/prior/anchored/`` (in the fixture's
-    Dagster instance). Returns the checkpoint path, the materialisation's metadata (plain
-    values) and the storage root. Tests may read the checkpoint; never write under that
-    ``prior/`` folder (train elsewhere, with tiny overrides).
+    Built once per test run (``build_once``). The avatar-prior tests train on its ``train``
+    split (10 subjects x 169 images). Returns the captures root, the storage URL, the index
+    path, the session partition keys and a Dagster instance of this worker's own that holds them.
     """
     import dagster as dg
 
-    from pipelines.assets.prior import avatar_prior
-    from pipelines.resources import FaceModelResource, StorageResource
+    from pipelines.partitions import SESSIONS_PARTITION
 
-    result = dg.materialize([avatar_prior], instance=prior_pipeline["instance"], raise_on_error=False,
-                            resources={"storage": StorageResource(url=prior_pipeline["storage"]),
-                                       "face_model": FaceModelResource()})
-    assert result.success, [e.step_failure_data for e in result.get_step_failure_events()]
-    metadata = {k: v.value for k, v in result.asset_materializations_for_node("avatar_prior")[0].metadata.items()}
+    built = build_once(tmp_path_factory, "prior_sim", _run_prior_pipeline)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(SESSIONS_PARTITION, built["sessions"])
+    return {**built, "captures": Path(built["captures"]), "index": Path(built["index"]),
+            "ground_truth": Path(built["ground_truth"]), "instance": instance}
+
+
+@pytest.fixture(scope="session")
+def trained_prior(prior_pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The ``avatar_prior`` asset materialised ONCE per test run, default cpu preset, on ``prior_pipeline``.
+
+    Trains on the 10 train subjects into ``<storage root>/prior/anchored/``. Returns the
+    checkpoint path, the materialisation's metadata (plain values) and the storage root.
+    Tests may read the checkpoint; never write under that ``prior/`` folder (train
+    elsewhere, with tiny overrides).
+    """
+    def train(_: Path) -> dict:
+        import dagster as dg
+
+        from pipelines.assets.prior import avatar_prior
+        from pipelines.resources import FaceModelResource, StorageResource
+
+        result = dg.materialize([avatar_prior], instance=prior_pipeline["instance"], raise_on_error=False,
+                                resources={"storage": StorageResource(url=prior_pipeline["storage"]),
+                                           "face_model": FaceModelResource()})
+        assert result.success, [e.step_failure_data for e in result.get_step_failure_events()]
+        materialisation = result.asset_materializations_for_node("avatar_prior")[0]
+        return {k: v.value for k, v in materialisation.metadata.items()}
+
+    metadata = build_once(tmp_path_factory, "trained_prior", train)
     return {"checkpoint": Path(metadata["checkpoint"]), "metadata": metadata,
             "storage_root": Path(prior_pipeline["storage"][len("file://"):])}
 

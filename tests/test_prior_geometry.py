@@ -20,7 +20,7 @@ import torch
 from capture_schema.cameras import Camera, project_points
 from fitting.face_models import load_face_model
 from training.prior import anchors as anchors_mod
-from training.prior.anchors import nearest_anchors, spread_vertices, support_falloff
+from training.prior.anchors import nearest_anchors, spread_vertices, support_falloff, weighted_rows
 from training.prior.config import preset
 from training.prior.frames import (
     MASKED_BACKGROUND,
@@ -185,17 +185,34 @@ def test_nearest_anchors_float32_matches_brute_force():
     np.testing.assert_allclose(nb.distance.numpy(), dist, rtol=0, atol=1e-6)
 
 
-def test_nearest_anchors_chunking_gives_the_same_result(monkeypatch):
+def test_the_accelerator_search_finds_the_same_neighbours_in_any_chunking(monkeypatch):
+    """On a GPU the ids come from chunks of the distance matrix, on a CPU from a k-d tree: same ids."""
     points, anchors = _cloud(2, P=37)
-    whole = nearest_anchors(points, anchors, 4)
-    monkeypatch.setattr(anchors_mod, "_MAX_DISTANCE_ENTRIES", 2 * 40 * 5)  # 5 points per chunk
-    chunked = nearest_anchors(points, anchors, 4)
-    monkeypatch.setattr(anchors_mod, "_MAX_DISTANCE_ENTRIES", 1)  # one point per chunk
-    single = nearest_anchors(points, anchors, 4)
-    for other in (chunked, single):
-        assert torch.equal(other.index, whole.index)
-        assert torch.equal(other.distance, whole.distance)
-        assert torch.equal(other.weight, whole.weight)
+    tree = nearest_anchors(points, anchors, 4).index
+    idx, _ = _brute_knn(points.numpy(), anchors.numpy(), 4)
+    assert np.array_equal(tree.numpy(), idx)
+    for entries in (1 << 20, 2 * 40 * 5, 1):  # everything at once, 5 points per chunk, one point per chunk
+        monkeypatch.setattr(anchors_mod, "_MAX_DISTANCE_ENTRIES", entries)
+        assert torch.equal(anchors_mod._matrix_search(points, anchors, 4), tree), entries
+    assert torch.equal(anchors_mod._tree_search(points, anchors[:, :1], 1), torch.zeros(2, 37, 1, dtype=torch.long))
+
+
+def test_weighted_rows_is_the_weighted_sum_of_each_frames_own_rows():
+    """The fused mix equals the written-out sum over neighbours, in values and in both gradients, and
+    reads each frame's own table (ids index rows of frame b, not of the stacked tables)."""
+    g = torch.Generator().manual_seed(4)
+    values = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 7, (3, 11, 4), generator=g)
+    weight = torch.rand(3, 11, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    v, i, w = values.detach().numpy(), index.numpy(), weight.detach().numpy()
+    expected = np.zeros((3, 11, 5))
+    for b in range(3):
+        for p in range(11):
+            for j in range(4):
+                expected[b, p] += w[b, p, j] * v[b, i[b, p, j]]
+    out = weighted_rows(values, index, weight)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, c: weighted_rows(a, index, c), (values, weight))
 
 
 def test_nearest_anchors_gradients_reach_points_and_anchors():

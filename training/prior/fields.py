@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.prior.anchors import Neighbours, encoding_size, gather_rows, positional_encoding
+from training.prior.anchors import Neighbours, encoding_size, positional_encoding, weighted_rows
 from training.prior.config import PriorConfig
 
 OFFSET_FREQUENCIES = 4
@@ -88,11 +88,11 @@ class AnchoredField(nn.Module):
 
     def forward(self, points: torch.Tensor, condition: FrameCondition,
                 neighbours: Neighbours) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = gather_rows(self.vertex_features(condition), neighbours.index)  # (B, P, k, 3F)
+        feats = weighted_rows(self.vertex_features(condition), neighbours.index, neighbours.weight)  # (B, P, 3F)
         local = to_head_frame(neighbours.offset, condition.head_rotation) / self.max_distance
-        encoded = positional_encoding(local, OFFSET_FREQUENCIES)
-        w = neighbours.weight[..., None]
-        return self.decoder(torch.cat([(w * feats).sum(-2), (w * encoded).sum(-2)], dim=-1))
+        encoded = positional_encoding(local, OFFSET_FREQUENCIES)  # (B, P, k, E)
+        mixed = torch.matmul(neighbours.weight[..., None, :], encoded).squeeze(-2)  # weighted sum over k
+        return self.decoder(torch.cat([feats, mixed], dim=-1))
 
 
 class TriplaneField(nn.Module):
