@@ -539,8 +539,9 @@ def test_architecture_round_trip(backbone):
     assert clone.config == model.config and torch.equal(clone.anchor_ids, model.anchor_ids)
 
 
+@pytest.mark.parametrize("chunk", [8, 35, 70, None])  # pieces of a frame, one frame, both frames, the default
 @pytest.mark.parametrize("backbone", ["anchored", "triplane"])
-def test_render_frames_whole_images(backbone):
+def test_render_frames_whole_images(backbone, chunk):
     model, scene = _model(backbone), _scene()
     H, W = 5, 7
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
@@ -551,7 +552,7 @@ def test_render_frames_whole_images(backbone):
     t = torch.tensor([0.0, 0.0, 0.5]).expand(2, 3).contiguous()
     latent = model.latents(torch.tensor([0, 1]))
     args = (latent, scene["expression"], scene["vertices"], scene["rotation"], scene["translation"])
-    out = render_frames(model, *args, cam_dirs, R, t, scene["has_mask"], chunk=8)
+    out = render_frames(model, *args, cam_dirs, R, t, scene["has_mask"], chunk=chunk)
     assert out["rgb"].shape == (2, 3, H, W) and out["acc"].shape == (2, 1, H, W)
     assert not out["rgb"].requires_grad
     # chunked whole-image rendering equals rendering all rays at once, pixel (row y, column x) for pixel
