@@ -55,12 +55,13 @@ HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "t
 #: How ``make test`` spreads the suite over its two pytest-xdist workers (``--dist loadgroup``), in the
 #: order the units are handed out. The 12-subject pipeline and the trained prior are built once per run
 #: and shared by both workers (``build_once``). The first worker takes the chain pipeline -> prior ->
-#: few-shot; the other runs the 2-subject group, then the modules in ``SECOND_WORKER`` (the ablations
-#: need only the pipeline, the prior's quality tests start once the chain has trained it). Every other
-#: test stays with its module, so module fixtures are built once too.
+#: few-shot; the other runs the 2-subject group and the board calibration tests (about as long as the
+#: pipeline takes to build, measured), then the modules in ``SECOND_WORKER``: the ablations need only
+#: the pipeline, the prior's quality tests start once the chain has trained it. Every other test stays
+#: with its module, so module fixtures are built once too.
 PRIOR_CHAIN, SIM_GROUP = "prior_chain", "sim_dataset"
 SECOND_WORKER = {"test_ablation_assets.py": "ablation", "test_prior_quality.py": "prior_quality"}
-_UNIT_ORDER = (PRIOR_CHAIN, SIM_GROUP, *SECOND_WORKER.values())
+_UNIT_ORDER = (PRIOR_CHAIN, SIM_GROUP, "tests/test_calibration.py", *SECOND_WORKER.values())
 
 
 def _xdist_group(item: pytest.Item) -> str:

@@ -121,6 +121,21 @@ def test_unselected_images_are_never_decoded(tmp_path: Path, monkeypatch: pytest
     assert sorted(calls) == sorted(got) and len(got) == 4
 
 
+def test_a_key_filter_parses_only_the_wanted_samples_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subset of a few images must not parse every sample's json of its shards (every epoch)."""
+    shards = write_shards(tmp_path, n_subjects=2, n_views=3, n_expressions=2)
+    wanted = {"sess00/expr01/cam02", "sess01/expr00/cam00"}
+    parsed: list[str] = []
+    real = loader_mod.json.loads
+    monkeypatch.setattr(loader_mod.json, "loads", lambda text, **kw: parsed.append(real(text)["session_id"]) or
+                        real(text, **kw))
+    got = keys_of(build_dataset(shards.urls, resolution=16, sample_filter=SampleFilter(keys=wanted)))
+    assert sorted(got) == sorted(wanted) and len(parsed) == 2
+    parsed.clear()
+    assert len(keys_of(build_dataset(shards.urls, resolution=16, sample_filter=SampleFilter(cameras={"cam01"})))) == 4
+    assert len(parsed) == 12  # a filter on the json's fields parses every sample
+
+
 # ---------------------------------------------------------------- decoding
 
 
