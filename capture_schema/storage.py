@@ -87,8 +87,9 @@ class Storage:
         ``relpath``'s own folder, built in place). Remotely each file becomes one object
         at ``relpath/<its path in local_dir>`` (never nested one level deeper on a second
         call, as ``fs.put(recursive=True)`` does), those named in ``first`` before the
-        rest; objects the new folder no longer has are left (a remote swap is issue
-        "scale-out").
+        rest; then the objects the new folder no longer has are deleted, so the folder
+        holds exactly the new files (a reader during the upload may still see old and
+        new files side by side: object stores have no folder swap).
         """
         local_dir = Path(local_dir)
         if self.local_root is not None:
@@ -102,10 +103,17 @@ class Storage:
             with atomic_directory(target) as tmp:
                 shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
             return self.uri(relpath)
+        prefix = f"{self._root}/{relpath}"
         files = sorted(p for p in local_dir.rglob("*") if p.is_file())
         files.sort(key=lambda p: p.relative_to(local_dir).as_posix() not in first)  # stable: ``first`` up front
+        old = set(self._fs.find(prefix)) if self._fs.isdir(prefix) else set()
+        new = set()
         for path in files:
-            self._fs.pipe_file(f"{self._root}/{relpath}/{path.relative_to(local_dir).as_posix()}", path.read_bytes())
+            target = f"{prefix}/{path.relative_to(local_dir).as_posix()}"  # the form ``find`` lists
+            self._fs.pipe_file(target, path.read_bytes())
+            new.add(target)
+        for stale in sorted(old - new):
+            self._fs.rm_file(stale)
         return self.uri(relpath)
 
     def folders(self, relpath: str) -> list[str]:

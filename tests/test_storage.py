@@ -43,6 +43,11 @@ def test_remote_folder_published_twice_is_not_nested(tmp_path: Path) -> None:
     found = sorted(p[len(root) + 1:] for p in fs.find(root))
     assert found == ["prior/anchored/sub/y.txt", "prior/anchored/x.txt"]
     assert store.read_bytes("prior/anchored/x.txt") == b"3"
+    store.write_bytes("prior/other.txt", b"a neighbour, not part of the folder")
+    third = _folder(tmp_path / "three", {"z.txt": b"5"})  # x.txt and sub/ are gone from the new folder
+    store.put_directory(third, "prior/anchored")
+    found = sorted(p[len(root) + 1:] for p in fs.find(root))
+    assert found == ["prior/anchored/z.txt", "prior/other.txt"]
 
 
 def test_local_folder_is_replaced_whole_and_left_alone_when_built_in_place(tmp_path: Path) -> None:
