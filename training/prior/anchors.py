@@ -74,8 +74,9 @@ def nearest_anchors(points: torch.Tensor, anchors: torch.Tensor, k: int) -> Neig
     """k nearest ``anchors`` (B, V, 3) of ``points`` (B, P, 3), sorted by distance.
 
     The search runs without gradient (a k-d tree per frame on a CPU, chunks of the
-    distance matrix on an accelerator); offsets and distances are then recomputed from the gathered anchors, so they are
-    differentiable in both the points (camera refinement) and the anchors (3DMM refinement).
+    distance matrix on an accelerator); offsets and distances are then recomputed from
+    the gathered anchors, so they are differentiable in both the points (camera
+    refinement) and the anchors (3DMM refinement).
     """
     k = min(k, anchors.shape[1])
     search = _tree_search if points.device.type == "cpu" else _matrix_search

@@ -132,16 +132,12 @@ def render_frames(model: AvatarPrior, latent: torch.Tensor, expression: torch.Te
     rays = min(chunk, H * W)
     frames = max(1, chunk // rays)
     flat = dirs.reshape(B, H * W, 3)
-    rgb, acc = [], []
+    rgb, acc = flat.new_empty(B, H * W, 3), flat.new_empty(B, H * W)
     for f in range(0, B, frames):
         i = slice(f, f + frames)
         for s in range(0, H * W, rays):
             origins, world = camera_rays(flat[i, s:s + rays], R[i], t[i])
             out = model.render_rays(latent[i], expression[i], vertices[i], rotation[i], translation[i], origins,
                                     world, has_mask[i])
-            rgb.append(out["rgb"])
-            acc.append(out["acc"])
-    n_pieces = -(-H * W // rays)  # pieces per frame group, in ray order
-    rgb_t = torch.cat([torch.cat(rgb[g:g + n_pieces], 1) for g in range(0, len(rgb), n_pieces)])
-    acc_t = torch.cat([torch.cat(acc[g:g + n_pieces], 1) for g in range(0, len(acc), n_pieces)])
-    return {"rgb": rgb_t.reshape(B, H, W, 3).permute(0, 3, 1, 2), "acc": acc_t.reshape(B, 1, H, W)}
+            rgb[i, s:s + rays], acc[i, s:s + rays] = out["rgb"], out["acc"]
+    return {"rgb": rgb.reshape(B, H, W, 3).permute(0, 3, 1, 2), "acc": acc.reshape(B, 1, H, W)}
