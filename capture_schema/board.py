@@ -183,7 +183,10 @@ def _length_field(data: Mapping[str, Any], name: str) -> float:
     value = _require(data, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BoardSpecError(name, f"must be a number of metres, got {_type_name(value)} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+        value = math.inf
     if not math.isfinite(value) or value <= 0:
         raise BoardSpecError(name, f"must be a positive, finite length in metres, got {value!r}")
     if value > MAX_SQUARE_LENGTH_M:

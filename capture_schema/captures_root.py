@@ -7,6 +7,7 @@ and the CLI, the sensor and the ``capture_folders`` asset all report the same li
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import asdict, dataclass
@@ -92,3 +93,28 @@ def session_ids(entries: list[RootEntry]) -> list[str]:
 def unusable(entries: list[RootEntry]) -> list[RootEntry]:
     """The entries that are neither a session nor a calibration in use."""
     return [e for e in entries if e.kind == NOT_A_SESSION]
+
+
+def _fingerprint_tree(digest: "hashlib._Hash", folder: Path, label: str) -> None:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            digest.update(f"{label}/{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+
+
+def session_fingerprint(session_dir: Path) -> str:
+    """A cheap change detector: every file's relative path, size and mtime (no image reads),
+    including the files of a calibration folder shared from outside the session."""
+    digest = hashlib.sha256()
+    _fingerprint_tree(digest, session_dir, ".")
+    calibration = read_session_fields(session_dir).calibration
+    if calibration is not None:
+        calib_dir = (session_dir / calibration).resolve()
+        if not calib_dir.is_relative_to(session_dir.resolve()) and calib_dir.is_dir():
+            _fingerprint_tree(digest, calib_dir, calibration)
+    return digest.hexdigest()[:16]

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from capture_schema import derived_layout as layout
 from pipelines.cli_ablation import add_ablation_commands
-from pipelines.cli_errors import command_name, os_error_message
+from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, command_name, os_error_message
 from pipelines.cli_fewshot import add_fewshot_command
+from pipelines.cli_pipeline import add_pipeline_commands
 from pipelines.cli_prior import add_prior_commands
 from pipelines.cli_stages import add_calibrate_session_arguments, add_stage_commands, calibrate_session_command
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
 def _progress_bar(total: int, desc: str):
@@ -257,7 +256,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from training.shards.inspect import inspect_shard
 
     try:
-        report = inspect_shard(Path(args.shard))
+        report = inspect_shard(args.shard)
     except FileNotFoundError as exc:
         print(f"o2a inspect: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -275,54 +274,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"{len(report.bad_samples)} with problems" + (f", {len(report.problems)} shard problem(s)"
                                                             if report.problems else ""))
     return EXIT_OK if report.ok else EXIT_INVALID
-
-
-def cmd_pipeline_run(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from capture_schema.captures_root import NOT_A_SESSION
-    from pipelines.resources import CapturesResource, StorageResource
-    from pipelines.runner import (build_dataset_index, evaluate_fewshot, run_all_sessions, scan_captures,
-                                  train_avatar_prior)
-
-    if args.dagster_home:
-        home = Path(args.dagster_home).resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-    if args.prior_iterations is not None and args.prior_iterations < 1:
-        print("o2a pipeline run: --prior-iterations must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    captures = CapturesResource(root=args.captures)
-    if not captures.root_path().is_dir():
-        print(f"o2a pipeline run: captures root {captures.root_path()} does not exist", file=sys.stderr)
-        return EXIT_USAGE
-    storage = StorageResource(url=args.storage)
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    print(f"materialising every session asset for sessions under {captures.root_path()}")
-    not_sessions = [e for e in scan_captures(instance, captures, storage) if e.kind == NOT_A_SESSION]
-    runs = run_all_sessions(instance, captures, storage)
-    failed = [r for r in runs if not r.success and not r.failed_checks]
-    quarantined = [r for r in runs if r.failed_checks]
-    ok = len(runs) - len(failed) - len(quarantined)
-    print(f"{ok} ok, {len(quarantined)} quarantined, {len(failed)} failed, {len(not_sessions)} not a session")
-    if not runs:
-        print("no sessions found")
-        return EXIT_INVALID
-    if ok and not build_dataset_index(instance, storage):
-        return EXIT_INVALID
-    if not args.no_prior and ok:
-        prior = {"iterations": args.prior_iterations} if args.prior_iterations else {}
-        steps = f"{args.prior_iterations} steps" if prior else "the preset's steps"
-        print(f"training the avatar prior on the index's train split (cpu preset, {steps})")
-        if not train_avatar_prior(instance, storage, run_config={"ops": {"avatar_prior": {"config": prior}}}):
-            return EXIT_INVALID
-        if not args.no_fewshot:
-            print("adapting the prior to the held-out test subjects (few-shot report, cpu preset)")
-            if evaluate_fewshot(instance, storage) is None:
-                return EXIT_INVALID
-    print(f"outputs: {storage.storage().uri('')}")
-    # Anything not ok (quarantined, failed, not a session) is listed above and makes the exit status 1.
-    return EXIT_INVALID if failed or quarantined or not_sessions else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,21 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("inspect", help="list and check the samples of one shard (o2a.shard/1 tar)")
-    p.add_argument("shard", help="a .tar shard")
+    p.add_argument("shard", help="a .tar shard: a path or a URL (s3://bucket/..., credentials from the environment)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("pipeline", help="run the Dagster pipeline")
-    psub = p.add_subparsers(dest="pipeline_command", required=True)
-    r = psub.add_parser("run", help="materialise every asset for every session under a captures root")
-    r.add_argument("--captures", required=True, help="captures root folder")
-    r.add_argument("--storage", required=True, help="storage root URL for derived artefacts")
-    r.add_argument("--dagster-home", help="persist runs in this Dagster instance (default: $DAGSTER_HOME or ephemeral)")
-    r.add_argument("--no-prior", action="store_true", help="stop after the dataset index (no avatar prior)")
-    r.add_argument("--prior-iterations", type=int, help="avatar prior steps (default: the cpu preset's)")
-    r.add_argument("--no-fewshot", action="store_true", help="stop after the prior (no few-shot report)")
-    r.set_defaults(func=cmd_pipeline_run)
-
+    add_pipeline_commands(sub)
     add_stage_commands(sub)
     add_prior_commands(sub)
     add_fewshot_command(sub)

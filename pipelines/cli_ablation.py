@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 
 
 def _spec(args: argparse.Namespace):

@@ -12,6 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
+#: Exit statuses of every ``o2a`` command: done, refused or failed on the input, wrong usage.
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
 
 #: A temporary name of ``capture_schema.atomic``: ``.<final name>.<8 random chars>.tmp``.
 _TEMP_NAME = r"^\.(?P<final>.+)\.[a-z0-9_]{8}\.tmp$"

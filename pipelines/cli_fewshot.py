@@ -12,8 +12,8 @@ import argparse
 import sys
 
 from capture_schema import derived_layout as layout
+from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 _OVERRIDES = ("ks", "eval_frames", "methods", "perturbed_ks", "stage1_steps", "stage2_steps")
 
 

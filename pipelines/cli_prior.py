@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from capture_schema import derived_layout as layout
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2  # the same as pipelines.cli
 DEFAULT_EVAL_FRAMES = 24
 
 

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from capture_schema import derived_layout as layout
 from pipelines.cli_prior import _face_model_arguments
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2  # the same as pipelines.cli
 #: The ``session_shards`` asset's defaults (``ShardsConfig``; tests/test_cli_stages.py keeps them equal).
 SHARD_DEFAULTS = {"max_mb": 256.0, "max_samples": 1000, "train_resolution": 128}
 #: The ``camera_calibration`` check's default threshold (``CalibrationConfig.max_rmse_px``).

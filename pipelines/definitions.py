@@ -13,8 +13,9 @@ from pipelines.assets.ingest import capture_folders, session_manifest
 from pipelines.assets.landmarks import face_landmarks
 from pipelines.assets.prior import avatar_prior
 from pipelines.assets.shards import session_shards
+from pipelines.executors import executor_from_environment
 from pipelines.resources import default_resources
-from pipelines.sensors import build_session_sensor
+from pipelines.sensors import build_automation_sensor, build_session_sensor
 
 #: The listing of the captures root (every entry a session, a shared calibration, or not a session and why).
 CAPTURES_ASSETS = [capture_folders]
@@ -65,9 +66,18 @@ ablation_job = dg.define_asset_job(
     description="One ablation configuration (partition): its subset, its prior and its few-shot scores.",
 )
 
+#: The prior goes stale when the index changes (the UI shows it); a deployment refreshes it on request or
+#: turns this on (``dagster schedule start nightly_prior``): the prior, then its few-shot report, at 02:00.
+prior_refresh = dg.ScheduleDefinition(
+    name="nightly_prior", cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
+    target=dg.AssetSelection.assets(*PRIOR_ASSETS, *FEWSHOT_ASSETS),
+    description="Retrain the avatar prior on the current index, then its few-shot report (off until started).")
+
 defs = dg.Definitions(
     assets=CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + list(ABLATION_ASSETS),
     jobs=[captures_job, session_job, dataset_job, prior_job, fewshot_job, ablation_job],
-    sensors=[build_session_sensor(session_job, captures_job)],
+    sensors=[build_session_sensor(session_job, captures_job), build_automation_sensor()],
+    schedules=[prior_refresh],
     resources=default_resources(),
+    executor=executor_from_environment(),
 )

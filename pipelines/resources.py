@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from capture_schema.captures_root import RootEntry, scan_captures_root
+from capture_schema.captures_root import RootEntry, scan_captures_root, session_fingerprint
 from capture_schema.storage import Storage, local_path_of
 
 DEFAULT_CAPTURES_ROOT = "workspace_data/captures"
@@ -20,18 +20,44 @@ DEFAULT_STORAGE_URL = "file://workspace_data/derived"
 
 
 class CapturesResource(dg.ConfigurableResource):
-    """The read-only captures root: one folder per session, each with a session.json."""
+    """The read-only captures root: one folder per session, each with a session.json.
+
+    A local folder (or ``file://`` URL), or a bucket (``s3://bucket/prefix``, any fsspec URL):
+    then sessions are read from a local mirror (``capture_schema.captures_mirror``, kept under
+    ``O2A_CAPTURES_CACHE``), downloaded once per session and never changed in the bucket.
+    """
 
     root: str = DEFAULT_CAPTURES_ROOT
 
-    def root_path(self) -> Path:
+    def _mirror(self):
+        from capture_schema.captures_mirror import CapturesMirror
+
+        return CapturesMirror(self.root)
+
+    @property
+    def is_local(self) -> bool:
+        return local_path_of(self.root) is not None
+
+    def exists(self) -> bool:
         path = local_path_of(self.root)
-        if path is None:
-            raise ValueError(f"the captures root must be a local folder or file:// URL, got {self.root!r}")
-        return path
+        return path.is_dir() if path is not None else self._mirror().exists()
+
+    def root_path(self) -> Path:
+        """The folder to scan: the root itself, or a bucket's mirrored outline (folders and session.json files)."""
+        path = local_path_of(self.root)
+        return path if path is not None else self._mirror().root_listing()
 
     def session_dir(self, session_id: str) -> Path:
-        return self.root_path() / session_id
+        """A session's folder to read: in the root itself, or its up-to-date local mirror."""
+        path = local_path_of(self.root)
+        return path / session_id if path is not None else self._mirror().session(session_id)
+
+    def fingerprint(self, session_id: str) -> str:
+        """What changes when a session's files (or its shared calibration's) change, without reading images."""
+        path = local_path_of(self.root)
+        if path is None:
+            return self._mirror().fingerprint(session_id)
+        return session_fingerprint(path / session_id)
 
     def scan(self) -> list[RootEntry]:
         """Every entry of the captures root: sessions (partition keys), shared calibrations, and the rest with reasons."""

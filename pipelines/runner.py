@@ -9,6 +9,7 @@ then the dataset index and the avatar prior.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import dagster as dg
@@ -183,3 +184,31 @@ def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
         if data.error is not None:
             return data.error.message.strip()
     return "see the run's log"
+
+
+def backfill_all_sessions(instance: dg.DagsterInstance, home: Path, captures: CapturesResource,
+                          storage: StorageResource, workers: int, log: Callable[[str], None] = print) -> list[SessionRun]:
+    """Every session under the captures root as one Dagster backfill of ``process_session``, at most
+    ``workers`` runs at once (the instance's run queue; ``pipelines.deployment``); each run is reported as
+    it finishes. The instance lives in ``home``; the daemon runs for the duration of the call."""
+    import os
+
+    from pipelines.deployment import running_daemon, set_pool_limits, submit_backfill, wait_for_backfill
+
+    found = sync_partitions(instance, captures)
+    if not found:
+        return []
+    set_pool_limits(instance, workers)
+    root = str(captures.root_path()) if captures.is_local else captures.root  # every process, whatever its cwd
+    env = {**os.environ, "DAGSTER_HOME": str(home), "O2A_CAPTURES_ROOT": root, "O2A_STORAGE_URL": storage.url}
+
+    def report(outcome) -> None:
+        status = ("ok" if outcome.status == "SUCCESS" and not outcome.failed_checks else
+                  f"QUARANTINED (failed checks: {', '.join(outcome.failed_checks)})" if outcome.failed_checks
+                  else f"FAILED (run {outcome.run_id}: see its log)")
+        log(f"  {outcome.partition}: {status} [{outcome.seconds:.0f} s]")
+
+    with running_daemon(env, home / "logs" / "daemon.log") as daemon:
+        backfill_id = submit_backfill(session_job.name, found, env)
+        outcomes = wait_for_backfill(instance, backfill_id, len(found), report, daemon=daemon)
+    return [SessionRun(o.partition, o.status == "SUCCESS", o.failed_checks) for o in outcomes]

@@ -49,7 +49,7 @@ def needs_reference_data(path: Path, what: str) -> pytest.MarkDecorator:
 #: Fixtures that cost tens of seconds to minutes (simulating, rendering boards, calibrating, fitting,
 #: training): every test that uses one, directly or through another fixture, is marked ``slow`` and
 #: left out of ``make test-fast``. ``sim`` is test_calibration's rendered board captures.
-HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior", "sim"})
+HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "trained_prior", "sim", "s3_store"})
 
 
 #: How ``make test`` spreads the suite over its two pytest-xdist workers (``--dist loadgroup``), in the
@@ -60,7 +60,8 @@ HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "t
 #: the pipeline, the prior's quality tests start once the chain has trained it. Every other test stays
 #: with its module, so module fixtures are built once too.
 PRIOR_CHAIN, SIM_GROUP = "prior_chain", "sim_dataset"
-SECOND_WORKER = {"test_ablation_assets.py": "ablation", "test_prior_quality.py": "prior_quality"}
+SECOND_WORKER = {"test_ablation_assets.py": "ablation", "test_prior_quality.py": "prior_quality",
+                 "test_object_storage.py": "scale_out", "test_daemon.py": "scale_out"}
 _UNIT_ORDER = (PRIOR_CHAIN, SIM_GROUP, "tests/test_calibration.py", *SECOND_WORKER.values())
 
 
@@ -336,3 +337,26 @@ def assert_ground_truth_is_the_source_model(out: Path, source, n_identity: int) 
         lm = source.model.landmark_embedding.points(posed)
         for c in (0, 6):
             assert np.abs(cams[c].project(lm) - landmarks[e, c, :len(lm)]).max() < 1e-3
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real S3-compatible server (SeaweedFS) on loopback with a bucket ``o2a``, for this test session.
+
+    Sets the environment s3fs reads (``AWS_ENDPOINT_URL``, keys, region), as a deployment would,
+    so ``s3://o2a/...`` URLs work in this process and in every process it starts.
+    """
+    from services import S3_ENV, make_bucket, seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        saved = {k: os.environ.get(k) for k in (*S3_ENV, "AWS_ENDPOINT_URL")}
+        os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+        try:
+            make_bucket(endpoint, "o2a")
+            yield {"endpoint": endpoint, "bucket": "s3://o2a"}
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

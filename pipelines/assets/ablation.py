@@ -25,6 +25,7 @@ from typing import NamedTuple
 import dagster as dg
 
 from capture_schema import derived_layout as layout
+from pipelines import pools
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.store_io import load_face_model, stage_failures
 from pipelines.resources import FaceModelResource, StorageResource
@@ -70,7 +71,8 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
             "images": subset.n_images, "identities": len(subset.identities), "budget": config.budget_text(),
             "per_identity": dg.MetadataValue.md(per_identity), "spec_digest": spec.digest[:12]})
 
-    @dg.asset(deps=[ablation_subset], partitions_def=partitions, group_name="ablation", kinds={"pytorch"})
+    @dg.asset(deps=[ablation_subset], partitions_def=partitions, group_name="ablation", kinds={"pytorch"},
+              pool=pools.TRAINING)
     def ablation_prior(context: dg.AssetExecutionContext, storage: StorageResource,
                        face_model: FaceModelResource) -> dg.MaterializeResult:
         """An avatar prior trained on exactly the configuration's subset (the spec's preset)."""
@@ -85,7 +87,8 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
             "train_seconds": round(float(run.train_seconds), 2),
             "psnr_train_rays": float(run.final.get("psnr", float("nan")))})
 
-    @dg.asset(deps=[ablation_prior], partitions_def=partitions, group_name="ablation", kinds={"pytorch"})
+    @dg.asset(deps=[ablation_prior], partitions_def=partitions, group_name="ablation", kinds={"pytorch"},
+              pool=pools.TRAINING)
     def ablation_fewshot(context: dg.AssetExecutionContext, storage: StorageResource,
                          face_model: FaceModelResource) -> dg.MaterializeResult:
         """The configuration's prior adapted few-shot to the held-out subjects (the spec's protocol)."""

@@ -25,10 +25,14 @@ class DatasetIndexConfig(dg.Config):
     test: float = default_of(SplitRule, "test")
 
 
-@dg.asset(deps=[session_shards], group_name="dataset", kinds={"parquet"})
+@dg.asset(deps=[session_shards], group_name="dataset", kinds={"parquet"},
+          automation_condition=dg.AutomationCondition.eager())
 def dataset_index(context: dg.AssetExecutionContext, config: DatasetIndexConfig,
                   storage: StorageResource) -> dg.MaterializeResult:
-    """Every sample (shard URL, key, subject, expression, camera, split) of every sharded session."""
+    """Every sample (shard URL, key, subject, expression, camera, split) of every sharded session.
+
+    Eager: once the daemon's ``index_on_new_shards`` sensor runs, a session's new shards refresh the
+    index by themselves (after every session run in progress has finished)."""
     from training.dataset_index import SplitRule, build_dataset_index, coverage_markdown
 
     rule = from_run_config(SplitRule(), mirrored(config, SplitRule), "dataset_index")

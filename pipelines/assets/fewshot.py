@@ -14,6 +14,7 @@ from typing import Optional
 import dagster as dg
 
 from capture_schema import derived_layout as layout
+from pipelines import pools
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.prior import avatar_prior
 from pipelines.assets.store_io import load_face_model, stage_failures
@@ -54,7 +55,7 @@ def _fewshot_config(config: FewShotReportConfig):
     return from_run_config(PRESETS[config.preset], mirrored(config, FewShotConfig), "fewshot_report")
 
 
-@dg.asset(deps=[avatar_prior, dataset_index], group_name="prior", kinds={"pytorch", "html"})
+@dg.asset(deps=[avatar_prior, dataset_index], group_name="prior", kinds={"pytorch", "html"}, pool=pools.TRAINING)
 def fewshot_report(context: dg.AssetExecutionContext, config: FewShotReportConfig, storage: StorageResource,
                    face_model: FaceModelResource) -> dg.MaterializeResult:
     """Few-shot adaptation (prior vs no prior, latent only, frozen geometry) scored on held-out subjects."""

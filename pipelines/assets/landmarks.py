@@ -15,6 +15,7 @@ from capture_schema.layout import SESSION_FILE
 from capture_schema.manifest import parquet_bytes
 from capture_schema.reuse import (CODE_VERSIONS, fingerprint, library_version, recorded_outcome, stored_digest,
                                   write_record)
+from pipelines import pools
 from pipelines.assets.ingest import session_manifest
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, StorageResource
@@ -43,6 +44,7 @@ class LandmarksConfig(dg.Config):
     deps=[session_manifest],
     group_name="fitting",
     kinds={"mediapipe", "zarr"},
+    pool=pools.LANDMARKS,
     code_version=CODE_VERSIONS["face_landmarks"],
     check_specs=[dg.AssetCheckSpec("faces_found", asset="face_landmarks", blocking=True,
                                    description="a face was found in at least min_detected_fraction of the images")],

@@ -15,6 +15,7 @@ from typing import Optional
 import dagster as dg
 
 from capture_schema import derived_layout as layout
+from pipelines import pools
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.store_io import load_face_model, stage_failures
 from pipelines.resources import FaceModelResource, StorageResource
@@ -48,7 +49,7 @@ def _prior_config(config: AvatarPriorConfig):
     return from_run_config(PRESETS[config.preset], mirrored(config, PriorConfig), "avatar_prior")
 
 
-@dg.asset(deps=[dataset_index], group_name="prior", kinds={"pytorch"})
+@dg.asset(deps=[dataset_index], group_name="prior", kinds={"pytorch"}, pool=pools.TRAINING)
 def avatar_prior(context: dg.AssetExecutionContext, config: AvatarPriorConfig, storage: StorageResource,
                  face_model: FaceModelResource) -> dg.MaterializeResult:
     """One identity code per training subject plus a radiance field anchored to the fitted 3DMM."""

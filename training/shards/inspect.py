@@ -13,11 +13,11 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from capture_schema.storage import local_path_of
 from training.shards.format import FORMAT_FIELD, IMAGE_BLOCK, JSON_MEMBER, KEY_FIELDS, SHARD_FORMAT, TRAIN_BLOCK
 from training.shards.read import shard_runs
 
@@ -41,7 +41,7 @@ class SampleReport:
 
 @dataclass
 class ShardReport:
-    path: Path
+    path: str  # a local path or a URL (``s3://...``), as given
     samples: list[SampleReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # about the tar itself
 
@@ -120,14 +120,26 @@ def check_sample(key: str, members: dict[str, bytes]) -> list[str]:
     return problems
 
 
-def inspect_shard(path: str | os.PathLike[str]) -> ShardReport:
+def _exists(url: str, storage_options: dict[str, Any] | None) -> bool:
+    local = local_path_of(url)
+    if local is not None:
+        return local.is_file()
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs.isfile(path)
+
+
+def inspect_shard(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> ShardReport:
     """List a shard's samples and check each one; see ``check_sample`` for what is checked.
 
-    A sample is checked once, from its first contiguous run of members; a run cut off by
-    an unreadable tar is listed and checked with the members read before reading stopped.
+    ``path`` is a local path, a ``file://`` URL or any fsspec URL (``s3://bucket/...``, read
+    as a stream, as the loader reads it). A sample is checked once, from its first contiguous
+    run of members; a run cut off by an unreadable tar is listed and checked with the members
+    read before reading stopped.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = str(path)
+    if not _exists(path, storage_options):
         raise FileNotFoundError(f"{path}: no such shard")
     report = ShardReport(path)
     by_key: dict[str, SampleReport] = {}
@@ -136,7 +148,7 @@ def inspect_shard(path: str | os.PathLike[str]) -> ShardReport:
         report.problems.append(f"{name}: {reason}")
 
     try:
-        for key, members in shard_runs(str(path), on_skip=skipped, keep_partial=True):
+        for key, members in shard_runs(path, storage_options, on_skip=skipped, keep_partial=True):
             sample = by_key.get(key)
             first_run = sample is None
             if not first_run:  # seen before with other samples in between
