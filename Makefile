@@ -59,6 +59,7 @@ bench: setup
 	$(PY) -m benchmarks.prior
 	$(PY) -m benchmarks.anchor_search
 	$(PY) -m benchmarks.fewshot
+	$(PY) -m benchmarks.scale
 
 clean:
 	rm -rf $(DATA)

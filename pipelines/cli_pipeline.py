@@ -38,11 +38,14 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         if args.in_process:
             instance = dg.DagsterInstance.ephemeral() if home is None else _instance_at(home)
         else:
-            from pipelines.deployment import prepare_home
+            from pipelines.deployment import prepare_home, set_pool_limits
 
-            if not prepare_home(home, _workers(args)):
-                print(f"using the deployment's own {home / 'dagster.yaml'} (run queue and pools as it sets them)")
+            written = prepare_home(home, _workers(args))
             instance = _instance_at(home)
+            if written:
+                set_pool_limits(instance, _workers(args))
+            else:
+                print(f"using the deployment's own {home / 'dagster.yaml'} (run queue and pools as it sets them)")
         print(f"materialising every session asset for sessions under {args.captures}")
         not_sessions = [e for e in scan_captures(instance, captures, storage) if e.kind == NOT_A_SESSION]
         if args.in_process:

@@ -78,6 +78,12 @@ def _dagster_bin(name: str) -> str:
     return str(found) if found.exists() else name
 
 
+def daemon_alive(instance: dg.DagsterInstance, within_seconds: float = 60.0) -> bool:
+    """Whether a ``dagster-daemon`` of this instance has sent a heartbeat lately (a deployment's own)."""
+    now = time.time()
+    return any(now - beat.timestamp < within_seconds for beat in instance.get_daemon_heartbeats().values())
+
+
 @contextmanager
 def running_daemon(env: dict[str, str], log_file: Path) -> Iterator[subprocess.Popen]:
     """``dagster-daemon run`` on the code location, for the duration of the block (then SIGTERM, SIGKILL)."""

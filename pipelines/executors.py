@@ -33,9 +33,12 @@ def celery_settings() -> dict:
 def celery_worker_settings() -> dict:
     """Celery settings both sides need: acks late, requeue on a lost worker, no prefetching, and how
     long an unacknowledged task waits before Redis hands it to another worker (``O2A_CELERY_REDELIVER_SECONDS``)."""
+    redeliver = int(os.environ.get("O2A_CELERY_REDELIVER_SECONDS", "3600"))
     return {"task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1,
-            "broker_transport_options": {"visibility_timeout": int(os.environ.get("O2A_CELERY_REDELIVER_SECONDS",
-                                                                                  "3600"))}}
+            # kombu's Redis transport looks for abandoned tasks every interval x throttle seconds
+            "broker_transport_options": {"visibility_timeout": redeliver,
+                                         "unacked_restore_interval": max(1, min(10, redeliver // 10)),
+                                         "unacked_restore_throttle": 1}}
 
 
 def executor_from_environment() -> dg.ExecutorDefinition:

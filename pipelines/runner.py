@@ -190,17 +190,20 @@ def backfill_all_sessions(instance: dg.DagsterInstance, home: Path, captures: Ca
                           storage: StorageResource, workers: int, log: Callable[[str], None] = print) -> list[SessionRun]:
     """Every session under the captures root as one Dagster backfill of ``process_session``, at most
     ``workers`` runs at once (the instance's run queue; ``pipelines.deployment``); each run is reported as
-    it finishes. The instance lives in ``home``; the daemon runs for the duration of the call."""
+    it finishes. The instance lives in ``home``; unless its deployment's daemon is running, one runs for
+    the duration of the call. ``workers`` also sets how many threads each run's libraries use."""
     import os
 
-    from pipelines.deployment import running_daemon, set_pool_limits, submit_backfill, wait_for_backfill
+    from pipelines.deployment import daemon_alive, running_daemon, submit_backfill, wait_for_backfill
 
     found = sync_partitions(instance, captures)
     if not found:
         return []
-    set_pool_limits(instance, workers)
     root = str(captures.root_path()) if captures.is_local else captures.root  # every process, whatever its cwd
     env = {**os.environ, "DAGSTER_HOME": str(home), "O2A_CAPTURES_ROOT": root, "O2A_STORAGE_URL": storage.url}
+    threads = str(max(1, (os.cpu_count() or 1) // workers))  # the runs share the cores: no spinning threads
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
+        env.setdefault(variable, threads)
 
     def report(outcome) -> None:
         status = ("ok" if outcome.status == "SUCCESS" and not outcome.failed_checks else
@@ -208,7 +211,12 @@ def backfill_all_sessions(instance: dg.DagsterInstance, home: Path, captures: Ca
                   else f"FAILED (run {outcome.run_id}: see its log)")
         log(f"  {outcome.partition}: {status} [{outcome.seconds:.0f} s]")
 
-    with running_daemon(env, home / "logs" / "daemon.log") as daemon:
+    if daemon_alive(instance):  # a deployment's own daemon dequeues the runs; never start a second one
+        log("  the instance's dagster-daemon is running: it launches the backfill's runs")
         backfill_id = submit_backfill(session_job.name, found, env)
-        outcomes = wait_for_backfill(instance, backfill_id, len(found), report, daemon=daemon)
+        outcomes = wait_for_backfill(instance, backfill_id, len(found), report)
+    else:
+        with running_daemon(env, home / "logs" / "daemon.log") as daemon:
+            backfill_id = submit_backfill(session_job.name, found, env)
+            outcomes = wait_for_backfill(instance, backfill_id, len(found), report, daemon=daemon)
     return [SessionRun(o.partition, o.status == "SUCCESS", o.failed_checks) for o in outcomes]

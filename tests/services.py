@@ -57,12 +57,12 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, log: Path, timeo
     raise RuntimeError(f"{what} did not answer on port {port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, SIGKILL it if it is still there after ``grace`` seconds."""
+def stop(proc: subprocess.Popen, grace: float = 10.0, first: int = signal.SIGTERM) -> None:
+    """Signal the process group (``first``, SIGTERM by default), SIGKILL it if still there after ``grace`` s."""
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, first)
         proc.wait(grace)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -123,3 +123,84 @@ def make_bucket(endpoint: str, bucket: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _postgres_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else Debian's versioned folder (``/usr/lib/postgresql/*/bin``)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"{name} not found: install PostgreSQL (Debian: apt-get install postgresql)")
+    return str(candidates[-1])
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: as root, its programs run as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@contextmanager
+def postgres(folder: Path, database: str = "dagster") -> Iterator[dict[str, str]]:
+    """A PostgreSQL server on a free loopback port with ``database`` created (trust authentication);
+    yields the ``DAGSTER_PG_*`` settings ``deploy/celery/dagster.yaml`` reads."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log, prefix = folder / "postgres.log", _as_postgres_user()
+    # the data folder in /tmp itself: the postgres user cannot enter the test's private temporary folders
+    data = Path(tempfile.mkdtemp(prefix="o2a-postgres-"))
+    if prefix:
+        shutil.chown(data, "postgres", "postgres")
+    made = subprocess.run([*prefix, _postgres_bin("initdb"), "-D", str(data), "-U", "o2a", "--auth=trust",
+                           "-E", "UTF8"], capture_output=True, text=True)
+    if made.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {made.stdout[-2000:]}{made.stderr[-2000:]}")
+    port = free_ports(1)[0]
+    with open(log, "wb") as out:  # the log is opened here, as root: the server only writes to the inherited fd
+        proc = subprocess.Popen([*prefix, _postgres_bin("postgres"), "-D", str(data), "-p", str(port),
+                                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
+                                 "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, proc, "PostgreSQL", log)
+        import psycopg2
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = psycopg2.connect(host="127.0.0.1", port=port, user="o2a", dbname="postgres")
+                break
+            except psycopg2.OperationalError:  # accepting TCP before it accepts logins
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{database}"')
+        conn.close()
+        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port), "DAGSTER_PG_USER": "o2a",
+               "DAGSTER_PG_PASSWORD": "unused-with-trust", "DAGSTER_PG_DB": database}
+    finally:
+        stop(proc, first=signal.SIGINT)  # PostgreSQL's fast shutdown (SIGTERM waits for every client)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def redis(folder: Path) -> Iterator[str]:
+    """A Redis server on a free loopback port, nothing persisted; yields its URL (database 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port, log = free_ports(1)[0], folder / "redis.log"
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: install it (Debian: apt-get install redis-server)")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                 "--save", "", "--appendonly", "no"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for_port(port, proc, "Redis", log)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)

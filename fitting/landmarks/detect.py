@@ -270,7 +270,8 @@ def detect_session(session_dir: str | os.PathLike[str], *, workers: int | None =
 
     ``workers`` processes (default ``min(cpu_count, 4)``) each own one detector; the
     pool starts them with ``spawn`` so no FaceMesh is ever inherited through fork.
-    ``workers=1`` runs inline. Results do not depend on the worker count.
+    ``workers=1`` runs inline, as does any call from a daemonic process (which may not have
+    children: a Celery prefork worker's task). Results do not depend on the worker count.
     ``progress(done_images, total_images)`` is called after each row.
     """
     session_dir = Path(session_dir)
@@ -283,6 +284,8 @@ def detect_session(session_dir: str | os.PathLike[str], *, workers: int | None =
     total, done = len(rows) * len(info.cameras), 0
     results: list[tuple[np.ndarray, ...] | None] = [None] * len(rows)
     n_workers = min(workers or min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS), len(rows))
+    if multiprocessing.current_process().daemon:
+        n_workers = 1  # a daemonic process (a Celery prefork worker's child) may not start processes
     if n_workers <= 1:
         with FaceMeshDetector(mirror=mirror) as detector:
             for i, row in enumerate(rows):
