@@ -270,7 +270,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"shard: {problem}")
         total = sum(s.bytes for s in report.samples)
-        print(f"{report.path.name}: {len(report.samples)} samples, {total} member bytes, "
+        print(f"{report.path.rsplit('/', 1)[-1]}: {len(report.samples)} samples, {total} member bytes, "
               f"{len(report.bad_samples)} with problems" + (f", {len(report.problems)} shard problem(s)"
                                                             if report.problems else ""))
     return EXIT_OK if report.ok else EXIT_INVALID

@@ -115,6 +115,8 @@ def test_inspect_reads_a_shard_in_the_bucket(s3_run, capsys) -> None:
         assert report.pop("path") == where and report["ok"]
         reports.append(report)
     assert reports[0] == reports[1] and len(reports[0]["samples"]) > 10
+    assert main(["inspect", url]) == 0  # the human-readable listing names the shard too
+    assert f"{url.rsplit('/', 1)[-1]}: {len(reports[0]['samples'])} samples" in capsys.readouterr().out
     assert main(["inspect", url + ".missing"]) == 2
     assert "no such shard" in capsys.readouterr().err
 
