@@ -68,9 +68,9 @@ def direct(captures: Path, sessions: list[str], storage: Path, processes: int) -
     import multiprocessing
 
     _fresh(storage)
-    threads = str(max(1, (os.cpu_count() or 1) // processes))  # as backfill_all_sessions shares the cores
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
-        os.environ[variable] = threads  # inherited by the pool's processes
+    from pipelines.deployment import thread_env
+
+    os.environ.update(thread_env(processes))  # inherited by the pool's processes, as the backfill's runs get it
     start = time.perf_counter()
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         times = list(pool.map(_direct_session, [str(captures)] * len(sessions), [f"file://{storage}"] * len(sessions),
@@ -80,16 +80,13 @@ def direct(captures: Path, sessions: list[str], storage: Path, processes: int) -
 
 def backfill(captures: Path, storage: Path, home: Path, workers: int) -> float:
     """(a): the sessions as a backfill on a fresh embedded instance; wall seconds."""
-    from pipelines.deployment import prepare_home, set_pool_limits
+    from pipelines.deployment import instance_at, prepare_home, set_pool_limits
     from pipelines.resources import CapturesResource, StorageResource
     from pipelines.runner import backfill_all_sessions
 
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
     _fresh(storage, home)
     prepare_home(home, workers)
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    instance = instance_at(home)
     set_pool_limits(instance, workers)
     start = time.perf_counter()
     runs = backfill_all_sessions(instance, home, CapturesResource(root=str(captures)),

@@ -34,14 +34,16 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         print(f"o2a pipeline run: captures root {args.captures} does not exist", file=sys.stderr)
         return EXIT_USAGE
     storage = StorageResource(url=args.storage)
+    from pipelines.deployment import instance_at
+
     with _dagster_home(args) as home:
         if args.in_process:
-            instance = dg.DagsterInstance.ephemeral() if home is None else _instance_at(home)
+            instance = dg.DagsterInstance.ephemeral() if home is None else instance_at(home)
         else:
             from pipelines.deployment import prepare_home, set_pool_limits
 
             written = prepare_home(home, _workers(args))
-            instance = _instance_at(home)
+            instance = instance_at(home)
             if written:
                 set_pool_limits(instance, _workers(args))
             else:
@@ -58,13 +60,6 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
 
 def _workers(args: argparse.Namespace) -> int:
     return args.workers or os.cpu_count() or 1
-
-
-def _instance_at(home: Path):
-    import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
-
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,19 @@ def prepare_home(home: Path, workers: int) -> bool:
     return True
 
 
+def instance_at(home: Path) -> dg.DagsterInstance:
+    """The Dagster instance configured by ``home``'s ``dagster.yaml`` (without setting ``DAGSTER_HOME`` here)."""
+    from dagster._core.instance.ref import InstanceRef
+
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def thread_env(workers: int) -> dict[str, str]:
+    """Thread counts for the numeric libraries of ``workers`` processes sharing the cores (no spinning threads)."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    return {variable: threads for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")}
+
+
 def set_pool_limits(instance: dg.DagsterInstance, workers: int) -> None:
     """Give each pool its slots in the instance (what ``dagster instance concurrency set`` does)."""
     for pool, limit in pool_limits(workers).items():
@@ -95,11 +109,11 @@ def running_daemon(env: dict[str, str], log_file: Path) -> Iterator[subprocess.P
         yield proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 15)
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 

@@ -79,9 +79,15 @@ def run_all_sessions(
         )
         failed = tuple(sorted(e.check_name for e in result.get_asset_check_evaluations() if not e.passed))
         runs.append(SessionRun(sid, result.success, failed))
-        status = "ok" if result.success and not failed else f"QUARANTINED (failed checks: {', '.join(failed)})" if failed else "FAILED"
-        log(f"  {sid}: {status}")
+        log(f"  {sid}: {_status(result.success, failed)}")
     return runs
+
+
+def _status(success: bool, failed_checks: tuple[str, ...], failure_detail: str = "") -> str:
+    """How a session run is reported: ok, quarantined (by which checks) or failed."""
+    if failed_checks:
+        return f"QUARANTINED (failed checks: {', '.join(failed_checks)})"
+    return "ok" if success else f"FAILED{failure_detail}"
 
 
 def build_dataset_index(instance: dg.DagsterInstance, storage: StorageResource,
@@ -194,21 +200,17 @@ def backfill_all_sessions(instance: dg.DagsterInstance, home: Path, captures: Ca
     the duration of the call. ``workers`` also sets how many threads each run's libraries use."""
     import os
 
-    from pipelines.deployment import daemon_alive, running_daemon, submit_backfill, wait_for_backfill
+    from pipelines.deployment import daemon_alive, running_daemon, submit_backfill, thread_env, wait_for_backfill
 
     found = sync_partitions(instance, captures)
     if not found:
         return []
     root = str(captures.root_path()) if captures.is_local else captures.root  # every process, whatever its cwd
     env = {**os.environ, "DAGSTER_HOME": str(home), "O2A_CAPTURES_ROOT": root, "O2A_STORAGE_URL": storage.url}
-    threads = str(max(1, (os.cpu_count() or 1) // workers))  # the runs share the cores: no spinning threads
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM"):
-        env.setdefault(variable, threads)
+    env = {**thread_env(workers), **env}  # the runs share the cores; a setting of the caller's wins
 
     def report(outcome) -> None:
-        status = ("ok" if outcome.status == "SUCCESS" and not outcome.failed_checks else
-                  f"QUARANTINED (failed checks: {', '.join(outcome.failed_checks)})" if outcome.failed_checks
-                  else f"FAILED (run {outcome.run_id}: see its log)")
+        status = _status(outcome.status == "SUCCESS", outcome.failed_checks, f" (run {outcome.run_id}: see its log)")
         log(f"  {outcome.partition}: {status} [{outcome.seconds:.0f} s]")
 
     if daemon_alive(instance):  # a deployment's own daemon dequeues the runs; never start a second one

@@ -16,15 +16,9 @@ import pandas as pd
 import pytest
 
 from capture_schema import derived_layout as layout
-from pipelines.deployment import CODE_LOCATION, prepare_home, running_daemon
+from pipelines.deployment import CODE_LOCATION, instance_at, prepare_home, running_daemon
 
 SENSOR_SECONDS = 3  # O2A_SENSOR_INTERVAL_SECONDS: the deployment default is 60
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    from dagster._core.instance.ref import InstanceRef
-
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
 def _wait(what: str, condition, timeout: float, daemon: subprocess.Popen, log: Path):
@@ -53,7 +47,7 @@ def test_a_session_dropped_in_is_ingested_and_indexed_by_the_daemon(prior_pipeli
     started = subprocess.run([dagster, "sensor", "start", *CODE_LOCATION, "--start-all"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stdout + started.stderr
-    instance, log = _instance(home), home / "daemon.log"
+    instance, log = instance_at(home), home / "daemon.log"
 
     with running_daemon(env, log) as daemon:
         # the sensor's first tick lists the (empty) root: a scan run

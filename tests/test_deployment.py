@@ -6,23 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from pipelines import pools
-from pipelines.deployment import WRITTEN_BY, pool_limits, prepare_home, set_pool_limits
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    from dagster._core.instance.ref import InstanceRef
-
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+from pipelines.deployment import WRITTEN_BY, instance_at, pool_limits, prepare_home, set_pool_limits
 
 
 @pytest.mark.parametrize("workers", [1, 2, 8])
 def test_embedded_instance_queues_at_most_workers_runs(tmp_path: Path, workers: int) -> None:
     assert prepare_home(tmp_path, workers)
-    instance = _instance(tmp_path)
+    instance = instance_at(tmp_path)
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
     assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == workers
     set_pool_limits(instance, workers)

@@ -22,19 +22,13 @@ import pytest
 
 from capture_schema import derived_layout as layout
 from pipelines.definitions import SESSION_ASSETS, session_job
-from pipelines.deployment import running_daemon, submit_backfill, wait_for_backfill
+from pipelines.deployment import instance_at, running_daemon, submit_backfill, wait_for_backfill
 
 REPO = Path(__file__).resolve().parents[1]
 N_SESSIONS = 3
 #: How long an unacknowledged step waits in Redis before another worker gets it: longer than any step
 #: of a 384 px session takes here (the slowest, shards, ~20 s), or a live worker's step would be re-sent too.
 REDELIVER_SECONDS = 45
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    from dagster._core.instance.ref import InstanceRef
-
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
 def _start_worker(name: str, env: dict[str, str], folder: Path) -> subprocess.Popen:
@@ -73,7 +67,7 @@ def test_backfill_on_postgres_celery_and_s3_survives_a_killed_worker(prior_pipel
                "O2A_CAPTURES_ROOT": str(prior_pipeline["captures"]), "O2A_STORAGE_URL": f"s3://{bucket_prefix}"}
         for key, value in pg.items():  # this process reads the instance too
             monkeypatch.setenv(key, value)
-        instance = _instance(home)
+        instance = instance_at(home)
         instance.add_dynamic_partitions("sessions", sessions)
         workers = {name: _start_worker(name, env, tmp_path) for name in ("w1", "w2")}
         try:
