@@ -3,9 +3,14 @@
 Format (shared by the simulator's ground truth and the calibration step)::
 
     {"rmse_px": float,
+     "source": str,            (optional: only an imported calibration has it)
      "cameras": {camera_id: {"width", "height", "fx", "fy", "cx", "cy",
                              "dist": [k1, k2, p1, p2, k3], "R": 3x3 world-to-camera,
                              "t": [3] metres, "rmse_px": float, "n_observations": int}}}
+
+``source`` says where cameras not computed from board captures came from
+(``"imported:colmap_text"``, see ``capture_schema.calibration_import``). It is written
+only when set, so a board calibration's file is byte-identical with or without the field.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from capture_schema.json_file import JsonFileError, read_json_file
 #: More observations than this is a corrupt count: 13 cameras x a few hundred board
 #: views x ~100 corners is ~10^6; 10^12 also keeps the count exact as a float64.
 MAX_OBSERVATIONS = 10**12
+#: ``source`` is a short label such as ``imported:colmap_binary``.
+MAX_SOURCE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Calibration:
     rmse_px: float = 0.0
     camera_rmse_px: dict[str, float] = field(default_factory=dict)
     n_observations: dict[str, int] = field(default_factory=dict)
+    source: str | None = None
 
     def to_dict(self) -> dict:
         cams = {}
@@ -40,7 +48,11 @@ class Calibration:
             block["rmse_px"] = float(self.camera_rmse_px.get(cam_id, 0.0))
             block["n_observations"] = int(self.n_observations.get(cam_id, 0))
             cams[cam_id] = block
-        return {"rmse_px": float(self.rmse_px), "cameras": cams}
+        out: dict = {"rmse_px": float(self.rmse_px)}
+        if self.source is not None:
+            out["source"] = self.source
+        out["cameras"] = cams
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Calibration":
@@ -59,7 +71,7 @@ class Calibration:
                 nobs[cam_id] = _count("n_observations", block.get("n_observations", 0))
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"camera {str(cam_id)[:80]!r}: {exc}") from None
-        return cls(cameras, _rmse("rmse_px", data.get("rmse_px", 0.0)), rmse, nobs)
+        return cls(cameras, _rmse("rmse_px", data.get("rmse_px", 0.0)), rmse, nobs, _source(data.get("source")))
 
 
 def _rmse(name: str, value: object) -> float:
@@ -68,6 +80,16 @@ def _rmse(name: str, value: object) -> float:
     if out < 0:
         raise ValueError(f"{name} must be at least 0 px, got {out!r}")
     return out
+
+
+def _source(value: object) -> str | None:
+    """Where the cameras came from: absent, or a short printable string."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SOURCE_CHARS or not value.isprintable():
+        raise ValueError(f"source must be a printable string of 1-{MAX_SOURCE_CHARS} characters, "
+                         f"got {str(value)[:40]!r}")
+    return value
 
 
 def _count(name: str, value: object) -> int:

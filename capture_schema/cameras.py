@@ -27,6 +27,10 @@ MAX_FOCAL_PX = 1e6
 MAX_DISTORTION_COEFF = 1e3
 #: Largest |t| in metres: a studio rig spans a few metres; 10 km is a wrong unit or garbage.
 MAX_TRANSLATION_M = 1e4
+#: Where other tools put the centre of the top-left pixel: COLMAP, nerfstudio and instant-ngp at
+#: (0.5, 0.5), OpenCV and this project at (0, 0). Their files hold principal points (and COLMAP
+#: keypoints) this much larger than ours; the converters add it on writing and remove it on reading.
+FILE_PIXEL_CENTRE = 0.5
 
 
 def _real(name: str, value: Any) -> float:

@@ -109,7 +109,8 @@ def _fingerprint_tree(digest: "hashlib._Hash", folder: Path, label: str) -> None
 
 def session_fingerprint(session_dir: Path) -> str:
     """A cheap change detector: every file's relative path, size and mtime (no image reads),
-    including the files of a calibration folder shared from outside the session."""
+    including the files of a calibration folder, or an imported calibration file, shared from outside
+    the session."""
     digest = hashlib.sha256()
     _fingerprint_tree(digest, session_dir, ".")
     calibration = read_session_fields(session_dir).calibration
@@ -117,4 +118,7 @@ def session_fingerprint(session_dir: Path) -> str:
         calib_dir = (session_dir / calibration).resolve()
         if not calib_dir.is_relative_to(session_dir.resolve()) and calib_dir.is_dir():
             _fingerprint_tree(digest, calib_dir, calibration)
+        elif not calib_dir.is_relative_to(session_dir.resolve()) and calib_dir.is_file():
+            st = calib_dir.stat()
+            digest.update(f"{calibration}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]

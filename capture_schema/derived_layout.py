@@ -36,6 +36,7 @@ DATASET = "dataset"
 PRIOR = "prior"
 FEWSHOT = "fewshot"
 ABLATIONS = "ablations"
+EXPORTS = "exports"
 
 #: Suffix of the one-file-per-session records (quarantine, calibration pointer).
 JSON_SUFFIX = ".json"
@@ -104,6 +105,17 @@ ABLATION_PLOT_FILE = "report.png"
 ABLATION_MARKDOWN_FILE = "report.md"
 ABLATIONS_REPORT = join(ABLATIONS, ABLATION_HTML_FILE)
 ABLATIONS_TABLE = join(ABLATIONS, ABLATION_TABLE_FILE)
+
+# Exports (training.export): one folder per frame ``<session>/<expression>/`` plus two files at the top.
+EXPORT_SUMMARY_FILE = "export.json"
+CONVENTIONS_FILE = "CONVENTIONS.md"
+EXPORT_IMAGES_DIR = "images"
+EXPORT_MASKS_DIR = "masks"
+EXPORT_COLMAP_DIR = "sparse/0"
+EXPORT_MESH_FILE = "mesh.ply"
+EXPORT_FIT_FILE = "fit.json"
+EXPORT_PICTURE_FILE = "cameras.png"
+EXPORT_CAMERA_FILES = (TRANSFORMS_FILE, CALIBRATION_FILE)  # nerfstudio's, and the image export's own cameras
 
 
 def ingest_dir(session_id: str) -> str:
@@ -268,6 +280,16 @@ def ablation_settings(name: str) -> str:
     return join(ablation_fewshot_dir(name), SETTINGS_FILE)
 
 
+def export_dir(name: str) -> str:
+    """An export the ``dataset_export`` asset made (``o2a export`` writes the same tree into any folder)."""
+    return join(EXPORTS, name)
+
+
+def export_frame_dir(session_id: str, expression: str) -> str:
+    """One frame's folder inside an export: what nerfstudio or COLMAP opens as a scene."""
+    return join(session_id, expression)
+
+
 # ---- Every file the pipeline writes -------------------------------------------------------------
 
 _ID = ID_PATTERN.pattern
@@ -302,6 +324,22 @@ def _fewshot_files(folder: str, who: str, **slots: str) -> list[tuple[re.Pattern
             (_rx(join(folder, FEWSHOT_REPORT_FILE), **slots), f"{who}: self-contained HTML report"),
             (_rx(join(folder, FEWSHOT_PLOT_FILE), **slots), f"{who}: PSNR against K plot"),
             (_rx(join(folder, FEWSHOT_SUMMARY_FILE), **slots), f"{who}: summary table (markdown)")]
+
+
+def _export_files(folder: str, **slots: str) -> list[tuple[re.Pattern[str], str]]:
+    frame = join(folder, export_frame_dir("<sid>", "<expression>"))
+    frame_slots = {**slots, "sid": _ID, "expression": _ID}
+    return [(_rx(join(folder, EXPORT_SUMMARY_FILE), **slots), "export: what was asked for, exported and missing"),
+            (_rx(join(folder, CONVENTIONS_FILE), **slots), "export: world frame, axes and pixels of every file"),
+            (_rx(join(frame, EXPORT_IMAGES_DIR, "<file>"), **frame_slots, file=r"[^/]+\.(?:jpg|png)"),
+             "export: a frame's image"),
+            (_rx(join(frame, EXPORT_MASKS_DIR, "<file>"), **frame_slots, file=r"[^/]+\.png"), "export: a head mask"),
+            (_rx(join(frame, EXPORT_COLMAP_DIR, "<file>"), **frame_slots, file=_one_of(COLMAP_TEXT_FILES)),
+             "export: a frame's COLMAP text model"),
+            (_rx(join(frame, "<file>"), **frame_slots, file=_one_of(EXPORT_CAMERA_FILES)), "export: a frame's cameras"),
+            (_rx(join(frame, EXPORT_MESH_FILE), **frame_slots), "export: the frame's posed 3DMM mesh"),
+            (_rx(join(frame, EXPORT_FIT_FILE), **frame_slots), "export: the frame's 3DMM parameters"),
+            (_rx(join(frame, EXPORT_PICTURE_FILE), **frame_slots), "export: cameras and fitted head, pictured")]
 
 
 _S = {"sid": _ID}
@@ -349,6 +387,7 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
     (_rx(ABLATIONS_REPORT), "ablation report: HTML"),
     (_rx(join(ABLATIONS, ABLATION_PLOT_FILE)), "ablation report: few-shot PSNR per configuration plot"),
     (_rx(join(ABLATIONS, ABLATION_MARKDOWN_FILE)), "ablation report: comparison (markdown)"),
+    *_export_files(export_dir("<name>"), **_N),
 ])
 
 

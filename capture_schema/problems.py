@@ -27,6 +27,9 @@ class ProblemCode(str, Enum):
     CALIBRATION_CAMERA_EMPTY = "calibration_camera_empty"
     CALIBRATION_BOARD_INVALID = "calibration_board_invalid"
     CALIBRATION_IMAGE_INVALID = "calibration_image_invalid"
+    CALIBRATION_FILE_INVALID = "calibration_file_invalid"
+    CALIBRATION_CAMERA_MISSING = "calibration_camera_missing"
+    CALIBRATION_SIZE_MISMATCH = "calibration_size_mismatch"
 
 
 #: What each code means, for docs, ``o2a validate`` and the Dagster UI.
@@ -42,10 +45,13 @@ PROBLEM_DESCRIPTIONS: dict[ProblemCode, str] = {
     ProblemCode.IMAGE_SIZE_MISMATCH: "an image whose size differs from the camera's other images",
     ProblemCode.DUPLICATE_IMAGE: "the same image bytes stored in two cells",
     ProblemCode.PATH_OUTSIDE_SESSION: "a path or symlink that leads outside the session folder",
-    ProblemCode.CALIBRATION_MISSING: "the calibration folder is absent",
+    ProblemCode.CALIBRATION_MISSING: "the calibration folder (or calibration .json file) is absent",
     ProblemCode.CALIBRATION_CAMERA_EMPTY: "the calibration folder has no board images for a camera",
     ProblemCode.CALIBRATION_BOARD_INVALID: "calibration board.json is absent or invalid",
     ProblemCode.CALIBRATION_IMAGE_INVALID: "a board image that is corrupt, refused, or one of two for the same moment",
+    ProblemCode.CALIBRATION_FILE_INVALID: "the calibration .json file session.json names cannot be read or is not a calibration",
+    ProblemCode.CALIBRATION_CAMERA_MISSING: "the calibration .json file lacks a camera the session lists",
+    ProblemCode.CALIBRATION_SIZE_MISMATCH: "the calibration .json file's image size for a camera differs from its images",
 }
 
 # Which check reports which codes (the Dagster asset checks of ``session_manifest``).
@@ -69,7 +75,8 @@ GRID_CODES = frozenset(
 IMAGE_INTEGRITY_CODES = frozenset({ProblemCode.IMAGE_CORRUPT, ProblemCode.DUPLICATE_IMAGE})
 CALIBRATION_CODES = frozenset(
     {ProblemCode.CALIBRATION_MISSING, ProblemCode.CALIBRATION_CAMERA_EMPTY, ProblemCode.CALIBRATION_BOARD_INVALID,
-     ProblemCode.CALIBRATION_IMAGE_INVALID}
+     ProblemCode.CALIBRATION_IMAGE_INVALID, ProblemCode.CALIBRATION_FILE_INVALID, ProblemCode.CALIBRATION_CAMERA_MISSING,
+     ProblemCode.CALIBRATION_SIZE_MISMATCH}
 )
 
 

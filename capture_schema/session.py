@@ -38,6 +38,7 @@ class SessionInfo:
     captured_at: str
     expressions: tuple[str, ...] = DEFAULT_EXPRESSIONS
     cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    #: Relative path: a folder of board captures, or a ``.json`` calibration file (``calibration_import``).
     calibration: str = DEFAULT_CALIBRATION_DIR
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -120,7 +121,8 @@ def parse_session_fields(data: Any, folder_name: str | None = None) -> ParsedSes
     cameras = _check_id_list(data, "cameras", problems) if "cameras" in data else None
     calibration = data.get("calibration", DEFAULT_CALIBRATION_DIR)
     if not isinstance(calibration, str) or not calibration or Path(calibration).is_absolute():
-        problems.append(_invalid("calibration", f"must be a relative folder path, got {calibration!r}"))
+        problems.append(_invalid("calibration", "must be a relative path to a calibration folder or to a "
+                                                f"calibration .json file (o2a import-calibration), got {calibration!r}"))
         calibration = None
     if problems:
         return ParsedSession(None, problems, expressions, cameras, calibration)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from capture_schema.board import BoardSpecError, read_board
+from capture_schema.calibration_file import Calibration, read_calibration
+from capture_schema.calibration_import import is_calibration_file
 from capture_schema.image_check import EXTENSION_FORMATS, ImageCorrupt, ImageLimits, check_image_bytes, read_capture_file
 from capture_schema.layout import BOARD_FILE, DEFAULT_CALIBRATION_DIR, IMAGE_EXTENSIONS, IMAGES_DIR, SESSION_FILE, is_valid_id
 from capture_schema.problems import Problem, ProblemCode
@@ -217,6 +219,51 @@ def _check_calibration(session_dir: Path, rel: str, cameras: tuple[str, ...] | N
                                         f"{header}; re-export or re-capture this board image"))
 
 
+def _check_calibration_file(session_dir: Path, rel: str, cameras: tuple[str, ...] | None,
+                            problems: list[Problem]) -> Calibration | None:
+    """A calibration made elsewhere (``o2a import-calibration``): a regular file inside the captures root
+    that reads as calibration.json and holds every camera the session lists. Returns it when it reads."""
+    path = session_dir / rel
+    fix = f"write it with `o2a import-calibration SRC --out {rel}`"
+    if not _inside(path, session_dir.parent):
+        problems.append(Problem(rel, ProblemCode.PATH_OUTSIDE_SESSION,
+                                "calibration path leads outside the captures root; keep shared calibrations beside the sessions"))
+        return None
+    if path.is_symlink():
+        problems.append(Problem(rel, ProblemCode.CALIBRATION_FILE_INVALID, "is a symlink; copy the calibration file in"))
+        return None
+    if not path.exists():
+        problems.append(Problem(rel, ProblemCode.CALIBRATION_MISSING, f"calibration file '{rel}' not found; {fix}"))
+        return None
+    try:
+        calibration = read_calibration(path)
+    except ValueError as exc:
+        reason = getattr(exc, "reason", str(exc))
+        problems.append(Problem(rel, ProblemCode.CALIBRATION_FILE_INVALID, f"not a calibration.json: {reason}; {fix}"))
+        return None
+    held = ", ".join(calibration.cameras)
+    for camera in cameras or ():
+        if camera not in calibration.cameras:
+            problems.append(Problem(rel, ProblemCode.CALIBRATION_CAMERA_MISSING,
+                                    f"no camera '{camera}' in the calibration (it holds {held[:400]}); re-import it "
+                                    "with that camera, or fix session.json's cameras"))
+    return calibration
+
+
+def _check_calibration_sizes(report: ValidationReport, rel: str, calibration: Calibration) -> None:
+    """Each camera's image size in an imported calibration is the size of that camera's images."""
+    sizes: dict[str, Counter] = defaultdict(Counter)
+    for rec in report.images:
+        sizes[rec.camera_id][(rec.width, rec.height)] += 1
+    for camera, counts in sorted(sizes.items()):
+        cam = calibration.cameras.get(camera)
+        (width, height), _ = counts.most_common(1)[0]
+        if cam is not None and (cam.width, cam.height) != (width, height):
+            report.problems.append(Problem(rel, ProblemCode.CALIBRATION_SIZE_MISMATCH,
+                                           f"camera '{camera}' is {cam.width}x{cam.height} in the calibration but its "
+                                           f"images are {width}x{height}; import a calibration made at the capture size"))
+
+
 def _check_top_level(session_dir: Path, calibration: str | None, problems: list[Problem]) -> None:
     allowed = {SESSION_FILE, IMAGES_DIR, Path(calibration or DEFAULT_CALIBRATION_DIR).parts[0]}
     for entry in sorted(session_dir.iterdir()):
@@ -260,10 +307,15 @@ def validate_session(
     report = ValidationReport(session_dir, parsed.info, problems=list(parsed.problems))
     _check_top_level(session_dir, parsed.calibration, report.problems)
     cells = _grid_cells(session_dir, parsed.expressions, parsed.cameras, report.problems)
-    if parsed.calibration is not None:
+    imported = None
+    if parsed.calibration is not None and is_calibration_file(parsed.calibration):
+        imported = _check_calibration_file(session_dir, parsed.calibration, parsed.cameras, report.problems)
+    elif parsed.calibration is not None:
         _check_calibration(session_dir, parsed.calibration, parsed.cameras, limits, report.problems)
     report.images = _hash_cells(session_dir, cells, deep, workers, progress, limits, report.problems)
     _check_consistency(report)
+    if imported is not None:
+        _check_calibration_sizes(report, parsed.calibration, imported)
     return report
 
 

@@ -14,7 +14,9 @@ from typing import Sequence
 
 from capture_schema import derived_layout as layout
 from pipelines.cli_ablation import add_ablation_commands
+from pipelines.cli_calibration_import import add_import_calibration_command
 from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, command_name, os_error_message
+from pipelines.cli_export import add_export_commands
 from pipelines.cli_fewshot import add_fewshot_command
 from pipelines.cli_pipeline import add_pipeline_commands
 from pipelines.cli_prior import add_prior_commands
@@ -343,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_prior_commands(sub)
     add_fewshot_command(sub)
     add_ablation_commands(sub)
+    add_export_commands(sub)
+    add_import_calibration_command(sub)
     return parser
 
 

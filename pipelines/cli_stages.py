@@ -131,11 +131,13 @@ def calibrate_session_command(args: argparse.Namespace) -> int:
     finally:
         close()
     calibration = made.calibration
-    how = "reused (same board captures and camera order as an earlier session)" if made.reused else "calibrated"
+    imported = calibration.source is not None
+    how = ("reused (same inputs and camera order as an earlier session)" if made.reused
+           else f"from an imported calibration ({calibration.source})" if imported else "calibrated")
     print(f"{session_id}: rmse {calibration.rmse_px:.3f} px over {len(calibration.cameras)} cameras, {how} -> "
           f"{store.uri(made.folder)}")
     print(f"  pointer: {store.uri(layout.calibration_pointer(session_id))}")
-    for cam_id in calibration.cameras:
+    for cam_id in calibration.cameras if not imported else ():  # an imported calibration has no residuals
         print(f"  {cam_id}: rmse {calibration.camera_rmse_px.get(cam_id, 0.0):.3f} px, "
               f"{calibration.n_observations.get(cam_id, 0)} corners")
     if calibration.rmse_px > max_rmse:

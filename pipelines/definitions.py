@@ -7,6 +7,7 @@ import dagster as dg
 from pipelines.assets.ablation import build_ablation_assets, spec_from_environment
 from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.dataset_index import dataset_index
+from pipelines.assets.export import dataset_export
 from pipelines.assets.face_fits import face_fits
 from pipelines.assets.fewshot import fewshot_report
 from pipelines.assets.ingest import capture_folders, session_manifest
@@ -23,6 +24,8 @@ CAPTURES_ASSETS = [capture_folders]
 SESSION_ASSETS = [session_manifest, camera_calibration, face_landmarks, face_fits, session_shards]
 #: Assets over the whole dataset, materialised after the sessions.
 DATASET_ASSETS = [dataset_index]
+#: A configured part of the dataset exported for nerfstudio, COLMAP or as images (``o2a export`` without Dagster).
+EXPORT_ASSETS = [dataset_export]
 #: The avatar prior, trained on the index's train split (a new index marks it stale).
 PRIOR_ASSETS = [avatar_prior]
 #: Few-shot adaptation of the prior to the held-out subjects, scored and reported.
@@ -60,6 +63,12 @@ fewshot_job = dg.define_asset_job(
     description="Adapt the avatar prior to each held-out subject from K images and write the report.",
 )
 
+export_job = dg.define_asset_job(
+    "export_dataset",
+    selection=dg.AssetSelection.assets(*EXPORT_ASSETS),
+    description="Export the cells the run config selects (exports/<name>/ of the storage root).",
+)
+
 ablation_job = dg.define_asset_job(
     "run_ablation_configuration",
     selection=dg.AssetSelection.assets(*ABLATION_ASSETS.per_configuration),
@@ -74,8 +83,9 @@ prior_refresh = dg.ScheduleDefinition(
     description="Retrain the avatar prior on the current index, then its few-shot report (off until started).")
 
 defs = dg.Definitions(
-    assets=CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS + list(ABLATION_ASSETS),
-    jobs=[captures_job, session_job, dataset_job, prior_job, fewshot_job, ablation_job],
+    assets=(CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + EXPORT_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS
+            + list(ABLATION_ASSETS)),
+    jobs=[captures_job, session_job, dataset_job, export_job, prior_job, fewshot_job, ablation_job],
     sensors=[build_session_sensor(session_job, captures_job), build_automation_sensor()],
     schedules=[prior_refresh],
     resources=default_resources(),

@@ -62,7 +62,7 @@ HEAVY_FIXTURES = frozenset({"sim_dataset", "sim_landmarks", "prior_pipeline", "t
 PRIOR_CHAIN, SIM_GROUP = "prior_chain", "sim_dataset"
 SECOND_WORKER = {"test_ablation_assets.py": "ablation", "test_prior_quality.py": "prior_quality",
                  "test_object_storage.py": "scale_out", "test_daemon.py": "scale_out",
-                 "test_distributed.py": "scale_out"}
+                 "test_distributed.py": "scale_out", "test_export.py": "export"}
 _UNIT_ORDER = (PRIOR_CHAIN, SIM_GROUP, "tests/test_calibration.py", *SECOND_WORKER.values())
 
 

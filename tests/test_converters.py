@@ -150,7 +150,9 @@ def test_readable_models_known_answer_and_pycolmap_projection(model, params, exp
 
 
 def test_pycolmap_projection_matches_camera_project(tmp_path):
-    """Same pixels from pycolmap and Camera.project: the pixel conventions agree (no 0.5 shift)."""
+    """pycolmap projects a written model's points half a pixel right of and below ``Camera.project``:
+    COLMAP's top-left pixel centre is (0.5, 0.5), OpenCV's (0, 0); the unshifted parameters
+    (``camera_to_colmap``, what the bundle adjustment uses) give the same pixels."""
     cameras = random_rig()
     points = random_points()
     write_colmap_model(cameras, tmp_path / "m", binary=True)
@@ -158,13 +160,13 @@ def test_pycolmap_projection_matches_camera_project(tmp_path):
     by_name = {img.name: img for img in rec.images.values()}
     for cam_id, cam in cameras.items():
         model, params = camera_to_colmap(cam)
-        assert model == ("OPENCV" if cam.dist[4] == 0 else "FULL_OPENCV")
+        assert model == ("PINHOLE" if not any(cam.dist) else "OPENCV" if cam.dist[4] == 0 else "FULL_OPENCV")
         theirs = pycolmap.Camera(camera_id=1, model=model, width=cam.width, height=cam.height, params=params)
         pixels = theirs.img_from_cam(cam.world_to_camera(points))
         np.testing.assert_allclose(pixels, cam.project(points), rtol=0, atol=1e-6)
         image = by_name[cam_id]
         projected = np.array([image.project_point(p) for p in points])
-        np.testing.assert_allclose(projected, cam.project(points), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(projected, cam.project(points) + 0.5, rtol=0, atol=1e-6)
 
 
 # --- round trips -------------------------------------------------------------------
@@ -206,7 +208,8 @@ def test_colmap_points_and_observations(tmp_path, binary):
         assert seen == (["cam00", "cam02"] if j % 3 == 0 else ["cam00", "cam01", "cam02"])
         for el in point.track.elements:
             xy = rec.images[el.image_id].points2D[el.point2D_idx].xy
-            np.testing.assert_allclose(xy, observations[names[el.image_id]][j], atol=1e-9)
+            # COLMAP's keypoints put the centre of the top-left pixel at (0.5, 0.5), ours at (0, 0)
+            np.testing.assert_allclose(xy, observations[names[el.image_id]][j] + 0.5, atol=1e-9)
     assert_same_cameras(cameras, read_colmap_model(tmp_path / "m"))
     # re-running on unchanged input gives byte-identical files
     write_colmap_model(cameras, tmp_path / "again", points, observations, binary=binary)

@@ -147,6 +147,12 @@ EXAMPLES = [
     "ablations/balanced/fewshot/psnr_vs_k.png", "ablations/balanced/fewshot/summary.md",
     "ablations/balanced/fewshot/settings.json",
     "ablations/report.parquet", "ablations/report.html", "ablations/report.png", "ablations/report.md",
+    "exports/handout/export.json", "exports/handout/CONVENTIONS.md", "exports/h/s1/neutral/images/mid_C00.jpg",
+    "exports/h/s1/smile/images/up_L30.png", "exports/h/s1/neutral/masks/mid_C00.png",
+    *(f"exports/h/s1/neutral/sparse/0/{n}" for n in ("cameras.txt", "images.txt", "points3D.txt", "rigs.txt",
+                                                     "frames.txt")),
+    "exports/h/s1/neutral/transforms.json", "exports/h/s1/neutral/calibration.json", "exports/h/s1/neutral/mesh.ply",
+    "exports/h/s1/neutral/fit.json", "exports/h/s1/neutral/cameras.png",
 ]
 
 STRAY = [
@@ -156,6 +162,8 @@ STRAY = [
     "landmarks/s1/landmarks.zarr/landmarks/c/x", "landmarks/s1/landmarks.zarr/landmarks/c/", "face_fits/s1/fit.zarr",
     "calibrations/k/colmap/cameras.bin", "prior/anchored/checkpoint.pt.tmp", "fewshot/anchored/adapted/s/e/3/checkpoint.pt",
     "ablations/balanced/fewshot/runs.json", "dataset/index.parquet\n", "ingest/s1/Manifest.parquet",
+    "exports/h/s1/neutral/images/mid_C00.gif", "exports/h/s1/neutral/masks/mid_C00.jpg", "exports/h/s1/mesh.ply",
+    "exports/h/s1/neutral/sparse/1/cameras.txt", "exports/h/export.json/x",
 ]
 
 

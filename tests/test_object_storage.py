@@ -151,3 +151,22 @@ def test_mirror_follows_the_bucket(s3_run, tmp_path: Path) -> None:
     assert mirror.fingerprint(sid) != before
     mirror.session(sid)
     assert images[0].read_bytes() == b"replaced" and not images[1].exists()
+
+
+def test_export_from_the_bucket_equals_the_export_from_disk(s3_run, tmp_path: Path) -> None:
+    """``o2a export`` reads the index and only the shards it needs from ``s3://``; every exported file
+    equals the local export's, and export.json differs only in naming its source."""
+    from pipelines.cli import main
+
+    session = s3_run["sessions"][0]
+    for name, storage in (("bucket", s3_run["storage"].url), ("disk", f"file://{s3_run['local']}")):
+        assert main(["export", str(tmp_path / name), "--format", "nerfstudio", "--storage", storage,
+                     "--sessions", session, "--expressions", "neutral,smile"]) == 0
+    files = {p.relative_to(tmp_path / "disk") for p in (tmp_path / "disk").rglob("*") if p.is_file()}
+    assert files == {p.relative_to(tmp_path / "bucket") for p in (tmp_path / "bucket").rglob("*") if p.is_file()}
+    assert len(files) > 2 * 13 * 2
+    for rel in files - {Path("export.json")}:
+        assert (tmp_path / "disk" / rel).read_bytes() == (tmp_path / "bucket" / rel).read_bytes(), rel
+    summaries = [json.loads((tmp_path / name / "export.json").read_text()) for name in ("bucket", "disk")]
+    assert summaries[0].pop("source").startswith("s3://") and summaries[1].pop("source").startswith("file://")
+    assert summaries[0] == summaries[1] and summaries[0]["cells"] == 26

@@ -142,6 +142,17 @@ def _board_json_link_out(s: Path) -> None:
     (s / "calibration" / "board.json").symlink_to(outside)
 
 
+def _calibration_file(s: Path, cameras: tuple[str, ...] | None = None, size: int = 512) -> None:
+    """Point session.json at a calibration .json file (what ``o2a import-calibration`` writes) of a rig of
+    ``size`` px images holding ``cameras`` (default: all thirteen)."""
+    from capture_schema.calibration_file import Calibration, write_calibration
+    from capture_simulator.rig import default_rig
+
+    rig = default_rig(size=size)
+    write_calibration(s / "rig.json", Calibration({c: rig[c] for c in cameras or rig}))
+    _edit_session_json(s, calibration="rig.json")
+
+
 def _nested_session_json(s: Path) -> None:
     (s / "session.json").write_text("[" * 100_000 + "]" * 100_000)
 
@@ -174,6 +185,11 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], ProblemCode]] = [
     ("calibration camera empty", _empty_camera_calibration, ProblemCode.CALIBRATION_CAMERA_EMPTY),
     ("board.json invalid", lambda s: (s / "calibration" / "board.json").write_text('{"type": "charuco"}'), ProblemCode.CALIBRATION_BOARD_INVALID),
     ("board.json missing", lambda s: (s / "calibration" / "board.json").unlink(), ProblemCode.CALIBRATION_BOARD_INVALID),
+    ("calibration file not a calibration", lambda s: (_calibration_file(s), (s / "rig.json").write_text("[]")),
+     ProblemCode.CALIBRATION_FILE_INVALID),
+    ("calibration file lacks a camera", lambda s: _calibration_file(s, (CAM,)), ProblemCode.CALIBRATION_CAMERA_MISSING),
+    ("calibration file of another image size", lambda s: _calibration_file(s, size=100),
+     ProblemCode.CALIBRATION_SIZE_MISMATCH),
     # Hostile input: each refused with a code, never a hang, a traceback or an unbounded read.
     ("FIFO in an image cell", _fifo_cell, ProblemCode.IMAGE_CORRUPT),
     ("header-only 20000 px PNGs", _huge_pngs, ProblemCode.IMAGE_CORRUPT),

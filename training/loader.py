@@ -32,8 +32,7 @@ import json
 import multiprocessing
 import os
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -41,43 +40,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from capture_schema.layout import sample_key
+from training.selection import SampleFilter
 from training.shards.format import (CAMERA_BLOCK, FIT_BLOCK, FORMAT_FIELD, IMAGE_BLOCK, JSON_MEMBER, SHARD_FORMAT,
                                     TRAIN_BLOCK, train_size)
 from training.shards.read import shard_samples
 
 FIT_FIELDS = ("identity", "expression", "rotation", "translation")
-
-
-def _frozen(values: Collection[str] | None, name: str) -> frozenset[str] | None:
-    if values is None:
-        return None
-    if isinstance(values, str):  # a bare string would silently become a set of characters
-        raise TypeError(f"SampleFilter.{name} must be a collection of ids, not the string {values!r}")
-    return frozenset(values)
-
-
-@dataclass(frozen=True)
-class SampleFilter:
-    """Which samples to keep; None in a field means "all". All given fields must match."""
-
-    subjects: frozenset[str] | None = None
-    cameras: frozenset[str] | None = None
-    expressions: frozenset[str] | None = None
-    keys: frozenset[str] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("subjects", "cameras", "expressions", "keys"):
-            object.__setattr__(self, name, _frozen(getattr(self, name), name))
-
-    def matches(self, meta: dict) -> bool:
-        for allowed, value in ((self.subjects, meta.get("subject_id")), (self.cameras, meta.get("camera_id")),
-                               (self.expressions, meta.get("expression"))):
-            if allowed is not None and value not in allowed:
-                return False
-        return self.keys is None or (
-            sample_key(str(meta.get("session_id")), str(meta.get("expression")), str(meta.get("camera_id")))
-            in self.keys)
 
 
 # ---------------------------------------------------------------- splitting

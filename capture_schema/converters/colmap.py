@@ -1,10 +1,15 @@
 """OpenCV cameras <-> COLMAP sparse models (``cameras``, ``images``, ``points3D``).
 
-COLMAP and OpenCV share axes (x right, y down, z forward), world-to-camera poses
-and the pixel convention (pixel centres at integers), so only the parameter
-layout changes: no 0.5 shift, no axis flip. Our ``k1 k2 p1 p2 k3`` maps to
+COLMAP and OpenCV share axes (x right, y down, z forward) and world-to-camera
+poses, so no axis flips; but COLMAP puts the centre of the top-left pixel at
+(0.5, 0.5) where OpenCV puts it at (0, 0), so a model file's principal point and
+keypoints are ours plus ``FILE_PIXEL_CENTRE`` (``write_colmap_model`` adds it,
+``read_colmap_model`` removes it). ``camera_to_colmap`` / ``intrinsics_from_colmap``
+map parameters only, unshifted: the bundle adjustment runs pycolmap on our pixels. Our ``k1 k2 p1 p2 k3`` maps to
 COLMAP's ``OPENCV`` model when ``k3 == 0`` and to ``FULL_OPENCV`` (``k4..k6 = 0``)
-otherwise, because COLMAP has no five-term model.
+otherwise, because COLMAP has no five-term model; a camera without distortion (an
+undistorted export) is ``PINHOLE``, the one model dense tools such as Gaussian
+splatting trainers accept.
 
 A written model holds one COLMAP camera and one image per rig camera, camera
 ids ``1..N`` in the mapping's order, each camera in its own trivial rig (the
@@ -18,13 +23,14 @@ pycolmap is imported inside the functions (it is heavy and not fork-friendly).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from capture_schema.atomic import atomic_directory
-from capture_schema.cameras import Camera
+from capture_schema.cameras import FILE_PIXEL_CENTRE, Camera
 from capture_schema.layout import IMAGE_EXTENSIONS
 
 #: Parameter names per COLMAP model we can read without losing information.
@@ -47,6 +53,8 @@ Intrinsics = tuple[float, float, float, float, tuple[float, float, float, float,
 def camera_to_colmap(camera: Camera) -> tuple[str, list[float]]:
     """COLMAP model name and parameter list for ``camera``'s intrinsics."""
     k1, k2, p1, p2, k3 = camera.dist
+    if not any(camera.dist):
+        return "PINHOLE", [float(camera.fx), float(camera.fy), float(camera.cx), float(camera.cy)]
     params = [camera.fx, camera.fy, camera.cx, camera.cy, k1, k2, p1, p2]
     if k3 == 0.0:
         return "OPENCV", [float(p) for p in params]
@@ -191,7 +199,7 @@ def write_colmap_model(
     rec = pycolmap.Reconstruction()
     point_idx: dict[int, list[tuple[int, int]]] = {j: [] for j in range(len(points))}
     for colmap_id, (cam_id, cam) in enumerate(cameras.items(), start=1):
-        model, params = camera_to_colmap(cam)
+        model, params = camera_to_colmap(replace(cam, cx=cam.cx + FILE_PIXEL_CENTRE, cy=cam.cy + FILE_PIXEL_CENTRE))
         rec.add_camera_with_trivial_rig(
             pycolmap.Camera(camera_id=colmap_id, model=model, width=cam.width, height=cam.height, params=params)
         )
@@ -200,7 +208,7 @@ def write_colmap_model(
         for p2d_idx, j in enumerate(seen):
             point_idx[int(j)].append((colmap_id, p2d_idx))
         image = pycolmap.Image(
-            name=f"{cam_id}{image_ext}", keypoints=uv[seen].reshape(-1, 2), camera_id=colmap_id, image_id=colmap_id
+            name=f"{cam_id}{image_ext}", keypoints=uv[seen].reshape(-1, 2) + FILE_PIXEL_CENTRE, camera_id=colmap_id, image_id=colmap_id
         )
         cam_from_world = pycolmap.Rigid3d(np.hstack([cam.R, cam.t[:, None]]))
         rec.add_image_with_trivial_frame(image, cam_from_world)
@@ -259,8 +267,8 @@ def read_colmap_model(model_dir: str | os.PathLike[str]) -> dict[str, Camera]:
             height=int(colmap_cam.height),
             fx=fx,
             fy=fy,
-            cx=cx,
-            cy=cy,
+            cx=cx - FILE_PIXEL_CENTRE,
+            cy=cy - FILE_PIXEL_CENTRE,
             dist=dist,
             R=pose[:, :3],
             t=pose[:, 3],

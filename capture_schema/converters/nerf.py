@@ -4,7 +4,8 @@ NeRF tools store camera-to-world matrices in the OpenGL camera convention
 (x right, y up, z backward), so the OpenCV camera's y and z axes are flipped:
 ``c2w = [[R^T diag(1, -1, -1), C], [0, 0, 0, 1]]`` with ``C = -R^T t``. Intrinsics
 are written per frame (``fl_x fl_y cx cy w h k1 k2 p1 p2 k3``, ``camera_model:
-"OPENCV"``) because every rig camera has its own. The world frame is ours,
+"OPENCV"``) because every rig camera has its own; ``cx cy`` are in NeRF tools' pixel
+convention (centre of the top-left pixel at (0.5, 0.5)), i.e. ours plus ``FILE_PIXEL_CENTRE``. The world frame is ours,
 unchanged: no recentring or rescaling, so readers must not apply any either.
 
 Layout::
@@ -30,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from capture_schema.atomic import atomic_write_json
-from capture_schema.cameras import Camera
+from capture_schema.cameras import FILE_PIXEL_CENTRE, Camera
 
 CAMERA_MODEL = "OPENCV"
 #: Flips OpenCV camera axes (y down, z forward) to OpenGL's (y up, z backward); its own inverse.
@@ -77,8 +78,8 @@ def cameras_to_transforms(
             "camera_model": CAMERA_MODEL,
             "fl_x": float(cam.fx),
             "fl_y": float(cam.fy),
-            "cx": float(cam.cx),
-            "cy": float(cam.cy),
+            "cx": float(cam.cx + FILE_PIXEL_CENTRE),
+            "cy": float(cam.cy + FILE_PIXEL_CENTRE),
             "w": int(cam.width),
             "h": int(cam.height),
         }
@@ -121,8 +122,8 @@ def _frame_to_camera(frame: Mapping[str, Any], top: Mapping[str, Any]) -> Camera
         height=_as_int(values["h"], "h"),
         fx=float(values["fl_x"]),
         fy=float(values["fl_y"]),
-        cx=float(values["cx"]),
-        cy=float(values["cy"]),
+        cx=float(values["cx"]) - FILE_PIXEL_CENTRE,
+        cy=float(values["cy"]) - FILE_PIXEL_CENTRE,
         dist=tuple(float(frame.get(k, top.get(k, 0.0))) for k in _DIST_KEYS),
         R=R,
         t=t,

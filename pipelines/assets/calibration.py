@@ -10,6 +10,7 @@ import dagster as dg
 from capture_schema import derived_layout as layout
 from capture_schema.reuse import MissingUpstreamError
 from pipelines.assets.ingest import session_manifest
+from pipelines.assets.metadata_images import png_markdown
 from pipelines.partitions import sessions_partitions
 from pipelines.resources import CapturesResource, StorageResource
 
@@ -35,6 +36,27 @@ def _camera_table(calibration) -> str:
         lines.append(f"| {cam_id} | {calibration.camera_rmse_px.get(cam_id, 0.0):.3f} | "
                      f"{calibration.n_observations.get(cam_id, 0)} | {cam.fx:.1f} | {cam.fy:.1f} |")
     return "\n".join(lines)
+
+
+def _cameras_markdown(session_id: str, cameras) -> str:
+    """The rig as labelled frusta around a stand-in head, to see that the cameras look at it.
+
+    No head is fitted yet, so the head is the built-in face model's neutral mesh placed at
+    ``rig_target`` (where the optical axes meet), upright and facing the rig's front. The built-in
+    model, not the configured one: it ships with the code (the configured model may be a large
+    licensed file), and a ``face_model`` resource would have to be supplied by every run of this asset.
+    """
+    from fitting.face_models.builtin import builtin_face_model
+    from fitting.rig_picture import place_head, rig_picture
+
+    model = builtin_face_model()
+    try:
+        head = place_head(cameras, model.vertices())
+    except ValueError:  # the optical axes meet nowhere (a single camera): the frusta alone
+        return png_markdown(rig_picture(cameras, title=f"{session_id}: cameras"), "cameras")
+    png = rig_picture(cameras, head, model.faces,
+                      title=f"{session_id}: cameras; head = neutral built-in face where the cameras look (no fit yet)")
+    return png_markdown(png, "cameras")
 
 
 @dg.asset(
@@ -79,6 +101,7 @@ def camera_calibration(
             "reused": made.reused,
             "calibration_key": made.key,
             "per_camera": dg.MetadataValue.md(_camera_table(calibration)),
+            "cameras_picture": dg.MetadataValue.md(_cameras_markdown(session_id, calibration.cameras)),
             "calibration_json": dg.MetadataValue.path(store.uri(layout.calibration_file(made.key))),
         },
         check_results=[check],

@@ -29,7 +29,8 @@ PREVIEW_ROWS = 8
 CHECKS = {
     "grid_complete": (SESSION_FILE_CODES | GRID_CODES, "session.json is valid and every (expression, camera) cell holds exactly one image of the camera's size"),
     "images_intact": (IMAGE_INTEGRITY_CODES, "no image is corrupt or truncated, and no two cells hold the same bytes"),
-    "calibration_present": (CALIBRATION_CODES, "the calibration folder has a valid board.json and board images for every camera"),
+    "calibration_present": (CALIBRATION_CODES, "the calibration folder has a valid board.json and board images for "
+                            "every camera, or the imported calibration file reads and covers every camera at its size"),
 }
 
 
