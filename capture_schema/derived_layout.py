@@ -52,6 +52,8 @@ CAPTURES_ROOT_LISTING = join(INGEST, CAPTURES_ROOT_FILE)
 # A calibration folder (fitting.calibration.write_calibration_outputs).
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_REPORT_FILE = "calibration_report.json"
+#: The rig pictured (``fitting.rig_picture.stand_in_picture``): frusta around a stand-in head.
+CALIBRATION_PICTURE_FILE = "cameras.png"
 TRANSFORMS_FILE = "transforms.json"
 COLMAP_DIR = "colmap"
 #: What pycolmap's ``Reconstruction.write_text`` (4.x) writes into ``colmap/``.
@@ -356,6 +358,7 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
     (_rx(calibration_file("<key>"), key=_ID), "calibration: cameras of the rig"),
     (_rx(join(calibration_dir("<key>"), CALIBRATION_REPORT_FILE), key=_ID), "calibration: detections and residuals"),
     (_rx(join(calibration_dir("<key>"), TRANSFORMS_FILE), key=_ID), "calibration: NeRF-style transforms.json"),
+    (_rx(join(calibration_dir("<key>"), CALIBRATION_PICTURE_FILE), key=_ID), "calibration: the cameras pictured"),
     (_rx(join(calibration_dir("<key>"), COLMAP_DIR, "<file>"), key=_ID, file=_one_of(COLMAP_TEXT_FILES)),
      "calibration: COLMAP text model"),
     (_rx(calibration_pointer("<sid>"), **_S), "calibration pointer: which calibration a session uses"),

@@ -235,3 +235,20 @@ def _small_png(png: bytes) -> bytes:
     out = io.BytesIO()
     palette.save(out, format="PNG", optimize=True)
     return out.getvalue()
+
+
+def stand_in_picture(cameras: Mapping[str, Camera]) -> bytes:
+    """The rig before any fit: the frusta around the built-in model's neutral face placed where the optical
+    axes meet (``place_head``); the frusta alone when they meet nowhere (one camera, parallel axes).
+
+    The built-in model, not the configured one: it ships with the code and loads at once, where the
+    configured model may be a large licensed file the calibration step otherwise never needs."""
+    from fitting.face_models.builtin import builtin_face_model
+
+    model = builtin_face_model()
+    try:
+        head = place_head(cameras, model.vertices())
+    except ValueError:
+        return rig_picture(cameras, title="cameras of the rig (their optical axes do not meet)")
+    return rig_picture(cameras, head, model.faces,
+                       title="cameras of the rig; head: the built-in neutral face where the optical axes meet")

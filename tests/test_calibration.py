@@ -282,7 +282,8 @@ def test_world_frame_residuals_and_colmap_agree(sim_result) -> None:
 def test_outputs_written_atomically_and_readable(sim_result, tmp_path, monkeypatch) -> None:
     out = write_calibration_outputs(sim_result, tmp_path / "calib_out")
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        layout.CALIBRATION_FILE, layout.CALIBRATION_REPORT_FILE, layout.COLMAP_DIR, layout.TRANSFORMS_FILE])
+        layout.CALIBRATION_FILE, layout.CALIBRATION_REPORT_FILE, layout.COLMAP_DIR, layout.TRANSFORMS_FILE,
+        layout.CALIBRATION_PICTURE_FILE])
     back = read_calibration(out / layout.CALIBRATION_FILE)
     assert list(back.cameras) == list(sim_result.cameras)
     assert back.rmse_px == pytest.approx(sim_result.rmse_px)

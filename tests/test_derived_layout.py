@@ -126,7 +126,7 @@ EXAMPLES = [
     "ingest/s1/manifest.parquet", "ingest/s1/problems.parquet", "ingest/s1/summary.json",
     "ingest/captures_root.json", "quarantine/A-b_9.json",
     "calibrations/0123abcd4567ef89/calibration.json", "calibrations/0123abcd4567ef89/calibration_report.json",
-    "calibrations/0123abcd4567ef89/transforms.json",
+    "calibrations/0123abcd4567ef89/transforms.json", "calibrations/0123abcd4567ef89/cameras.png",
     *(f"calibrations/0123abcd4567ef89/colmap/{n}" for n in
       ("cameras.txt", "images.txt", "points3D.txt", "rigs.txt", "frames.txt")),
     "calibration_by_session/s1.json",

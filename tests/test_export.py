@@ -29,6 +29,9 @@ EXPRESSIONS = ["neutral", "smile", "mouth_open"]
 #: The calibration at 384 px errs by up to ~0.75 px on the face (measured on this simulation with the
 #: truth projected through the stored calibration, no export involved); the export must add nothing.
 MAX_PX = 1.0
+#: The exported mesh is the fit, not the truth: its landmark vertices land 1.8-2.1 px (mean per camera)
+#: from the true landmarks on this simulation (measured); a mesh in another frame would be tens of px off.
+MESH_MEAN_PX = 3.0
 
 
 def _truth(prior_pipeline, session_id: str) -> dict:
@@ -70,6 +73,25 @@ def exports(prior_pipeline, tmp_path_factory) -> dict:
     return {"out": out, "session": session, "truth": truth, "to_calibrated": (R, t)}
 
 
+def _ply_vertices(path: Path) -> np.ndarray:
+    """Vertex positions of a binary little-endian PLY with float x y z and uchar red green blue, read by hand."""
+    header, body = path.read_bytes().split(b"end_header\n", 1)
+    assert header.startswith(b"ply\nformat binary_little_endian 1.0\n")
+    n = int(next(line for line in header.decode().splitlines() if line.startswith("element vertex")).split()[-1])
+    return np.frombuffer(body[:n * 15], dtype=[("xyz", "<f4", 3), ("rgb", "u1", 3)])["xyz"].astype(np.float64)
+
+
+def _nerfstudio_pixels(frame: dict, points: np.ndarray) -> np.ndarray:
+    """``points`` (world) projected through one transforms.json frame as nerfstudio documents it, in the
+    simulator's pixel convention (top-left pixel centre at (0, 0))."""
+    c2w = np.asarray(frame["transform_matrix"])
+    local = (points - c2w[:3, 3]) @ c2w[:3, :3]  # OpenGL camera frame: x right, y up, looking down -z
+    x, y = local[:, 0] / -local[:, 2], -local[:, 1] / -local[:, 2]
+    xd, yd = _distort(x, y, *(frame[k] for k in ("k1", "k2", "p1", "p2", "k3")))
+    uv = np.stack([frame["fl_x"] * xd + frame["cx"], frame["fl_y"] * yd + frame["cy"]], axis=1)
+    return uv - 0.5  # nerfstudio's top-left pixel centre is (0.5, 0.5)
+
+
 def _true_points(exports, expression: str) -> tuple[np.ndarray, np.ndarray, int]:
     truth = exports["truth"]
     e = truth["expressions"].index(expression)
@@ -84,22 +106,20 @@ def test_nerfstudio_export_projects_the_true_landmarks_onto_its_images(exports):
         doc = json.loads((folder / "transforms.json").read_text())
         points, landmarks, _ = _true_points(exports, expression)
         assert doc["camera_model"] == "OPENCV" and len(doc["frames"]) == len(cam_ids)
+        assert doc["orientation_override"] == "none"  # nerfstudio keeps the world frame's axes
+        mesh = _ply_vertices(folder / doc["ply_file_path"])[:len(points)]  # built-in model: landmark i = vertex i
         for frame in doc["frames"]:
-            c2w = np.asarray(frame["transform_matrix"])
-            local = (points - c2w[:3, 3]) @ c2w[:3, :3]  # OpenGL camera frame: x right, y up, looking down -z
-            x, y = local[:, 0] / -local[:, 2], -local[:, 1] / -local[:, 2]
-            xd, yd = _distort(x, y, *(frame[k] for k in ("k1", "k2", "p1", "p2", "k3")))
-            uv = np.stack([frame["fl_x"] * xd + frame["cx"], frame["fl_y"] * yd + frame["cy"]], axis=1)
-            uv -= 0.5  # nerfstudio's top-left pixel centre is (0.5, 0.5), the simulator's (0, 0)
+            uv = _nerfstudio_pixels(frame, points)
             true_uv = landmarks[cam_ids.index(frame["camera_id"]), :len(uv)]
             assert np.linalg.norm(uv - true_uv, axis=1).max() < MAX_PX, (expression, frame["camera_id"])
+            fitted = np.linalg.norm(_nerfstudio_pixels(frame, mesh) - true_uv, axis=1).mean()
+            assert fitted < MESH_MEAN_PX, (expression, frame["camera_id"], fitted)
             image = cv2.imread(str(folder / frame["file_path"]))
             assert image.shape[:2] == (frame["h"], frame["w"])
             mask = cv2.imread(str(folder / frame["mask_path"]), cv2.IMREAD_GRAYSCALE)
             assert mask.shape == image.shape[:2] and set(np.unique(mask)) <= {0, 255}
             inside = np.round(true_uv).astype(int)
             assert mask[inside[:, 1].clip(0, frame["h"] - 1), inside[:, 0].clip(0, frame["w"] - 1)].mean() > 0.9 * 255
-        assert (folder / doc["ply_file_path"]).read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
 
 
 def test_colmap_export_is_undistorted_and_pycolmap_projects_the_truth_onto_it(exports):
@@ -125,8 +145,12 @@ def test_colmap_export_is_undistorted_and_pycolmap_projects_the_truth_onto_it(ex
                                           P=K).reshape(-1, 2)
             assert np.linalg.norm(uv - true_uv, axis=1).max() < MAX_PX, (expression, cam_id)
             ours = cv2.imread(str(folder / "images" / image.name)).astype(np.float64)
-            reference = cv2.undistort(cv2.imread(str(original / f["file_path"])), K, dist).astype(np.float64)
-            assert np.abs(ours - reference).mean() < 1.0  # JPEG re-encoding only
+            source = cv2.imread(str(original / f["file_path"]))
+            reference = cv2.undistort(source, K, dist).astype(np.float64)
+            moved = np.abs(reference - source).max(axis=2) > 16  # where undistortion moves an edge
+            assert moved.sum() > 50, cam_id
+            # there the export is OpenCV's undistorted image (up to JPEG re-encoding), not the original
+            assert np.abs(ours - reference)[moved].mean() < 0.3 * np.abs(source - reference)[moved].mean(), cam_id
 
 
 def test_filters_export_exactly_the_requested_cells_and_report_missing_ones(prior_pipeline, tmp_path):

@@ -168,5 +168,6 @@ def test_export_from_the_bucket_equals_the_export_from_disk(s3_run, tmp_path: Pa
     for rel in files - {Path("export.json")}:
         assert (tmp_path / "disk" / rel).read_bytes() == (tmp_path / "bucket" / rel).read_bytes(), rel
     summaries = [json.loads((tmp_path / name / "export.json").read_text()) for name in ("bucket", "disk")]
-    assert summaries[0].pop("source").startswith("s3://") and summaries[1].pop("source").startswith("file://")
+    assert summaries[0].pop("source") == f"{s3_run['storage'].url}/{layout.INDEX}"
+    assert summaries[1].pop("source") == str(s3_run["local"] / layout.INDEX)
     assert summaries[0] == summaries[1] and summaries[0]["cells"] == 26

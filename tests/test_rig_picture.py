@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from capture_schema import derived_layout as layout
 from capture_schema.cameras import Camera, look_at
 from fitting.face_models.builtin import builtin_face_model
 from fitting.rig_picture import PICTURE_PX, place_head, rig_picture, rig_target
@@ -137,3 +138,7 @@ def test_calibration_metadata_shows_the_rig(session_copy) -> None:
     encoded = re.fullmatch(r"!\[cameras\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
     assert encoded, markdown[:200]
     _assert_drawing(_decode(base64.b64decode(encoded.group(1))))
+    # drawn once, with the calibration, and read back for every session that uses it
+    key = result.asset_materializations_for_node("camera_calibration")[0].metadata["calibration_key"].value
+    stored = session_copy.parent.parent / "derived" / layout.calibration_dir(key) / layout.CALIBRATION_PICTURE_FILE
+    assert stored.read_bytes() == base64.b64decode(encoded.group(1))

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from capture_schema import derived_layout as layout
-from capture_schema.atomic import atomic_directory, atomic_write_json
+from capture_schema.atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from capture_schema.board import BoardSpec, board_to_dict
 from capture_schema.calibration_file import Calibration, write_calibration
 from capture_schema.cameras import Camera
@@ -53,6 +53,7 @@ from fitting.calibration.detect import (
 from fitting.calibration.errors import CalibrationError
 from fitting.calibration.initialize import InitialRig, initialize_rig
 from fitting.calibration.refine import LOSS_SCALE_PX, CameraResiduals, RefinedRig, refine_rig
+from fitting.rig_picture import stand_in_picture
 
 __all__ = [
     "CalibrationError",
@@ -290,7 +291,8 @@ def _colmap_points(result: CalibrationResult) -> tuple[np.ndarray, dict[str, np.
 
 
 def write_calibration_outputs(result: CalibrationResult, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``calibration.json``, ``colmap/``, ``transforms.json`` and ``calibration_report.json``.
+    """Write ``calibration.json``, ``colmap/``, ``transforms.json``, ``calibration_report.json`` and the
+    camera picture (``cameras.png``).
 
     Built in a temporary sibling of ``out_dir`` and renamed into place (an existing
     ``out_dir`` is replaced whole only once the new one is complete). An ``out_dir``
@@ -308,6 +310,7 @@ def write_calibration_outputs(result: CalibrationResult, out_dir: str | os.PathL
         _check_colmap_written(tmp / layout.COLMAP_DIR, len(result.cameras), len(points))
         write_transforms(tmp / layout.TRANSFORMS_FILE, result.cameras)
         atomic_write_json(tmp / layout.CALIBRATION_REPORT_FILE, result.report(timings=False))
+        atomic_write_bytes(tmp / layout.CALIBRATION_PICTURE_FILE, stand_in_picture(result.cameras))
     return out_dir
 
 

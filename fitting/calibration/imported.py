@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from capture_schema import derived_layout as layout
-from capture_schema.atomic import atomic_directory, atomic_write_json, canonical_json
+from capture_schema.atomic import atomic_directory, atomic_write_bytes, atomic_write_json, canonical_json
 from capture_schema.calibration_file import Calibration, read_calibration, write_calibration
 from capture_schema.calibration_import import SOURCE_PREFIX, select_cameras
 from capture_schema.converters import write_colmap_model, write_transforms
+from fitting.rig_picture import stand_in_picture
 
 #: ``source`` given to a calibration.json that says nothing about its origin (e.g. ``o2a calibrate --out``).
 CALIBRATION_JSON_SOURCE = f"{SOURCE_PREFIX}calibration_json"
@@ -62,7 +63,7 @@ def imported_report(calibration: Calibration) -> dict:
 
 
 def write_imported_outputs(calibration: Calibration, out_dir: str | os.PathLike[str]) -> Path:
-    """The four files of a calibration result folder, built in a temporary sibling and renamed into place."""
+    """The files of a calibration result folder, built in a temporary sibling and renamed into place."""
     from fitting.calibration.calibrate import _check_colmap_written
 
     out_dir = Path(out_dir)
@@ -72,4 +73,5 @@ def write_imported_outputs(calibration: Calibration, out_dir: str | os.PathLike[
         _check_colmap_written(tmp / layout.COLMAP_DIR, len(calibration.cameras), 0)
         write_transforms(tmp / layout.TRANSFORMS_FILE, calibration.cameras)
         atomic_write_json(tmp / layout.CALIBRATION_REPORT_FILE, imported_report(calibration))
+        atomic_write_bytes(tmp / layout.CALIBRATION_PICTURE_FILE, stand_in_picture(calibration.cameras))
     return out_dir

@@ -38,25 +38,15 @@ def _camera_table(calibration) -> str:
     return "\n".join(lines)
 
 
-def _cameras_markdown(session_id: str, cameras) -> str:
-    """The rig as labelled frusta around a stand-in head, to see that the cameras look at it.
+def _cameras_markdown(store, key: str, cameras) -> str:
+    """The rig's picture, written with the calibration (``fitting.rig_picture.stand_in_picture``); drawn
+    here only for a calibration published before pictures were."""
+    picture = layout.join(layout.calibration_dir(key), layout.CALIBRATION_PICTURE_FILE)
+    if store.exists(picture):
+        return png_markdown(store.read_bytes(picture), "cameras")
+    from fitting.rig_picture import stand_in_picture
 
-    No head is fitted yet, so the head is the built-in face model's neutral mesh placed at
-    ``rig_target`` (where the optical axes meet), upright and facing the rig's front. The built-in
-    model, not the configured one: it ships with the code (the configured model may be a large
-    licensed file), and a ``face_model`` resource would have to be supplied by every run of this asset.
-    """
-    from fitting.face_models.builtin import builtin_face_model
-    from fitting.rig_picture import place_head, rig_picture
-
-    model = builtin_face_model()
-    try:
-        head = place_head(cameras, model.vertices())
-    except ValueError:  # the optical axes meet nowhere (a single camera): the frusta alone
-        return png_markdown(rig_picture(cameras, title=f"{session_id}: cameras"), "cameras")
-    png = rig_picture(cameras, head, model.faces,
-                      title=f"{session_id}: cameras; head = neutral built-in face where the cameras look (no fit yet)")
-    return png_markdown(png, "cameras")
+    return png_markdown(stand_in_picture(cameras), "cameras")
 
 
 @dg.asset(
@@ -101,7 +91,7 @@ def camera_calibration(
             "reused": made.reused,
             "calibration_key": made.key,
             "per_camera": dg.MetadataValue.md(_camera_table(calibration)),
-            "cameras_picture": dg.MetadataValue.md(_cameras_markdown(session_id, calibration.cameras)),
+            "cameras_picture": dg.MetadataValue.md(_cameras_markdown(store, made.key, calibration.cameras)),
             "calibration_json": dg.MetadataValue.path(store.uri(layout.calibration_file(made.key))),
         },
         check_results=[check],

@@ -16,10 +16,9 @@ from capture_schema.manifest import parquet_bytes
 from capture_schema.reuse import (CODE_VERSIONS, MissingUpstreamError, fingerprint, library_version,
                                   recorded_fingerprint, recorded_outcome, write_record)
 from fitting.calibration.session import read_session_calibration, session_calibration_digest
-from fitting.face_models.base import FaceModel
 from pipelines.assets.calibration import camera_calibration
 from pipelines.assets.landmarks import face_landmarks
-from pipelines.assets.metadata_images import png_markdown, thumbnail_markdown
+from pipelines.assets.metadata_images import thumbnail_markdown
 from pipelines.assets.store_io import load_face_model
 from training.stage_io import finite
 from fitting.face_fit.quality import CAMERA_CONSISTENCY_MAX, FIT_QUALITY_MAX, MIN_CAMERA_VIEWS
@@ -71,12 +70,12 @@ def face_fits(
               "face_model": face_model.choice().identity(), "torch": library_version("torch")}
     fp = fingerprint("face_fits", inputs)
     outcome = recorded_outcome(store, target, fp) if landmarks_fp else None
-    reused, model = outcome is not None, None
+    reused = outcome is not None
     if reused:
         context.log.info(f"{session_id}: landmarks, calibration and face model unchanged since the fit at "
                          f"{store.uri(target)}: reusing it")
     else:
-        outcome, model = _fit(context, captures, store, face_model, session_id, target, fp, inputs)
+        outcome = _fit(context, captures, store, face_model, session_id, target, fp, inputs)
     if outcome["flagged_frames"]:
         context.log.warning(f"frames fitted from fewer than 2 views or not at all: {outcome['flagged_frames']}")
     fit_quality, cameras = _gate_checks(outcome, config)
@@ -90,7 +89,6 @@ def face_fits(
             "views": dg.MetadataValue.json(outcome["views"]),
             "flagged_frames": dg.MetadataValue.json(outcome["flagged_frames"]),
             "overlay": dg.MetadataValue.md(_overlay_markdown(store, session_id, outcome["overlay_caption"])),
-            "cameras_and_fit": dg.MetadataValue.md(_rig_markdown(store, session_id, face_model, model)),
             "fit_zarr": dg.MetadataValue.path(store.uri(layout.fit_zarr(session_id))),
             "views_table": dg.MetadataValue.path(store.uri(layout.fit_views(session_id))),
             "reused": reused,
@@ -136,29 +134,9 @@ def _overlay_markdown(store, session_id: str, caption: str | None) -> str:
     return f"{caption}\n\n{thumbnail_markdown(overlay, 'fit overlay')}"
 
 
-def _rig_markdown(store, session_id: str, face_model: FaceModelResource, model: FaceModel | None = None) -> str:
-    """The cameras around the first fitted frame's posed mesh (``fitting.rig_picture``): a camera that
-    looks past the head or is rolled shows at a glance. ``model`` is loaded for its faces if not given."""
-    from fitting.face_fit.fitter import FRAME_OK
-    from fitting.face_fit.session import read_session_fit
-    from fitting.rig_picture import rig_picture
-
-    cameras = read_session_calibration(store, session_id).cameras
-    with store.local_directory(layout.fit_zarr(session_id)) as path:
-        session_fit = read_session_fit(path)
-    frames = np.flatnonzero(session_fit.fit.frame_status == FRAME_OK)
-    if len(frames) == 0:
-        return png_markdown(rig_picture(cameras, title=f"{session_id}: no frame fitted"), "cameras")
-    e = int(frames[0])
-    png = rig_picture(cameras, session_fit.fit.vertices[e], (model or load_face_model(face_model)).faces,
-                      title=f"{session_id}: cameras and the fitted {session_fit.expressions[e]} frame")
-    return png_markdown(png, "cameras and fitted head")
-
-
 def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, face_model: FaceModelResource,
-         session_id: str, target: str, fp: str, inputs: dict) -> tuple[dict, FaceModel]:
-    """Fit, publish the fit zarr, the views table, the overlay and ``inputs.json`` together; the outcome
-    summary and the model."""
+         session_id: str, target: str, fp: str, inputs: dict) -> dict:
+    """Fit, publish the fit zarr, the views table, the overlay and ``inputs.json`` together; the outcome summary."""
     from fitting.face_fit.overlay import session_overlay
     from fitting.face_fit.quality import evaluate_fit
     from fitting.face_fit.session import FitInputError, fit_session, fit_views_table, write_session_fit
@@ -199,4 +177,4 @@ def _fit(context: dg.AssetExecutionContext, captures: CapturesResource, store, f
             cv2.imwrite(str(Path(tmp) / layout.FIT_OVERLAY_FILE), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         write_record(Path(tmp), fp, inputs, outcome)
         store.put_directory(tmp, target)
-    return outcome, model
+    return outcome

@@ -72,6 +72,7 @@ def write_cameras(folder: Path, fmt: str, cameras: Mapping[str, Camera], image_e
                 frame["mask_path"] = mask_path(frame["camera_id"])
         if mesh:
             doc["ply_file_path"] = MESH_FILE
+        doc["orientation_override"] = "none"  # nerfstudio's parser would otherwise re-orient the world
         atomic_write_bytes(folder / TRANSFORMS_FILE, canonical_json(doc).encode())
         return [TRANSFORMS_FILE]
     if fmt == "colmap":
