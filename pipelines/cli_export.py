@@ -119,9 +119,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 log=lambda line: print(f"  {line}", file=sys.stderr))
     except (StageError, ValueError) as exc:
         return _fail("export", str(exc))
+    unknown = "".join(f"; not in the dataset: {name} {', '.join(values)}" for name, values in report.unknown.items())
     print(f"exported {report.cells} image(s) in {len(report.frames)} frame(s) as {report.format} "
           f"({'undistorted' if report.undistorted else 'original images'}) -> {report.out}; "
-          f"{len(report.missing_cells)} requested cell(s) missing (listed in export.json)")
+          f"{len(report.missing_cells)} requested cell(s) missing (listed in export.json){unknown}")
     return EXIT_OK
 
 

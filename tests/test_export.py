@@ -153,9 +153,9 @@ def test_colmap_export_is_undistorted_and_pycolmap_projects_the_truth_onto_it(ex
             assert np.abs(ours - reference)[moved].mean() < 0.3 * np.abs(source - reference)[moved].mean(), cam_id
 
 
-def test_filters_export_exactly_the_requested_cells_and_report_missing_ones(prior_pipeline, tmp_path):
-    """A cell dropped from a copy of the index is reported missing, in export.json and by ``o2a list``;
-    everything else asked for is exported, and nothing that was not asked for."""
+def test_filters_export_exactly_the_requested_cells_and_report_missing_ones(prior_pipeline, tmp_path, capsys):
+    """A cell dropped from a copy of the index is reported missing in export.json, and a subject the dataset
+    lacks is named; everything else asked for is exported, and nothing that was not asked for."""
     storage = tmp_path / "storage"
     index = pq.read_table(prior_pipeline["index"])
     sessions, cameras = prior_pipeline["sessions"][1:3], ["mid_C00", "up_L30"]
@@ -167,8 +167,11 @@ def test_filters_export_exactly_the_requested_cells_and_report_missing_ones(prio
     out = tmp_path / "out"
     args = ["--storage", f"file://{storage}", "--sessions", ",".join(sessions), "--expressions", "neutral,smile",
             "--cameras", ",".join(cameras)]
-    assert main(["export", str(out), "--format", "images", "--no-picture", *args]) == 0
+    assert main(["export", str(out), "--format", "images", "--no-picture", *args, "--subjects", "nobody,"
+                 + ",".join(sorted(set(index.to_pandas().set_index("session_id").loc[sessions, "subject_id"])))]) == 0
+    assert "not in the dataset: subjects nobody" in capsys.readouterr().out
     report = json.loads((out / "export.json").read_text())
+    assert report["unknown_filter_values"] == {"subjects": ["nobody"]}
     assert report["missing_cells"] == [gone] and report["cells"] == 2 * 2 * 2 - 1
     written = {str(p.relative_to(out)) for p in out.rglob("images/*")}
     assert written == {f"{s}/{e}/images/{c}.jpg" for s in sessions for e in ("neutral", "smile") for c in cameras
