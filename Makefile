@@ -58,6 +58,7 @@ bench: setup
 	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.prior
 	$(PY) -m benchmarks.anchor_search
+	$(PY) -m benchmarks.prior_profile
 	$(PY) -m benchmarks.fewshot
 	$(PY) -m benchmarks.scale
 
