@@ -100,11 +100,15 @@ def _fingerprint_tree(digest: "hashlib._Hash", folder: Path, label: str) -> None
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            try:
-                st = path.lstat()
-            except OSError:
-                continue
-            digest.update(f"{label}/{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            _fingerprint_file(digest, path, f"{label}/{path.relative_to(folder)}")
+
+
+def _fingerprint_file(digest: "hashlib._Hash", path: Path, label: str) -> None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return
+    digest.update(f"{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
 
 def session_fingerprint(session_dir: Path) -> str:
@@ -116,9 +120,10 @@ def session_fingerprint(session_dir: Path) -> str:
     calibration = read_session_fields(session_dir).calibration
     if calibration is not None:
         calib_dir = (session_dir / calibration).resolve()
-        if not calib_dir.is_relative_to(session_dir.resolve()) and calib_dir.is_dir():
+        if calib_dir.is_relative_to(session_dir.resolve()):
+            pass  # already in the session's own tree
+        elif calib_dir.is_dir():
             _fingerprint_tree(digest, calib_dir, calibration)
-        elif not calib_dir.is_relative_to(session_dir.resolve()) and calib_dir.is_file():
-            st = calib_dir.stat()
-            digest.update(f"{calibration}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        elif calib_dir.is_file():
+            _fingerprint_file(digest, calib_dir, calibration)
     return digest.hexdigest()[:16]

@@ -252,12 +252,8 @@ def _check_calibration_file(session_dir: Path, rel: str, cameras: tuple[str, ...
 
 def _check_calibration_sizes(report: ValidationReport, rel: str, calibration: Calibration) -> None:
     """Each camera's image size in an imported calibration is the size of that camera's images."""
-    sizes: dict[str, Counter] = defaultdict(Counter)
-    for rec in report.images:
-        sizes[rec.camera_id][(rec.width, rec.height)] += 1
-    for camera, counts in sorted(sizes.items()):
+    for camera, (width, height) in sorted(_camera_sizes(report.images).items()):
         cam = calibration.cameras.get(camera)
-        (width, height), _ = counts.most_common(1)[0]
         if cam is not None and (cam.width, cam.height) != (width, height):
             report.problems.append(Problem(rel, ProblemCode.CALIBRATION_SIZE_MISMATCH,
                                            f"camera '{camera}' is {cam.width}x{cam.height} in the calibration but its "
@@ -358,17 +354,23 @@ def _hash_cells(session_dir: Path, cells: dict[tuple[str, str], str], deep: bool
     return records
 
 
+def _camera_sizes(images: Iterable[ImageRecord]) -> dict[str, tuple[int, int]]:
+    """Each camera's image size: the most common among its cells (the odd ones out are the mismatches)."""
+    by_camera: dict[str, Counter] = defaultdict(Counter)
+    for rec in images:
+        by_camera[rec.camera_id][(rec.width, rec.height)] += 1
+    return {camera: counts.most_common(1)[0][0] for camera, counts in by_camera.items()}
+
+
 def _check_consistency(report: ValidationReport) -> None:
     """Image sizes agree per camera; no two cells hold the same bytes."""
-    by_camera: dict[str, list[ImageRecord]] = defaultdict(list)
-    for rec in report.images:
-        by_camera[rec.camera_id].append(rec)
-    for camera, recs in by_camera.items():
-        common, _ = Counter((r.width, r.height) for r in recs).most_common(1)[0]
-        for rec in recs:
-            if (rec.width, rec.height) != common:
-                report.problems.append(Problem(rec.relative_path, ProblemCode.IMAGE_SIZE_MISMATCH,
-                                               f"{rec.width}x{rec.height} but camera '{camera}' images are {common[0]}x{common[1]}"))
+    common = _camera_sizes(report.images)
+    order = {camera: i for i, camera in enumerate(common)}  # cameras in first-seen order, as reported before
+    for rec in sorted(report.images, key=lambda r: order[r.camera_id]):
+        size = common[rec.camera_id]
+        if (rec.width, rec.height) != size:
+            report.problems.append(Problem(rec.relative_path, ProblemCode.IMAGE_SIZE_MISMATCH,
+                                           f"{rec.width}x{rec.height} but camera '{rec.camera_id}' images are {size[0]}x{size[1]}"))
     by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
     for rec in report.images:
         by_hash[rec.sha256].append(rec)

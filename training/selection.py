@@ -101,9 +101,9 @@ def select(index: pa.Table, coverage: Mapping | None = None, sample_filter: Samp
     splits = _frozen(splits, "splits")
     frame = index.to_pandas()
     rows = frame[_matching(frame, sample_filter, splits)].sort_values("key").reset_index(drop=True)
-    missing = _missing_frame(frame, (coverage or {}).get("missing_cells", []))
-    missing = sorted(missing[_matching(missing, sample_filter, splits)].key) if len(missing) else []
-    known = pd.concat([frame, _missing_frame(frame, (coverage or {}).get("missing_cells", []))])
+    expected = _missing_frame(frame, (coverage or {}).get("missing_cells", []))
+    missing = sorted(expected[_matching(expected, sample_filter, splits)].key) if len(expected) else []
+    known = pd.concat([frame, expected])
     unknown = {}
     for name, column in FILTER_COLUMNS.items():
         asked = getattr(sample_filter, name)

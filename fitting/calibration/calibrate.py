@@ -307,14 +307,14 @@ def write_calibration_outputs(result: CalibrationResult, out_dir: str | os.PathL
     with atomic_directory(out_dir) as tmp:
         write_calibration(tmp / layout.CALIBRATION_FILE, result.calibration)
         write_colmap_model(result.cameras, tmp / layout.COLMAP_DIR, points3d=points, observations=observations)
-        _check_colmap_written(tmp / layout.COLMAP_DIR, len(result.cameras), len(points))
+        check_colmap_written(tmp / layout.COLMAP_DIR, len(result.cameras), len(points))
         write_transforms(tmp / layout.TRANSFORMS_FILE, result.cameras)
         atomic_write_json(tmp / layout.CALIBRATION_REPORT_FILE, result.report(timings=False))
         atomic_write_bytes(tmp / layout.CALIBRATION_PICTURE_FILE, stand_in_picture(result.cameras))
     return out_dir
 
 
-def _check_colmap_written(model_dir: Path, n_images: int, n_points: int) -> None:
+def check_colmap_written(model_dir: Path, n_images: int, n_points: int) -> None:
     """Read the COLMAP model back: pycolmap's writer does not report a failed write.
 
     Measured under a file-size limit (EFBIG): its C++ streams stop writing and return

@@ -20,6 +20,7 @@ from capture_schema.atomic import atomic_directory, atomic_write_bytes, atomic_w
 from capture_schema.calibration_file import Calibration, read_calibration, write_calibration
 from capture_schema.calibration_import import SOURCE_PREFIX, select_cameras
 from capture_schema.converters import write_colmap_model, write_transforms
+from fitting.calibration.calibrate import check_colmap_written
 from fitting.rig_picture import stand_in_picture
 
 #: ``source`` given to a calibration.json that says nothing about its origin (e.g. ``o2a calibrate --out``).
@@ -64,13 +65,11 @@ def imported_report(calibration: Calibration) -> dict:
 
 def write_imported_outputs(calibration: Calibration, out_dir: str | os.PathLike[str]) -> Path:
     """The files of a calibration result folder, built in a temporary sibling and renamed into place."""
-    from fitting.calibration.calibrate import _check_colmap_written
-
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         write_calibration(tmp / layout.CALIBRATION_FILE, calibration)
         write_colmap_model(calibration.cameras, tmp / layout.COLMAP_DIR)
-        _check_colmap_written(tmp / layout.COLMAP_DIR, len(calibration.cameras), 0)
+        check_colmap_written(tmp / layout.COLMAP_DIR, len(calibration.cameras), 0)
         write_transforms(tmp / layout.TRANSFORMS_FILE, calibration.cameras)
         atomic_write_json(tmp / layout.CALIBRATION_REPORT_FILE, imported_report(calibration))
         atomic_write_bytes(tmp / layout.CALIBRATION_PICTURE_FILE, stand_in_picture(calibration.cameras))

@@ -47,11 +47,11 @@ def dataset_export(context: dg.AssetExecutionContext, config: ExportConfig, stor
                    face_model: FaceModelResource) -> dg.MaterializeResult:
     """The selected cells (images, cameras, masks, 3DMM fits and meshes) as nerfstudio, COLMAP or plain images."""
     from training.export.run import export_dataset
-    from training.selection import SampleFilter
+    from training.selection import FILTER_COLUMNS, SampleFilter
     from training.stage_io import StageError
 
     store = storage.storage()
-    chosen = {k: getattr(config, k) or None for k in ("subjects", "sessions", "expressions", "cameras")}
+    chosen = {k: getattr(config, k) or None for k in FILTER_COLUMNS}
     relpath = layout.export_dir(config.name)
     with tempfile.TemporaryDirectory(prefix="o2a-export-") as tmp:
         out = Path(tmp) / config.name

@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 
 from capture_schema import derived_layout as layout
-from capture_schema.atomic import atomic_write_bytes, canonical_json
+from capture_schema.atomic import atomic_write_json
 from capture_schema.calibration_file import Calibration, write_calibration
 from capture_schema.cameras import Camera
 from capture_schema.converters import cameras_to_transforms, write_colmap_model
@@ -34,17 +34,14 @@ FORMATS = ("nerfstudio", "colmap", "images")
 #: build on a sparse model (Gaussian splatting trainers, dense MVS) accept PINHOLE cameras only.
 UNDISTORT_BY_DEFAULT = {"nerfstudio": False, "colmap": True, "images": False}
 
-IMAGES_DIR, MASKS_DIR, COLMAP_MODEL_DIR = layout.EXPORT_IMAGES_DIR, layout.EXPORT_MASKS_DIR, layout.EXPORT_COLMAP_DIR
-MESH_FILE, FIT_FILE, PICTURE_FILE = layout.EXPORT_MESH_FILE, layout.EXPORT_FIT_FILE, layout.EXPORT_PICTURE_FILE
-TRANSFORMS_FILE, CALIBRATION_FILE = layout.TRANSFORMS_FILE, layout.CALIBRATION_FILE
 
 
 def image_path(camera_id: str, ext: str) -> str:
-    return f"{IMAGES_DIR}/{camera_id}.{ext}"
+    return f"{layout.EXPORT_IMAGES_DIR}/{camera_id}.{ext}"
 
 
 def mask_path(camera_id: str) -> str:
-    return f"{MASKS_DIR}/{camera_id}.png"
+    return f"{layout.EXPORT_MASKS_DIR}/{camera_id}.png"
 
 
 def ply_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
@@ -63,28 +60,26 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
 
 
 def write_cameras(folder: Path, fmt: str, cameras: Mapping[str, Camera], image_exts: Mapping[str, str],
-                  masks: bool, mesh: bool) -> list[str]:
-    """The format's camera files for the frame in ``folder``; the paths written, relative to it."""
+                  masks: bool, mesh: bool) -> None:
+    """The format's camera files for the frame in ``folder``."""
     if fmt == "nerfstudio":
         doc = cameras_to_transforms(cameras, {cam: image_path(cam, image_exts[cam]) for cam in cameras})
         for frame in doc["frames"]:
             if masks:
                 frame["mask_path"] = mask_path(frame["camera_id"])
         if mesh:
-            doc["ply_file_path"] = MESH_FILE
+            doc["ply_file_path"] = layout.EXPORT_MESH_FILE
         doc["orientation_override"] = "none"  # nerfstudio's parser would otherwise re-orient the world
-        atomic_write_bytes(folder / TRANSFORMS_FILE, canonical_json(doc).encode())
-        return [TRANSFORMS_FILE]
-    if fmt == "colmap":
+        atomic_write_json(folder / layout.TRANSFORMS_FILE, doc)
+    elif fmt == "colmap":
         exts = set(image_exts.values())
         if len(exts) != 1:
             raise ValueError(f"a COLMAP model names images by one extension; this frame mixes {sorted(exts)}")
-        write_colmap_model(cameras, folder / COLMAP_MODEL_DIR, image_ext=f".{exts.pop()}")
-        return sorted(f"{COLMAP_MODEL_DIR}/{p.name}" for p in (folder / COLMAP_MODEL_DIR).iterdir())
-    if fmt == "images":
-        write_calibration(folder / CALIBRATION_FILE, Calibration(dict(cameras)))
-        return [CALIBRATION_FILE]
-    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        write_colmap_model(cameras, folder / layout.EXPORT_COLMAP_DIR, image_ext=f".{exts.pop()}")
+    elif fmt == "images":
+        write_calibration(folder / layout.CALIBRATION_FILE, Calibration(dict(cameras)))
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def fit_document(fit: Mapping, views: Mapping[str, Mapping], mesh: bool) -> dict:
@@ -92,4 +87,4 @@ def fit_document(fit: Mapping, views: Mapping[str, Mapping], mesh: bool) -> dict
     return {"model": fit["model"], "identity": fit["identity"], "expression": fit["expression"],
             "rotation": fit["rotation"], "translation": fit["translation"], "frame_status": fit["frame_status"],
             "pose": "model-frame vertex X is posed as X @ rotation^T + translation (world frame, metres)",
-            "mesh": MESH_FILE if mesh else None, "views": dict(views)}
+            "mesh": layout.EXPORT_MESH_FILE if mesh else None, "views": dict(views)}

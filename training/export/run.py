@@ -23,12 +23,11 @@ from capture_schema.atomic import atomic_write_bytes, atomic_write_json
 from capture_schema.cameras import Camera
 from capture_schema.storage import Storage
 from training.export.cells import Cell, frames
-from training.export.formats import (FIT_FILE, FORMATS, MESH_FILE, PICTURE_FILE, UNDISTORT_BY_DEFAULT, fit_document,
-                                     image_path, mask_path, ply_bytes, write_cameras)
-from training.selection import SampleFilter, select
+from training.export.formats import (FORMATS, UNDISTORT_BY_DEFAULT, fit_document, image_path, mask_path, ply_bytes,
+                                     write_cameras)
+from training.selection import FILTER_COLUMNS, SampleFilter, select
 from training.stage_io import StageError, read_index
 
-EXPORT_FILE, CONVENTIONS_FILE = layout.EXPORT_SUMMARY_FILE, layout.CONVENTIONS_FILE
 #: JPEG quality of re-encoded (undistorted) JPEG originals; PNG originals stay lossless.
 JPEG_QUALITY = 95
 
@@ -54,7 +53,7 @@ class ExportReport:
 
 def conventions_text() -> str:
     """The project's ``CONVENTIONS.md`` (shipped inside ``capture_schema``)."""
-    return resources.files("capture_schema").joinpath(CONVENTIONS_FILE).read_text(encoding="utf-8")
+    return resources.files("capture_schema").joinpath(layout.CONVENTIONS_FILE).read_text(encoding="utf-8")
 
 
 class _Undistorter:
@@ -130,15 +129,16 @@ def _write_frame(out_dir: Path, fmt: str, cells: list[Cell], undistorter: _Undis
     fit = next((c.fit for c in cells if c.fit is not None), None)
     vertices = _frame_mesh(fit, face_model)
     if vertices is not None:
-        atomic_write_bytes(folder / MESH_FILE, ply_bytes(vertices, face_model.faces))
+        atomic_write_bytes(folder / layout.EXPORT_MESH_FILE, ply_bytes(vertices, face_model.faces))
     if fit is not None:
         views = {c.camera_id: {"view_status": c.fit["view_status"], "rmse_px": c.fit["rmse_px"]}
                  for c in cells if c.fit is not None}
-        atomic_write_json(folder / FIT_FILE, fit_document(fit, views, vertices is not None))
+        atomic_write_json(folder / layout.EXPORT_FIT_FILE, fit_document(fit, views, vertices is not None))
     write_cameras(folder, fmt, cameras, {c.camera_id: c.image_ext for c in cells}, masks, vertices is not None)
     if picture:
         title = f"{first.session_id} / {first.expression}"
-        atomic_write_bytes(folder / PICTURE_FILE, _picture(cameras, vertices, getattr(face_model, "faces", None), title))
+        atomic_write_bytes(folder / layout.EXPORT_PICTURE_FILE,
+                           _picture(cameras, vertices, getattr(face_model, "faces", None), title))
     return {"folder": f"{first.session_id}/{first.expression}", "subject_id": first.subject_id,
             "session_id": first.session_id, "expression": first.expression,
             "cameras": [c.camera_id for c in cells], "masks": masks, "mesh": vertices is not None,
@@ -188,13 +188,13 @@ def export_dataset(store: Storage, out_dir: str | Path, fmt: str, sample_filter:
         log(f"exported {record['folder']} ({len(cells)} image(s)) [{len(report.frames)}/{total} frames]")
     for key in selection.missing_cells:
         log(f"missing (not exported): {key}")
-    atomic_write_bytes(out_dir / CONVENTIONS_FILE, conventions_text().encode())
-    atomic_write_json(out_dir / EXPORT_FILE, {**report.to_dict(), "source": store.uri(layout.INDEX),
+    atomic_write_bytes(out_dir / layout.CONVENTIONS_FILE, conventions_text().encode())
+    atomic_write_json(out_dir / layout.EXPORT_SUMMARY_FILE, {**report.to_dict(), "source": store.uri(layout.INDEX),
                                               "filters": _filters(sample_filter, splits)})
     return report
 
 
 def _filters(sample_filter: SampleFilter, splits: Collection[str] | None) -> dict:
-    values = {name: getattr(sample_filter, name) for name in ("subjects", "sessions", "expressions", "cameras")}
+    values = {name: getattr(sample_filter, name) for name in FILTER_COLUMNS}
     values["splits"] = splits
     return {k: sorted(v) for k, v in values.items() if v is not None}
