@@ -1,13 +1,25 @@
-"""Anchored vs tri-plane avatar prior on the same data and budget, plus CPU-preset throughput.
+"""The avatar prior's speed and quality on the CPU preset: the fast sampler against the exhaustive one,
+and the anchored field against the tri-plane at equal steps and at equal wall-clock.
 
-Both backbones train the CPU preset (64 px head crops) for the same number of
-steps on the same training split, with the same seed, rays, samples, support
-and optimiser; only the field differs. Printed per backbone: held-in PSNR
-(whole rendered frames vs the captured crops), PSNR on the last training rays,
-seconds per step and rays per second; then the ratios tri-plane / anchored.
-Data: ``--index`` (e.g. the demo's ``workspace_data/derived/dataset/index.parquet``),
-else the demo's index when it exists, else 12 simulated subjects at 384 px taken
-through the pipeline into a temporary folder (about 3 minutes).
+All runs train on the same training split with the same seed, rays, optimiser and
+number of steps; only what the row names differs:
+
+- ``anchored exhaustive``: the sampler before the occupancy grid (a sphere around
+  the mesh, 24 + 24 samples all with gradient, exact k-d tree neighbours), the baseline;
+- ``anchored fast``: the default (rays bounded by the learned occupancy grid, rays that
+  cross no occupied cell not sampled, 16 + 8 samples with gradient at the fine ones only,
+  the neighbour table);
+- ``triplane fast``: the tri-plane backbone with the fast sampler, the same steps;
+- ``triplane wall-clock``: as many tri-plane steps as fit in ``anchored fast``'s training time.
+
+Per row: held-in PSNR (whole rendered frames vs the captured crops, the same
+``--frames`` training frames for every row), PSNR on the last training rays, seconds
+per step, rays per second and seconds per rendered 64 px frame. Then the ratios, and the
+fast-trained anchored prior rendered again with the exhaustive sampler at twice the
+samples (same weights): the PSNR between the two renders and the held-in PSNR of each.
+Data: ``--index`` (e.g. the demo's ``workspace_data/derived/dataset/index.parquet``), else
+the demo's index when it exists, else 12 simulated subjects at 384 px taken through the
+pipeline into a temporary folder (about 3 minutes).
 
     .venv/bin/python -m benchmarks.prior [--index PATH] [--iterations N] [--frames N]
 """
@@ -15,6 +27,7 @@ through the pipeline into a temporary folder (about 3 minutes).
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +35,8 @@ from pathlib import Path
 from capture_schema import derived_layout as layout
 
 DEMO_INDEX = Path("workspace_data/derived") / layout.INDEX
+#: The sampler before the occupancy grid: what "today" meant when the faster prior was built.
+EXHAUSTIVE = {"sampler": "sphere", "neighbour_search": "tree", "coarse_samples": 24, "fine_samples": 24}
 
 
 def simulated_index(root: Path) -> Path:
@@ -41,48 +56,88 @@ def simulated_index(root: Path) -> Path:
     return root / "derived" / layout.INDEX
 
 
-def run(backbone: str, iterations: int, frames: int, index: Path, out: Path) -> dict[str, float]:
-    from fitting.face_models import load_face_model
+def held_in(model, face_model, data, frames: int):
+    """(mean PSNR, renders, seconds per frame) of the first ``frames`` training frames."""
+    import torch
+
+    from training.prior.dataset import frame_loader
+    from training.prior.evaluate import image_psnr, render_batch, target_images
+
+    loader = frame_loader(data, face_model, model.config.with_changes(num_workers=0), shuffle=False, rank=0,
+                          world_size=1)
+    scores, renders, seconds = [], [], 0.0
+    for batch in loader:
+        start = time.perf_counter()
+        rendered = render_batch(model, face_model, batch)
+        seconds += time.perf_counter() - start
+        scores += image_psnr(rendered, target_images(batch)).tolist()
+        renders.append(rendered)
+        if len(scores) >= frames:
+            break
+    return sum(scores[:frames]) / frames, torch.cat(renders)[:frames], seconds / len(scores)
+
+
+def train(name: str, changes: dict, iterations: int, frames: int, data, face_model, out: Path) -> dict:
     from training.prior.checkpoint import load_prior
     from training.prior.config import preset
-    from training.prior.dataset import prior_data_from_index
-    from training.prior.evaluate import score_frames, summarize
     from training.prior.train import train_prior
 
-    face_model = load_face_model("builtin", None, None)
-    data = prior_data_from_index(index)
-    config = preset("cpu", backbone=backbone, iterations=iterations, log_every=max(1, iterations // 10))
-    result = train_prior(config, data, face_model, out / backbone, resume=False, log=None)
+    config = preset("cpu", iterations=iterations, log_every=max(1, iterations // 10), **changes)
+    print(f"training {name}: {iterations} steps ...", flush=True)
+    result = train_prior(config, data, face_model, out / name, resume=False, log=None)
     model, _ = load_prior(result.checkpoint)
-    start = time.perf_counter()
-    held_in = summarize(score_frames(model, face_model, data, max_frames=frames))
-    return {"psnr_heldin": held_in["psnr_mean"], "psnr_rays": result.final["psnr"],
-            "s_per_step": result.train_seconds / iterations, "rays_per_s": result.rays_per_second,
-            "render_s_per_frame": (time.perf_counter() - start) / max(1, held_in["frames"])}
+    psnr, renders, render_s = held_in(model, face_model, data, frames)
+    return {"model": model, "renders": renders, "psnr_heldin": psnr, "psnr_rays": result.final["psnr"],
+            "steps": iterations, "train_s": result.train_seconds, "s_per_step": result.train_seconds / iterations,
+            "rays_per_s": result.rays_per_second, "render_s_per_frame": render_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", help="dataset/index.parquet to train on")
-    parser.add_argument("--iterations", type=int, default=300, help="steps per backbone")
+    parser.add_argument("--iterations", type=int, default=300, help="steps per run")
     parser.add_argument("--frames", type=int, default=24, help="training frames rendered for the held-in PSNR")
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from fitting.face_models import load_face_model
+    from training.prior.dataset import prior_data_from_index
+    from training.prior.model import with_sampler
+
+    face_model = load_face_model("builtin", None, None)
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(args.index) if args.index else DEMO_INDEX if DEMO_INDEX.is_file() else simulated_index(Path(tmp))
-        print(f"data: {index}; {args.iterations} steps per backbone, CPU preset, {torch.get_num_threads()} threads")
-        rows = {b: run(b, args.iterations, args.frames, index, Path(tmp)) for b in ("anchored", "triplane")}
-    print(f"{'backbone':<10} {'held-in PSNR':>13} {'ray PSNR':>9} {'s/step':>7} {'rays/s':>8} {'render s/frame':>15}")
+        print(f"data: {index}; {args.iterations} steps, CPU preset, {torch.get_num_threads()} threads")
+        data = prior_data_from_index(index)
+        out, n, f = Path(tmp), args.iterations, args.frames
+        rows = {"anchored exhaustive": train("anchored exhaustive", EXHAUSTIVE, n, f, data, face_model, out),
+                "anchored fast": train("anchored fast", {}, n, f, data, face_model, out),
+                "triplane fast": train("triplane fast", {"backbone": "triplane"}, n, f, data, face_model, out)}
+        fast = rows["anchored fast"]
+        equal_time = max(1, round(fast["train_s"] / rows["triplane fast"]["s_per_step"]))
+        rows["triplane wall-clock"] = train("triplane wall-clock", {"backbone": "triplane"}, equal_time, f, data,
+                                            face_model, out)
+        reference = with_sampler(fast["model"], **{**EXHAUSTIVE, "coarse_samples": 48, "fine_samples": 48})
+        ref_psnr, ref_renders, ref_s = held_in(reference, face_model, data, f)
+    print(f"\n{'run':<21} {'steps':>6} {'held-in PSNR':>13} {'ray PSNR':>9} {'s/step':>7} {'rays/s':>8} "
+          f"{'render s/frame':>15}")
     for name, r in rows.items():
-        print(f"{name:<10} {r['psnr_heldin']:>13.2f} {r['psnr_rays']:>9.2f} {r['s_per_step']:>7.3f} "
+        print(f"{name:<21} {r['steps']:>6} {r['psnr_heldin']:>13.2f} {r['psnr_rays']:>9.2f} {r['s_per_step']:>7.3f} "
               f"{r['rays_per_s']:>8.0f} {r['render_s_per_frame']:>15.3f}")
-    a, t = rows["anchored"], rows["triplane"]
-    print(f"ratio triplane/anchored: held-in PSNR {t['psnr_heldin'] / a['psnr_heldin']:.3f} "
-          f"({t['psnr_heldin'] - a['psnr_heldin']:+.2f} dB), time per step {t['s_per_step'] / a['s_per_step']:.3f}")
-    print(f"CPU-preset training throughput (anchored): {a['rays_per_s']:.0f} rays/s")
+    base = rows["anchored exhaustive"]
+    print(f"\nfast / exhaustive (anchored): training rays/s x{fast['rays_per_s'] / base['rays_per_s']:.2f}, "
+          f"held-in PSNR {fast['psnr_heldin'] - base['psnr_heldin']:+.2f} dB, render time per frame "
+          f"x{base['render_s_per_frame'] / fast['render_s_per_frame']:.2f} faster")
+    for name in ("triplane fast", "triplane wall-clock"):
+        t = rows[name]
+        print(f"{name} - anchored fast: held-in PSNR {t['psnr_heldin'] - fast['psnr_heldin']:+.2f} dB "
+              f"({t['steps']} vs {fast['steps']} steps, {t['train_s']:.0f} vs {fast['train_s']:.0f} s)")
+    mse = float(((fast["renders"] - ref_renders) ** 2).mean())
+    print(f"anchored fast weights, exhaustive render (sphere, tree, 48 + 48 samples): {ref_s:.3f} s/frame, held-in "
+          f"PSNR {ref_psnr:.2f} dB; fast render {fast['render_s_per_frame']:.3f} s/frame, {fast['psnr_heldin']:.2f} dB "
+          f"({fast['psnr_heldin'] - ref_psnr:+.2f} dB); PSNR between the two renders "
+          f"{-10 * math.log10(max(mse, 1e-12)):.1f} dB")
 
 
 if __name__ == "__main__":

@@ -403,7 +403,8 @@ N_VERTICES = 60
 
 def _tiny_config(backbone: str):
     return preset("cpu", backbone=backbone, latent_dim=8, feature_dim=4, hidden_dim=16, coarse_samples=8,
-                  fine_samples=4, k_neighbors=3, triplane_resolution=16, max_distance=0.05)
+                  fine_samples=4, k_neighbors=3, triplane_resolution=16, max_distance=0.05,
+                  sampler="sphere", neighbour_search="tree")  # the exhaustive sampler (test_prior_sampling: the fast one)
 
 
 def _model(backbone: str, seed: int = 0) -> AvatarPrior:

@@ -29,7 +29,8 @@ from fitting.face_models.base import FaceModel
 from training.fewshot.config import ROTATION_SCALE_DEG, TRANSLATION_SCALE_MM, FewShotConfig
 from training.prior.frames import posed_vertices
 from training.prior.model import AvatarPrior, camera_rays
-from training.prior.train import learning_rate_factor, sample_rays, step_generator, training_loss
+from training.prior.train import (learning_rate_factor, refresh_occupancy, sample_rays, step_generator,
+                                  training_loss)
 
 Log = Callable[[str], None] | None
 
@@ -137,6 +138,7 @@ def _fit(model: AvatarPrior, face_model: FaceModel, inputs: dict, config: FewSho
         with torch.set_grad_enabled(geometry is not None):
             vertices = posed_vertices(face_model, batch["identity"], pose["expression"], pose["rotation"],
                                       pose["translation"])
+        refresh_occupancy(model, step, model.config.occupancy_every, subject, pose, vertices.detach(), generator)
         origins, dirs = camera_rays(rays["dirs"], pose["R"], pose["t"])
         render, latent = model(subject, pose["expression"], vertices, pose["rotation"], pose["translation"],
                                origins, dirs, batch["has_mask"], generator=jitter)

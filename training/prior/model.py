@@ -14,14 +14,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.prior.anchors import nearest_anchors, support_falloff
+from training.prior.anchors import NeighbourGrid, nearest_anchors, support_falloff
 from training.prior.config import PriorConfig
 from training.prior.fields import FrameCondition, build_field
 from training.prior.frames import MASKED_BACKGROUND
+from training.prior.occupancy import OccupancyGrid, box_around
 from training.prior.rays import composite, importance_samples, sphere_bounds, stratified_samples
 
+#: Metres the head-frame grids reach beyond the template's support: other identities and expressions.
+GRID_MARGIN = 0.02
+
+
 class AvatarPrior(nn.Module):
-    def __init__(self, config: PriorConfig, n_subjects: int, n_expression: int, anchor_ids: np.ndarray) -> None:
+    def __init__(self, config: PriorConfig, n_subjects: int, n_expression: int, anchor_ids: np.ndarray,
+                 anchor_template: np.ndarray | None = None) -> None:
+        """``anchor_template`` (V, 3): the anchors of the face model's mean face in its model frame, which
+        the head-frame grids (occupancy, neighbour table) are laid over; needed unless the config
+        asks for the ``sphere`` sampler and ``tree`` search."""
         super().__init__()
         if n_subjects < 1:
             raise ValueError("the prior needs at least one training subject")
@@ -32,16 +41,35 @@ class AvatarPrior(nn.Module):
         nn.init.normal_(self.latents.weight, std=config.latent_init_std)
         self.field = build_field(config, len(anchor_ids), n_expression)
         self.background_logit = nn.Parameter(torch.zeros(3))
+        self.anchor_template = None if anchor_template is None else np.asarray(anchor_template, np.float64)
+        self.occupancy: OccupancyGrid | None = None
+        self.neighbour_grid: NeighbourGrid | None = None
+        if config.sampler == "occupancy" or config.neighbour_search == "grid":
+            if self.anchor_template is None or self.anchor_template.shape != (len(anchor_ids), 3):
+                raise ValueError(f"sampler {config.sampler!r} / neighbour_search {config.neighbour_search!r} need "
+                                 "the anchors' template positions (V, 3)")
+            low, high = box_around(torch.as_tensor(self.anchor_template), config.max_distance + GRID_MARGIN)
+            if config.sampler == "occupancy":
+                self.occupancy = OccupancyGrid(low, high, config.grid_resolution, config.occupancy_opacity)
+            if config.neighbour_search == "grid":
+                self.neighbour_grid = NeighbourGrid(self.anchor_template, low.numpy(), high.numpy(),
+                                                    config.neighbour_resolution, config.k_neighbors)
 
     def architecture(self) -> dict[str, Any]:
         """What ``from_architecture`` needs to rebuild this module (weights aside)."""
-        return {"config": self.config.to_dict(), "n_subjects": self.latents.num_embeddings,
+        arch = {"config": self.config.to_dict(), "n_subjects": self.latents.num_embeddings,
                 "n_expression": self.n_expression, "anchor_ids": self.anchor_ids.tolist()}
+        if self.anchor_template is not None:
+            arch["anchor_template"] = self.anchor_template.tolist()
+        return arch
 
     @classmethod
     def from_architecture(cls, arch: dict[str, Any]) -> "AvatarPrior":
-        return cls(PriorConfig.from_dict(arch["config"]), arch["n_subjects"], arch["n_expression"],
-                   np.asarray(arch["anchor_ids"]))
+        config = dict(arch["config"])
+        if "sampler" not in config:  # written before the occupancy sampler: render as it was trained
+            config.update(sampler="sphere", neighbour_search="tree")
+        return cls(PriorConfig.from_dict(config), arch["n_subjects"], arch["n_expression"],
+                   np.asarray(arch["anchor_ids"]), arch.get("anchor_template"))
 
     def forward(self, subject: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``render_rays`` with the identity codes of ``subject`` (B,) looked up; returns (render, codes).
@@ -55,7 +83,11 @@ class AvatarPrior(nn.Module):
         return self.latents.weight.detach().mean(0)
 
     def _field(self, points: torch.Tensor, condition: FrameCondition) -> tuple[torch.Tensor, torch.Tensor]:
-        neighbours = nearest_anchors(points, condition.anchors, self.config.k_neighbors)
+        index = None
+        if self.neighbour_grid is not None:
+            index = self.neighbour_grid.search(points.detach(), condition.head_rotation.detach(),
+                                               condition.head_translation.detach())
+        neighbours = nearest_anchors(points, condition.anchors, self.config.k_neighbors, index)
         sigma, rgb = self.field(points, condition, neighbours)
         return sigma * support_falloff(neighbours.nearest, self.config.max_distance), rgb
 
@@ -75,29 +107,87 @@ class AvatarPrior(nn.Module):
         cfg = self.config
         anchors = vertices[:, self.anchor_ids]
         condition = FrameCondition(latent, expression, anchors, rotation, translation)
-        centre = anchors.detach().mean(1)
-        radius = (anchors.detach() - centre[:, None]).norm(dim=-1).amax(1) + cfg.max_distance
-        near, far, _ = sphere_bounds(origins, dirs, centre, radius)
-        depths = stratified_samples(near, far, cfg.coarse_samples, generator)
+        background = self._background(has_mask)
+        if self.occupancy is None:
+            centre = anchors.detach().mean(1)
+            radius = (anchors.detach() - centre[:, None]).norm(dim=-1).amax(1) + cfg.max_distance
+            near, far, _ = sphere_bounds(origins, dirs, centre, radius)
+            depths = stratified_samples(near, far, cfg.coarse_samples, generator)
+            return self._sample(origins, dirs, depths, far, condition, background, generator, coarse_gradient=True)
+        near, far, hit = self.occupancy.intervals(origins.detach(), dirs.detach(), rotation.detach(),
+                                                  translation.detach())
+        # Only rays that cross an occupied cell are sampled: each frame's hits first, padded to the most hits.
+        B, R = hit.shape
+        kept = max(1, int(hit.sum(1).max()))  # one padding ray when none hits keeps the shapes (and graph) whole
+        order = torch.argsort((~hit).to(torch.uint8), dim=1, stable=True)[:, :kept]
+
+        def take(x: torch.Tensor) -> torch.Tensor:
+            return x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+
+        depths = stratified_samples(near.gather(1, order), far.gather(1, order), cfg.coarse_samples, generator)
+        out = self._sample(take(origins), take(dirs), depths, far.gather(1, order), condition, background,
+                           generator, coarse_gradient=cfg.fine_samples == 0)
+        samples = out["weights"].shape[-1]
+        return {"rgb": background[:, None, :].expand(B, R, 3).scatter(1, order[..., None].expand(-1, -1, 3),
+                                                                      out["rgb"]),
+                "acc": out["acc"].new_zeros(B, R).scatter(1, order, out["acc"]),
+                "depth": out["depth"].new_zeros(B, R).scatter(1, order, out["depth"]),
+                "weights": out["weights"].new_zeros(B, R, samples).scatter(
+                    1, order[..., None].expand(-1, -1, samples), out["weights"])}
+
+    def _sample(self, origins: torch.Tensor, dirs: torch.Tensor, depths: torch.Tensor, far: torch.Tensor,
+                condition: FrameCondition, background: torch.Tensor, generator: torch.Generator | None,
+                coarse_gradient: bool) -> dict[str, torch.Tensor]:
+        """The field at the coarse ``depths`` (B, R, N), importance fine samples, one composite of both.
+
+        Without ``coarse_gradient`` the coarse samples only place the fine ones and fill
+        in the composite (a third of the cost of a sample with gradient); the field
+        learns at the fine samples, which the coarse weights put where the ray meets
+        the head (and on anything the field wrongly puts in empty space).
+        """
+        cfg = self.config
         B, R, _ = depths.shape
-        sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
+        with torch.set_grad_enabled(coarse_gradient and torch.is_grad_enabled()):
+            sigma, rgb = self._field(self._points(origins, dirs, depths), condition)
         sigma, rgb = sigma.view(B, R, -1), rgb.view(B, R, -1, 3)
         if cfg.fine_samples:
             # The coarse samples' values are kept for the final composite (not evaluated twice):
             # the field is pointwise, so this is the same render with a third fewer field evaluations.
             with torch.no_grad():
-                coarse = composite(sigma.detach(), rgb.detach(), depths, far, latent.new_zeros(latent.shape[0], 3))
+                coarse = composite(sigma.detach(), rgb.detach(), depths, far, background.new_zeros(B, 3))
             fine = importance_samples(depths, coarse["weights"], cfg.fine_samples, generator)
             sigma_fine, rgb_fine = self._field(self._points(origins, dirs, fine), condition)
             depths, order = torch.sort(torch.cat([depths, fine], -1), -1)
             sigma = torch.cat([sigma, sigma_fine.view(B, R, -1)], -1).gather(-1, order)
             rgb = torch.cat([rgb, rgb_fine.view(B, R, -1, 3)], -2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
-        return composite(sigma, rgb, depths, far, self._background(has_mask))
+        return composite(sigma, rgb, depths, far, background)
+
+    @torch.no_grad()
+    def refresh_occupancy(self, latent: torch.Tensor, expression: torch.Tensor, vertices: torch.Tensor,
+                          rotation: torch.Tensor, translation: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Fold the densities these frames produce into the occupancy grid (no-op for the sphere sampler)."""
+        if self.occupancy is None:
+            return
+        condition = FrameCondition(latent, expression, vertices[:, self.anchor_ids], rotation, translation)
+        self.occupancy.refresh(lambda points: self._field(points, condition)[0], rotation, translation, generator)
 
     @staticmethod
     def _points(origins: torch.Tensor, dirs: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
         B, R, N = depths.shape
         return (origins[:, :, None, :] + dirs[:, :, None, :] * depths[..., None]).reshape(B, R * N, 3)
+
+
+def with_sampler(model: AvatarPrior, **changes: Any) -> AvatarPrior:
+    """The same weights under other sampling settings (e.g. ``sampler="sphere"``, more samples): the
+    exhaustive render a fast one is checked against. Grids the new settings do not use are dropped."""
+    arch = {**model.architecture(), "config": model.config.with_changes(**changes).to_dict()}
+    if model.anchor_template is None:
+        arch.pop("anchor_template", None)
+    other = AvatarPrior.from_architecture(arch).to(next(model.parameters()).device)
+    state = model.state_dict()
+    own = other.state_dict()
+    other.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return other.eval()
 
 
 def camera_rays(dirs_camera: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """Ray bounds, sample placement and volume rendering (NeRF's quadrature), batched per frame.
 
-Shapes: ``B`` frames, ``R`` rays per frame, ``N`` samples per ray. Rays are bounded
-by a sphere around the frame's posed mesh (density is zero farther than
-``max_distance`` from it anyway), so no sample is spent on empty space.
+Shapes: ``B`` frames, ``R`` rays per frame, ``N`` samples per ray. Density is zero
+farther than ``max_distance`` from every anchor, so the exhaustive sampler bounds a
+ray by a sphere around the frame's posed mesh (``sphere_bounds``); the fast one by
+the occupancy grid (``training.prior.occupancy``).
 """
 
 from __future__ import annotations

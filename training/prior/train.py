@@ -109,8 +109,18 @@ def psnr(mse: float) -> float:
 
 def build_prior(config: PriorConfig, data: PriorData, face_model: FaceModel) -> AvatarPrior:
     torch.manual_seed(config.seed)
-    anchors = spread_vertices(face_model.vertices(), config.max_anchors)
-    return AvatarPrior(config, len(data.subjects), face_model.n_expression, anchors)
+    template = face_model.vertices()
+    anchors = spread_vertices(template, config.max_anchors)
+    return AvatarPrior(config, len(data.subjects), face_model.n_expression, anchors, template[anchors])
+
+
+def refresh_occupancy(model: AvatarPrior, step: int, every: int, subject: torch.Tensor, batch: dict,
+                      vertices: torch.Tensor, generator: torch.Generator) -> None:
+    """Every ``every`` steps, the frames of the step refresh the model's occupancy grid (seeded by the step)."""
+    if step % every == 0:
+        seeded = torch.Generator().manual_seed(generator.initial_seed() + 1)
+        model.refresh_occupancy(model.latents(subject).detach(), batch["expression"], vertices, batch["rotation"],
+                                batch["translation"], seeded)
 
 
 def checkpoint_matches(ckpt: dict[str, Any], config: PriorConfig, data: PriorData,
@@ -215,6 +225,7 @@ def train_prior(
         with torch.no_grad():
             vertices = posed_vertices(face_model, batch["identity"], batch["expression"], batch["rotation"],
                                       batch["translation"])
+        refresh_occupancy(model, step, config.occupancy_every, batch["subject"], batch, vertices, generator)
         origins, dirs = camera_rays(rays["dirs"], batch["R"], batch["t"])
         render, latent = trainer(batch["subject"], batch["expression"], vertices, batch["rotation"],
                                  batch["translation"], origins, dirs, batch["has_mask"], generator=jitter)
