@@ -99,6 +99,8 @@ ADAPTED_DIR = "adapted"
 
 # Balance ablations (pipelines.assets.ablation, training.ablation.report).
 SUBSET_FILE = "subset.json"
+#: A configuration's repeat folder is ``seed-<s>`` (``ablation_seed_dir``).
+ABLATION_SEED_PREFIX = "seed-"
 #: Beside a configuration's few-shot scores: what they were computed under.
 SETTINGS_FILE = "settings.json"
 ABLATION_TABLE_FILE = "report.parquet"
@@ -247,39 +249,45 @@ def adapted_checkpoint(subject_id: str, condition: str, k: int | str) -> str:
 
 
 def ablation_dir(name: str) -> str:
+    """A configuration's folder: one ``seed-<s>`` folder per repeat seed of the spec."""
     return join(ABLATIONS, name)
 
 
-def ablation_subset(name: str) -> str:
-    return join(ablation_dir(name), SUBSET_FILE)
+def ablation_seed_dir(name: str, seed: int | str) -> str:
+    """Repeat ``seed`` of configuration ``name``: its subset, prior and few-shot scores."""
+    return join(ablation_dir(name), f"{ABLATION_SEED_PREFIX}{seed}")
 
 
-def ablation_prior_dir(name: str) -> str:
-    return join(ablation_dir(name), PRIOR)
+def ablation_subset(name: str, seed: int | str) -> str:
+    return join(ablation_seed_dir(name, seed), SUBSET_FILE)
 
 
-def ablation_prior_checkpoint(name: str) -> str:
-    return join(ablation_prior_dir(name), CHECKPOINT_FILE)
+def ablation_prior_dir(name: str, seed: int | str) -> str:
+    return join(ablation_seed_dir(name, seed), PRIOR)
 
 
-def ablation_prior_report(name: str) -> str:
-    return join(ablation_prior_dir(name), PRIOR_REPORT_FILE)
+def ablation_prior_checkpoint(name: str, seed: int | str) -> str:
+    return join(ablation_prior_dir(name, seed), CHECKPOINT_FILE)
 
 
-def ablation_fewshot_dir(name: str) -> str:
-    return join(ablation_dir(name), FEWSHOT)
+def ablation_prior_report(name: str, seed: int | str) -> str:
+    return join(ablation_prior_dir(name, seed), PRIOR_REPORT_FILE)
 
 
-def ablation_scores(name: str) -> str:
-    return join(ablation_fewshot_dir(name), FEWSHOT_SCORES_FILE)
+def ablation_fewshot_dir(name: str, seed: int | str) -> str:
+    return join(ablation_seed_dir(name, seed), FEWSHOT)
 
 
-def ablation_fewshot_report(name: str) -> str:
-    return join(ablation_fewshot_dir(name), FEWSHOT_REPORT_FILE)
+def ablation_scores(name: str, seed: int | str) -> str:
+    return join(ablation_fewshot_dir(name, seed), FEWSHOT_SCORES_FILE)
 
 
-def ablation_settings(name: str) -> str:
-    return join(ablation_fewshot_dir(name), SETTINGS_FILE)
+def ablation_fewshot_report(name: str, seed: int | str) -> str:
+    return join(ablation_fewshot_dir(name, seed), FEWSHOT_REPORT_FILE)
+
+
+def ablation_settings(name: str, seed: int | str) -> str:
+    return join(ablation_fewshot_dir(name, seed), SETTINGS_FILE)
 
 
 def export_dir(name: str) -> str:
@@ -347,6 +355,7 @@ def _export_files(folder: str, **slots: str) -> list[tuple[re.Pattern[str], str]
 _S = {"sid": _ID}
 _B = {"backbone": _ID}
 _N = {"name": _ID}
+_NS = {**_N, "seed": r"\d+"}
 
 #: (regex on a path relative to the storage root, one-line description); ``describe`` takes the first fullmatch.
 PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
@@ -381,11 +390,13 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
     (_rx(join(fewshot_dir("<backbone>"), FEWSHOT_RUNS_FILE), **_B), "few-shot: adaptation time, loss per run"),
     (_rx(join(fewshot_dir("<backbone>"), ADAPTED_DIR, adapted_checkpoint("<subject>", "<condition>", "<k>")),
          **_B, subject=_ID, condition=_ID, k=r"\d+"), "few-shot: adapted avatar checkpoint"),
-    (_rx(ablation_subset("<name>"), **_N), "ablation: the configuration's images"),
-    (_rx(ablation_prior_checkpoint("<name>"), **_N), "ablation: the configuration's prior checkpoint"),
-    (_rx(ablation_prior_report("<name>"), **_N), "ablation: the configuration's training report"),
-    *_fewshot_files(ablation_fewshot_dir("<name>"), "ablation few-shot", **_N),
-    (_rx(ablation_settings("<name>"), **_N), "ablation few-shot: settings the scores were computed under"),
+    (_rx(ablation_subset("<name>", "<seed>"), **_NS), "ablation: the configuration's images (one repeat)"),
+    (_rx(ablation_prior_checkpoint("<name>", "<seed>"), **_NS), "ablation: the configuration's prior checkpoint"),
+    (_rx(ablation_prior_report("<name>", "<seed>"), **_NS), "ablation: the configuration's training report"),
+    (_rx(join(ablation_prior_dir("<name>", "<seed>"), PRIOR_CURVES_FILE), **_NS),
+     "ablation: the configuration's training curves"),
+    *_fewshot_files(ablation_fewshot_dir("<name>", "<seed>"), "ablation few-shot", **_NS),
+    (_rx(ablation_settings("<name>", "<seed>"), **_NS), "ablation few-shot: settings the scores were computed under"),
     (_rx(ABLATIONS_TABLE), "ablation report: comparison table"),
     (_rx(ABLATIONS_REPORT), "ablation report: HTML"),
     (_rx(join(ABLATIONS, ABLATION_PLOT_FILE)), "ablation report: few-shot PSNR per configuration plot"),

@@ -1,7 +1,8 @@
 """``o2a ablation list|run``: the balance ablations of a spec file, one configuration at a time if wanted.
 
 ``run NAME ...`` materialises ``ablation_subset``, ``ablation_prior`` and
-``ablation_fewshot`` for those configurations (partitions) in a Dagster instance,
+``ablation_fewshot`` for those configurations (partitions, each looping over the
+spec's repeat seeds) in a Dagster instance,
 then ``ablation_report`` once every configuration of the spec has scores. Exit
 codes as ``o2a``'s: 0 success, 1 failed work, 2 usage errors (a bad spec included).
 """
@@ -31,7 +32,8 @@ def cmd_ablation_list(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if spec is None:
         return EXIT_USAGE
-    print(f"{spec.source} (sha256 {spec.digest[:12]}): {len(spec.names())} configuration(s)")
+    print(f"{spec.source} (sha256 {spec.digest[:12]}): {len(spec.names())} configuration(s), each repeated with "
+          f"seed(s) {', '.join(map(str, spec.seeds))}; held-out split(s) {', '.join(spec.test_splits)}")
     for config in spec.configurations:
         print(f"  {config.name}: {config.budget_text()}; prior preset {config.prior_preset} "
               f"{config.prior_changes or ''}".rstrip())

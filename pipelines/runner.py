@@ -170,7 +170,8 @@ def run_ablation(instance: dg.DagsterInstance, storage: StorageResource, spec: "
             log(f"  ablation configuration {name}: FAILED: {_failure_reason(result)}")
             return False
         meta = result.asset_materializations_for_node("ablation_fewshot")[0].metadata
-        log("    " + ", ".join(f"{k}: {v.value:.2f} dB" for k, v in meta.items() if k.startswith("psnr_k")))
+        log(f"    mean over seeds {meta['seeds'].value}: " + ", ".join(
+            f"{k}: {v.value:.2f} dB" for k, v in meta.items() if k.startswith("psnr_k") and "_seed" not in k))
     if report:
         result = dg.materialize([assets.report], instance=instance, resources=resources, raise_on_error=False,
                                 run_config=config)

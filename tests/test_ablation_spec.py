@@ -11,9 +11,10 @@ import pytest
 
 from capture_schema.layout import DEFAULT_CAMERAS, DEFAULT_EXPRESSIONS
 from training.ablation.spec import DEFAULT_SPEC, SpecError, load_default_spec, load_spec, parse_spec
+from training.prior import config as prior_cfg
 from training.subsample import BudgetError
 
-DEFAULT_NAMES = ["balanced", "identity_only", "views_only"]
+DEFAULT_NAMES = ["balanced", "identity_heavy", "view_heavy"]
 
 
 def one(settings: str, top: str = "") -> str:
@@ -45,21 +46,25 @@ def test_default_spec_loads() -> None:
     assert spec.names() == DEFAULT_NAMES
     assert spec.source == str(DEFAULT_SPEC) and len(spec.digest) == 64
     for config in spec.configurations:
-        assert config.images == 8 == config.identities * config.n_views * config.n_expressions
+        assert config.images == 24 == config.identities * config.n_views * config.n_expressions
         assert config.prior_config().iterations == 400 and config.seed == 0
         json.dumps(config.to_dict())
-    assert spec.get("identity_only").views == ("mid_C00",) and spec.get("identity_only").expressions == ("neutral",)
-    assert spec.get("views_only").views_per_identity == 8 and spec.get("views_only").views is None
+    splits = {name: (c.identities, c.n_views, c.n_expressions) for name, c in zip(spec.names(), spec.configurations)}
+    assert splits == {"balanced": (2, 3, 4), "identity_heavy": (8, 3, 1), "view_heavy": (1, 12, 2)}
+    assert spec.get("identity_heavy").expressions == ("neutral",) and spec.get("identity_heavy").views is None
+    assert spec.get("view_heavy").views is None and spec.get("view_heavy").expressions is None
+    assert spec.seeds == (0, 1)
     fewshot = spec.fewshot_config()
     assert fewshot.ks == (1, 3) and fewshot.methods == ("prior",) and fewshot.perturbed_ks == ()
-    assert fewshot.eval_frames == 13 and spec.test_splits == ("test",)
+    assert fewshot.eval_frames == 13 and spec.test_splits == ("validation", "test")
     data = json.loads(json.dumps(spec.to_dict()))
     assert [c["name"] for c in data["configurations"]] == DEFAULT_NAMES and data["fewshot"]["ks"] == [1, 3]
-    assert data["configurations"][1]["views"] == ["mid_C00"] and data["digest"] == spec.digest
+    assert data["configurations"][1]["expressions"] == ["neutral"] and data["digest"] == spec.digest
+    assert data["seeds"] == [0, 1]
 
 
 def test_get_unknown_name_lists_known() -> None:
-    with pytest.raises(SpecError, match="no configuration 'balance'.*balanced, identity_only, views_only"):
+    with pytest.raises(SpecError, match="no configuration 'balance'.*balanced, identity_heavy, view_heavy"):
         load_default_spec().get("balance")
 
 
@@ -77,7 +82,7 @@ def test_order_defaults_and_digest_follow_the_text() -> None:
     reordered = parse_spec("version: 1\nconfigurations:\n" + "".join(
         f"  {name}: {{{OK}}}\n" for name in ("zeta", "alpha", "mid")))
     assert reordered.names() == ["zeta", "alpha", "mid"]
-    assert reordered.get("alpha").prior_config().iterations == 1000  # no defaults: the plain cpu preset
+    assert reordered.get("alpha").prior_config() == prior_cfg.PRESETS["cpu"]  # no defaults: the plain cpu preset
 
 
 def test_load_spec_names_the_file(tmp_path: Path) -> None:
@@ -143,6 +148,13 @@ BAD = [
     (one(OK, "fewshot_preset: [cpu]\n"), "'fewshot_preset'.*unknown few-shot preset"),
     (one(OK, "test_splits: [train]\n"), "'test_splits'.*'train'"),
     (one(OK, "test_splits: []\n"), "'test_splits'.*non-empty"),
+    (one(OK, "seeds: []\n"), "field 'seeds': must be a non-empty list of distinct integers >= 0"),
+    (one(OK, "seeds: [0, 0]\n"), "'seeds'.*distinct.*got \\[0, 0\\]"),
+    (one(OK, "seeds: [0, -1]\n"), "'seeds'.*>= 0"),
+    (one(OK, "seeds: 2\n"), "'seeds'.*list.*got 2"),
+    (one(OK, "seeds: [0, 1.5]\n"), "'seeds'.*integers"),
+    (one(OK, "seeds: [true]\n"), "'seeds'.*integers"),
+    (one(OK, "seed: [0, 1]\n"), r"unknown top-level key\(s\) 'seed' \(did you mean 'seeds'\?\)"),
 ]
 
 
@@ -151,6 +163,21 @@ def test_invalid_specs(text: str, pattern: str) -> None:
     with pytest.raises(SpecError, match=pattern) as info:
         parse_spec(text)
     assert str(info.value).startswith("<string>: ")
+
+
+def test_seeds_default_to_one_repeat_and_shift_subset_and_prior_seeds() -> None:
+    assert parse_spec(one(OK)).seeds == (0,)
+    spec = parse_spec(one(OK + ", seed: 5, prior_changes: {seed: 7}", "seeds: [3, 0]\n"))
+    assert spec.seeds == (3, 0) and spec.to_dict()["seeds"] == [3, 0]  # file order, JSON-able
+    config = spec.get("c")
+    assert config.prior_config().seed == 7 and config.prior_config(3).seed == 10
+    assert config.prior_config(3).iterations == config.prior_config().iterations  # only the seed moves
+    index = synthetic_index()
+    # Repeat seed s draws with the configuration's seed + s: the same subset as a configuration seeded 5 + s.
+    shifted = parse_spec(one(OK + ", seed: 8")).get("c")
+    assert config.select(index, 3) == shifted.select(index) != config.select(index)
+    with pytest.raises(SpecError, match=r"mine\.yaml: field 'seeds'"):
+        parse_spec(one(OK, "seeds: [a]\n"), "mine.yaml")
 
 
 def test_defaults_fill_and_lists_become_tuples() -> None:
@@ -182,12 +209,17 @@ def test_select_on_synthetic_index() -> None:
         assert all(len(subset.views[s]) == config.n_views and len(subset.expressions[s]) == config.n_expressions
                    for s in subset.identities)
         assert config.select(index) == subset  # deterministic
-    identity_only = spec.get("identity_only").select(index)
-    assert {tuple(k.split("/")[1:]) for k in identity_only.keys} == {("neutral", "mid_C00")}
-    assert len({k.split("/")[0] for k in identity_only.keys}) == 8
-    views_only = spec.get("views_only").select(index)
-    assert len({k.split("/")[2] for k in views_only.keys}) == 8
-    assert {k.split("/")[1] for k in views_only.keys} == {"neutral"}
+        for seed in spec.seeds[1:]:  # another repeat draws another subset of the same shape
+            other = config.select(index, seed)
+            assert other.n_images == subset.n_images and other.keys != subset.keys
+    identity_heavy = spec.get("identity_heavy").select(index)
+    assert {k.split("/")[1] for k in identity_heavy.keys} == {"neutral"}
+    assert len({k.split("/")[0] for k in identity_heavy.keys}) == 8
+    assert len({k.split("/")[2] for k in identity_heavy.keys}) > 3  # views drawn per identity, not shared
+    view_heavy = spec.get("view_heavy").select(index)
+    assert len({k.split("/")[0] for k in view_heavy.keys}) == 1
+    assert len({k.split("/")[2] for k in view_heavy.keys}) == 12
+    assert len({k.split("/")[1] for k in view_heavy.keys}) == 2
 
 
 def test_select_too_many_identities_names_configuration() -> None:

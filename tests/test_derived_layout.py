@@ -46,18 +46,21 @@ PER_BACKBONE = [
     (layout.fewshot_report, "fewshot/{}/report.html"),
     (layout.fewshot_scores, "fewshot/{}/scores.parquet"),
 ]
-PER_ABLATION = [
-    (layout.ablation_dir, "ablations/{}"),
-    (layout.ablation_subset, "ablations/{}/subset.json"),
-    (layout.ablation_prior_dir, "ablations/{}/prior"),
-    (layout.ablation_prior_checkpoint, "ablations/{}/prior/checkpoint.pt"),
-    (layout.ablation_prior_report, "ablations/{}/prior/report.json"),
-    (layout.ablation_fewshot_dir, "ablations/{}/fewshot"),
-    (layout.ablation_scores, "ablations/{}/fewshot/scores.parquet"),
-    (layout.ablation_fewshot_report, "ablations/{}/fewshot/report.html"),
-    (layout.ablation_settings, "ablations/{}/fewshot/settings.json"),
+PER_ABLATION = [(layout.ablation_dir, "ablations/{}")]
+#: Per configuration and repeat seed (the second argument): one folder per seed under the configuration's.
+PER_ABLATION_SEED = [
+    (layout.ablation_seed_dir, "ablations/{}/seed-{}"),
+    (layout.ablation_subset, "ablations/{}/seed-{}/subset.json"),
+    (layout.ablation_prior_dir, "ablations/{}/seed-{}/prior"),
+    (layout.ablation_prior_checkpoint, "ablations/{}/seed-{}/prior/checkpoint.pt"),
+    (layout.ablation_prior_report, "ablations/{}/seed-{}/prior/report.json"),
+    (layout.ablation_fewshot_dir, "ablations/{}/seed-{}/fewshot"),
+    (layout.ablation_scores, "ablations/{}/seed-{}/fewshot/scores.parquet"),
+    (layout.ablation_fewshot_report, "ablations/{}/seed-{}/fewshot/report.html"),
+    (layout.ablation_settings, "ablations/{}/seed-{}/fewshot/settings.json"),
 ]
 ALL_FUNCTIONS = PER_SESSION + PER_KEY + PER_BACKBONE + PER_ABLATION
+SEEDS = [0, 1, 17]
 
 
 # ---------------------------------------------------------------- (1) the same paths as the old spellings
@@ -72,13 +75,20 @@ def test_examples_spelled_out() -> None:
     assert layout.inputs_record(layout.shards_dir("s1")) == "shards/s1/inputs.json"
     assert layout.inputs_record("landmarks/s1") == "landmarks/s1/inputs.json"
     assert layout.prior_checkpoint("anchored") == "prior/anchored/checkpoint.pt"
-    assert layout.ablation_settings("identity_only") == "ablations/identity_only/fewshot/settings.json"
+    assert layout.ablation_settings("identity_heavy", 1) == "ablations/identity_heavy/seed-1/fewshot/settings.json"
 
 
 @pytest.mark.parametrize("function, expected", ALL_FUNCTIONS, ids=[f.__name__ for f, _ in ALL_FUNCTIONS])
 @pytest.mark.parametrize("name", IDS)
 def test_every_function_returns_the_old_path(function, expected: str, name: str) -> None:
     assert function(name) == expected.format(name)
+
+
+@pytest.mark.parametrize("function, expected", PER_ABLATION_SEED, ids=[f.__name__ for f, _ in PER_ABLATION_SEED])
+@pytest.mark.parametrize("name", IDS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_ablation_function_takes_the_repeat_seed(function, expected: str, name: str, seed: int) -> None:
+    assert function(name, seed) == expected.format(name, seed)
 
 
 def test_fixed_paths_and_folders() -> None:
@@ -142,10 +152,11 @@ EXAMPLES = [
     "fewshot/anchored/scores.parquet", "fewshot/anchored/report.html", "fewshot/anchored/psnr_vs_k.png",
     "fewshot/anchored/summary.md", "fewshot/anchored/runs.json",
     "fewshot/anchored/adapted/sim0011/estimated/k3/checkpoint.pt",
-    "ablations/balanced/subset.json", "ablations/balanced/prior/checkpoint.pt", "ablations/balanced/prior/report.json",
-    "ablations/balanced/fewshot/scores.parquet", "ablations/balanced/fewshot/report.html",
-    "ablations/balanced/fewshot/psnr_vs_k.png", "ablations/balanced/fewshot/summary.md",
-    "ablations/balanced/fewshot/settings.json",
+    "ablations/balanced/seed-0/subset.json", "ablations/balanced/seed-0/prior/checkpoint.pt",
+    "ablations/balanced/seed-1/prior/report.json", "ablations/balanced/seed-1/prior/curves.png",
+    "ablations/balanced/seed-0/fewshot/scores.parquet", "ablations/balanced/seed-12/fewshot/report.html",
+    "ablations/balanced/seed-0/fewshot/psnr_vs_k.png", "ablations/balanced/seed-0/fewshot/summary.md",
+    "ablations/balanced/seed-1/fewshot/settings.json",
     "ablations/report.parquet", "ablations/report.html", "ablations/report.png", "ablations/report.md",
     "exports/handout/export.json", "exports/handout/CONVENTIONS.md", "exports/h/s1/neutral/images/mid_C00.jpg",
     "exports/h/s1/smile/images/up_L30.png", "exports/h/s1/neutral/masks/mid_C00.png",
@@ -161,7 +172,10 @@ STRAY = [
     "/ingest/s1/manifest.parquet", "../ingest/s1/manifest.parquet", "ingest/s1", "quarantine/s1.json.bak",
     "landmarks/s1/landmarks.zarr/landmarks/c/x", "landmarks/s1/landmarks.zarr/landmarks/c/", "face_fits/s1/fit.zarr",
     "calibrations/k/colmap/cameras.bin", "prior/anchored/checkpoint.pt.tmp", "fewshot/anchored/adapted/s/e/3/checkpoint.pt",
-    "ablations/balanced/fewshot/runs.json", "dataset/index.parquet\n", "ingest/s1/Manifest.parquet",
+    "ablations/balanced/seed-0/fewshot/runs.json", "dataset/index.parquet\n",
+    "ablations/balanced/subset.json", "ablations/balanced/fewshot/scores.parquet",  # the layout before repeat seeds
+    "ablations/balanced/seed-x/subset.json", "ablations/balanced/seed--1/subset.json",
+    "ablations/balanced/seed-0/seed-0/subset.json", "ingest/s1/Manifest.parquet",
     "exports/h/s1/neutral/images/mid_C00.gif", "exports/h/s1/neutral/masks/mid_C00.jpg", "exports/h/s1/mesh.ply",
     "exports/h/s1/neutral/sparse/1/cameras.txt", "exports/h/export.json/x",
 ]
@@ -192,10 +206,11 @@ def test_descriptions_name_the_artefact() -> None:
 
 def test_staging_folder_of_an_interrupted_training_is_described_as_unfinished() -> None:
     assert layout.staging_dir("prior/anchored") == "prior/.anchored.partial"
-    assert layout.staging_dir("ablations/views_only/prior") == "ablations/views_only/.prior.partial"
+    assert layout.staging_dir(layout.ablation_prior_dir("view_heavy", 1)) == \
+        "ablations/view_heavy/seed-1/.prior.partial"
     assert layout.describe("prior/.anchored.partial/checkpoint.pt") == \
         "unfinished (resumes on the next run): avatar prior: checkpoint"
-    assert layout.describe("ablations/a/.prior.partial/checkpoint.pt").startswith("unfinished")
+    assert layout.describe("ablations/a/seed-0/.prior.partial/checkpoint.pt").startswith("unfinished")
     assert layout.describe("prior/.anchored.partial/stray.bin") is None
     assert layout.describe("prior/.anchored.tmp/checkpoint.pt") is None
 
@@ -207,6 +222,9 @@ def test_every_file_path_function_is_described(name: str) -> None:
     files = [f for f in files if f not in (layout.landmarks_zarr, layout.fit_zarr)]  # folders (stores)
     for function in files:
         assert layout.describe(function(name)), function.__name__
+    for function, expected in PER_ABLATION_SEED:
+        if "." in expected.rsplit("/", 1)[-1]:
+            assert all(layout.describe(function(name, seed)) for seed in SEEDS), function.__name__
     assert layout.describe(layout.join(layout.shards_dir(name), layout.shard_name(name, 3)))
     assert layout.describe(layout.join(layout.fit_zarr(name), layout.ZARR_METADATA_FILE))
 

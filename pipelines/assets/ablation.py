@@ -3,15 +3,21 @@
 The configurations come from the ablation spec (``training/ablation/default.yaml``,
 or the file named by ``O2A_ABLATION_SPEC``), read when the code location loads:
 each becomes a static partition, so editing the file adds or removes partitions
-without touching code. Per partition, under ``derived_layout.ablation_dir(name)``:
+without touching code. Within a partition each asset loops over the spec's repeat
+``seeds`` (one partition per configuration keeps the partition set readable and the
+report's inputs one per configuration); per seed ``s``, under
+``derived_layout.ablation_seed_dir(name, s)``:
 
 - ``ablation_subset``: ``subset.json``, the configuration's images of the train
-  split (``select_budget``; a budget the data cannot meet fails naming what is missing);
+  split drawn with seed + ``s`` (``select_budget``; a budget the data cannot meet fails
+  naming what is missing);
 - ``ablation_prior``: ``prior/checkpoint.pt`` trained on exactly those images (loader
   filter by key, no shard rewriting), resumable like ``avatar_prior``;
 - ``ablation_fewshot``: ``fewshot/`` scores and report of that prior on the spec's
   held-out subjects, with the spec's few-shot protocol (the same for every partition),
   and ``settings.json``, what they were computed under.
+
+Metadata gives each seed's value (``psnr_k1_seed0``) beside the mean over seeds (``psnr_k1``).
 
 ``ablation_report`` (not partitioned) compares every configuration side by side; it
 refuses scores computed under settings the spec no longer gives (an edited spec).
@@ -20,7 +26,7 @@ Thin by design: each asset calls one stage of ``training.ablation.run``.
 
 import base64
 import os
-from typing import NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import dagster as dg
 
@@ -38,6 +44,18 @@ SPEC_ENV = "O2A_ABLATION_SPEC"
 def spec_from_environment() -> AblationSpec:
     """The spec named by ``O2A_ABLATION_SPEC``, else the checked-in default."""
     return load_spec(os.environ.get(SPEC_ENV) or DEFAULT_SPEC)
+
+
+def _each_seed(spec: AblationSpec, name: str, what: str, log: Callable[[str], None]) -> Iterator[int]:
+    """The repeat seeds in spec order, logging ``seed 1/2`` progress."""
+    for i, seed in enumerate(spec.seeds):
+        log(f"{name}: {what}, seed {i + 1}/{len(spec.seeds)} (repeat seed {seed})")
+        yield seed
+
+
+def _per_seed(name: str, values: dict[int, float]) -> dict[str, float]:
+    """``{name}_seed<s>`` per seed and ``name``, the mean over seeds."""
+    return {**{f"{name}_seed{s}": float(v) for s, v in values.items()}, name: float(sum(values.values()) / len(values))}
 
 
 class AblationAssets(NamedTuple):
@@ -63,13 +81,19 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
         config = spec.get(context.partition_key)
         store = storage.storage()
         with stage_failures():
-            subset = select_subset(store, spec, config.name)
-        per_identity = "\n".join(["| identity | views | expressions |", "|---|---|---|"] + [
-            f"| {s} | {', '.join(subset.views[s])} | {', '.join(subset.expressions[s])} |" for s in subset.identities])
+            subsets = {seed: select_subset(store, spec, config.name, seed)
+                       for seed in _each_seed(spec, config.name, "subset", context.log.info)}
+        per_identity = "\n".join(["| seed | identity | views | expressions |", "|---|---|---|---|"] + [
+            f"| {seed} | {s} | {', '.join(subset.views[s])} | {', '.join(subset.expressions[s])} |"
+            for seed, subset in subsets.items() for s in subset.identities])
         return dg.MaterializeResult(metadata={
-            "subset": dg.MetadataValue.path(store.uri(layout.ablation_subset(config.name))),
-            "images": subset.n_images, "identities": len(subset.identities), "budget": config.budget_text(),
-            "per_identity": dg.MetadataValue.md(per_identity), "spec_digest": spec.digest[:12]})
+            "folder": dg.MetadataValue.path(store.uri(layout.ablation_dir(config.name))),
+            **{f"subset_seed{seed}": dg.MetadataValue.path(store.uri(layout.ablation_subset(config.name, seed)))
+               for seed in subsets},
+            "seeds": ", ".join(map(str, spec.seeds)), "images": config.images, "identities": config.identities,
+            **{f"distinct_identities_seed{seed}": len(subset.identities) for seed, subset in subsets.items()},
+            "budget": config.budget_text(), "per_identity": dg.MetadataValue.md(per_identity),
+            "spec_digest": spec.digest[:12]})
 
     @dg.asset(deps=[ablation_subset], partitions_def=partitions, group_name="ablation", kinds={"pytorch"},
               pool=pools.TRAINING)
@@ -80,12 +104,17 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
         store = storage.storage()
         model = load_face_model(face_model)
         with stage_failures():
-            run, data = train_configuration(store, spec, name, model, context.log.info, context.log.warning)
+            runs = {seed: train_configuration(store, spec, name, seed, model, context.log.info, context.log.warning)
+                    for seed in _each_seed(spec, name, "prior", context.log.info)}
         return dg.MaterializeResult(metadata={
-            "checkpoint": dg.MetadataValue.path(store.uri(layout.ablation_prior_checkpoint(name))),
-            "images": int(data.stats["images"]), "subjects": len(data.subjects), "steps": run.steps,
-            "train_seconds": round(float(run.train_seconds), 2),
-            "psnr_train_rays": float(run.final.get("psnr", float("nan")))})
+            **{f"checkpoint_seed{seed}": dg.MetadataValue.path(store.uri(layout.ablation_prior_checkpoint(name, seed)))
+               for seed in runs},
+            "seeds": ", ".join(map(str, spec.seeds)), "images": spec.get(name).images,
+            **{f"subjects_seed{seed}": len(data.subjects) for seed, (_, data) in runs.items()},
+            **_per_seed("steps", {seed: run.steps for seed, (run, _) in runs.items()}),
+            **_per_seed("train_seconds", {seed: run.train_seconds for seed, (run, _) in runs.items()}),
+            **_per_seed("psnr_train_rays", {seed: run.final.get("psnr", float("nan"))
+                                            for seed, (run, _) in runs.items()})})
 
     @dg.asset(deps=[ablation_prior], partitions_def=partitions, group_name="ablation", kinds={"pytorch"},
               pool=pools.TRAINING)
@@ -98,12 +127,23 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
         store = storage.storage()
         model = load_face_model(face_model)
         with stage_failures():
-            run = evaluate_configuration(store, spec, name, model, context.log.info)
+            runs = {seed: evaluate_configuration(store, spec, name, seed, model, context.log.info)
+                    for seed in _each_seed(spec, name, "few-shot", context.log.info)}
+        psnr: dict[int, dict[int, float]] = {}  # K -> seed -> mean PSNR of the prior method
+        for seed, run in runs.items():
+            for r in run.summary.itertuples():
+                if r.method == "prior":
+                    psnr.setdefault(int(r.k), {})[seed] = float(r.psnr_mean)
         return dg.MaterializeResult(metadata={
-            "scores": dg.MetadataValue.path(store.uri(layout.ablation_scores(name))),
-            "report": dg.MetadataValue.url(store.uri(layout.ablation_fewshot_report(name))),
-            "summary": dg.MetadataValue.md(summary_markdown(run.summary)),
-            **{f"psnr_k{int(r.k)}": float(r.psnr_mean) for r in run.summary.itertuples() if r.method == "prior"}})
+            **{f"scores_seed{seed}": dg.MetadataValue.path(store.uri(layout.ablation_scores(name, seed)))
+               for seed in runs},
+            **{f"report_seed{seed}": dg.MetadataValue.url(store.uri(layout.ablation_fewshot_report(name, seed)))
+               for seed in runs},
+            "seeds": ", ".join(map(str, spec.seeds)),
+            "summary": dg.MetadataValue.md("\n\n".join(f"seed {seed}:\n\n{summary_markdown(run.summary)}"
+                                                         for seed, run in runs.items())),
+            **{key: value for k, by_seed in sorted(psnr.items())
+               for key, value in _per_seed(f"psnr_k{k}", by_seed).items()}})
 
     @dg.asset(deps=[ablation_fewshot], group_name="ablation", kinds={"html"})
     def ablation_report(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:

@@ -5,7 +5,11 @@ subset, one prior, one few-shot evaluation), so the set has to be reviewable,
 diffable and tied to its results (``digest`` is the sha256 of the text). Why
 validate everything here: a typo, a wrongly typed preset field or a budget that
 does not multiply out must fail when the spec is loaded, naming the file, the
-configuration and the field, not an hour into a training run. Choosing the
+configuration and the field, not an hour into a training run. Why ``seeds``:
+one trained prior per configuration cannot tell a real difference from the
+noise of one subset draw and one initialisation, so every configuration is
+repeated once per seed (``AblationConfig.select`` / ``prior_config`` with the
+repeat seed) and the report compares them with ``training.ablation.stats``. Choosing the
 images is ``training.subsample.select_budget``, imported only by
 ``AblationConfig.select`` so that reading a spec does not import torch.
 """
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 VERSION = 1
 TRAIN_SPLIT = "train"
-TOP_LEVEL_KEYS = ("version", "defaults", "fewshot_preset", "fewshot", "test_splits", "configurations")
+TOP_LEVEL_KEYS = ("version", "defaults", "seeds", "fewshot_preset", "fewshot", "test_splits", "configurations")
 CONFIG_KEYS = ("description", "images", "identities", "views_per_identity", "expressions_per_identity",
                "views", "expressions", "prior_preset", "prior_changes", "seed")
 
@@ -69,7 +73,8 @@ class AblationConfig:
     prior_preset: str = "cpu"
     prior_changes: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    """Seeds the subset draw (``select_budget``); the prior's own seed is a ``prior_changes`` field."""
+    """Seeds the subset draw (``select_budget``); the prior's own seed is a ``prior_changes`` field. Repeat
+    seed ``s`` of the spec's ``seeds`` adds ``s`` to both."""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -97,11 +102,15 @@ class AblationConfig:
                 f"{part('view', self.views_per_identity, self.views)} x "
                 f"{part('expression', self.expressions_per_identity, self.expressions)} per identity")
 
-    def prior_config(self) -> prior_cfg.PriorConfig:
-        return prior_cfg.preset(self.prior_preset, **self.prior_changes)
+    def prior_config(self, repeat_seed: int = 0) -> prior_cfg.PriorConfig:
+        """The prior of repeat ``repeat_seed``: the preset with ``prior_changes``, its seed shifted by the repeat
+        (each repeat starts from another initialisation and batch order)."""
+        config = prior_cfg.preset(self.prior_preset, **self.prior_changes)
+        return config.with_changes(seed=config.seed + repeat_seed) if repeat_seed else config
 
-    def select(self, index: pd.DataFrame) -> SelectedSubset:
-        """This configuration's images from the index's train split; ``BudgetError`` says what is missing."""
+    def select(self, index: pd.DataFrame, repeat_seed: int = 0) -> SelectedSubset:
+        """This configuration's images from the index's train split, drawn with seed ``seed + repeat_seed`` (each
+        repeat draws other identities / views / expressions); ``BudgetError`` says what is missing."""
         from training.subsample import BudgetError, select_budget
 
         try:
@@ -110,7 +119,7 @@ class AblationConfig:
                 views_per_identity=self.views_per_identity, expressions_per_identity=self.expressions_per_identity,
                 views=None if self.views is None else list(self.views),
                 expressions=None if self.expressions is None else list(self.expressions),
-                split=TRAIN_SPLIT, seed=self.seed)
+                split=TRAIN_SPLIT, seed=self.seed + repeat_seed)
         except BudgetError as err:
             raise BudgetError(f"configuration {self.name!r} (budget {self.budget_text()}): {err}") from err
 
@@ -129,6 +138,8 @@ class AblationSpec:
     """The configurations (file order) and the few-shot protocol every one of them is scored with."""
 
     configurations: tuple[AblationConfig, ...]
+    seeds: tuple[int, ...] = (0,)
+    """Repeat seeds: every configuration is selected, trained and scored once per seed (``seed-<s>/``)."""
     fewshot: dict[str, Any] = field(default_factory=dict)
     """FewShotConfig overrides as written (lists, not tuples: JSON-able)."""
     fewshot_preset: str = "cpu"
@@ -145,11 +156,13 @@ class AblationSpec:
         raise _error(self.source, f"no configuration {name!r}; known: {', '.join(self.names())}")
 
     def fewshot_config(self) -> fewshot_cfg.FewShotConfig:
+        """The same for every configuration and repeat: all score the same held-out frames (paired comparison)."""
         changes = {k: tuple(v) if isinstance(v, list) else v for k, v in self.fewshot.items()}
         return fewshot_cfg.fewshot_preset(self.fewshot_preset, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "digest": self.digest, "fewshot_preset": self.fewshot_preset,
+        return {"source": self.source, "digest": self.digest, "seeds": list(self.seeds),
+                "fewshot_preset": self.fewshot_preset,
                 "fewshot": dict(self.fewshot), "test_splits": list(self.test_splits),
                 "configurations": [c.to_dict() for c in self.configurations]}
 
@@ -176,6 +189,16 @@ def _ids(source: str, config: str | None, key: str, value: Any) -> tuple[str, ..
         raise _error(source, f"must be a non-empty list of distinct ids, got {value!r}", config, key)
     if bad := [v for v in value if not is_valid_id(v)]:
         raise _error(source, f"invalid id(s) {bad} (letters, digits, '_' and '-' only)", config, key)
+    return tuple(value)
+
+
+def _seeds(source: str, value: Any) -> tuple[int, ...]:
+    if value is None:
+        return (0,)
+    if (not isinstance(value, list) or not value or any(type(v) is not int or v < 0 for v in value)
+            or len(set(value)) != len(value)):
+        raise _error(source, f"must be a non-empty list of distinct integers >= 0 (repeat seeds), got {value!r}",
+                     key="seeds")
     return tuple(value)
 
 
@@ -268,8 +291,9 @@ def parse_spec(text: str, source: str = "<string>") -> AblationSpec:
         raise _error(source, f"unknown few-shot preset {preset_name!r}; choose one of {sorted(fewshot_cfg.PRESETS)}",
                      key="fewshot_preset")
     overrides = _overrides(source, None, "fewshot", doc.get("fewshot"), fewshot_cfg.PRESETS[preset_name])
-    return AblationSpec(configurations=parsed, fewshot=overrides, fewshot_preset=preset_name, test_splits=splits,
-                        source=source, digest=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return AblationSpec(configurations=parsed, seeds=_seeds(source, doc.get("seeds")), fewshot=overrides,
+                        fewshot_preset=preset_name, test_splits=splits, source=source,
+                        digest=hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
 def load_spec(path: str | Path) -> AblationSpec:
