@@ -1,4 +1,4 @@
-"""The fast sampler of the avatar prior: exact support bounds, the learned occupancy grid, the neighbour
+"""The fast sampler of the avatar prior: box bounds, the learned occupancy grid, the neighbour
 candidate grid, and the renders and checkpoints that use them (synthetic tensors and the built-in face
 model; no capture data).
 
@@ -213,7 +213,7 @@ def test_rays_that_cross_no_occupied_cell_render_the_background_and_the_rest_mat
     with torch.no_grad():
         fresh = _render(model, scene, latent)
         reference = _render(exhaustive, scene, latent)
-    # before any refresh every cell may be occupied: the exact support, sampled more sparsely
+    # before any refresh every cell may be occupied: the whole box, sampled more sparsely
     assert (fresh["rgb"] - reference["rgb"]).abs().max() < 0.02
     _carve_to_a_ball(model, scene)
     with torch.no_grad():

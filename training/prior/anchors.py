@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import nn
 
+from training.prior.occupancy import cell_index
+
 #: (points x anchors) per cdist chunk on an accelerator: 4 MB of float32, near cache size; 2x faster
 #: than 128 MB chunks on a CPU (``python -m benchmarks.anchor_search``)
 _MAX_DISTANCE_ENTRIES = 1 << 20
@@ -102,9 +104,7 @@ class NeighbourGrid(nn.Module):
     def search(self, points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         """(B, P, k) anchor ids of world ``points`` (B, P, 3) of frames with head pose ``rotation``, ``translation``."""
         local = torch.einsum("bji,bpj->bpi", rotation, points - translation[:, None, :])
-        u = ((local - self.low) / (self.high - self.low) * self.resolution).long().clamp(0, self.resolution - 1)
-        r = self.resolution
-        return self.table[(u[..., 0] * r + u[..., 1]) * r + u[..., 2]]
+        return self.table[cell_index(local, self.low, self.high, self.resolution)]
 
 
 def nearest_anchors(points: torch.Tensor, anchors: torch.Tensor, k: int,
@@ -113,7 +113,7 @@ def nearest_anchors(points: torch.Tensor, anchors: torch.Tensor, k: int,
 
     The search runs without gradient (a k-d tree per frame on a CPU, chunks of the
     distance matrix on an accelerator) unless ``index`` (B, P, k) already names the
-    neighbours (``CandidateGrid.search``); offsets and distances are then recomputed from
+    neighbours (``NeighbourGrid.search``); offsets and distances are then recomputed from
     the gathered anchors, so they are differentiable in both the points (camera
     refinement) and the anchors (3DMM refinement).
     """

@@ -40,9 +40,9 @@ class PriorConfig:
     fine_samples: int = 8
     """Importance samples per ray; the rendered ray uses coarse + fine samples."""
     sampler: str = "occupancy"
-    """``occupancy``: each ray only between its first and last occupied cell of the learned head-frame grid
-    (inside the exact support of the anchors), rays that cross none render the background unsampled, and
-    only the fine samples carry gradient. ``sphere``: the exhaustive sampler (a sphere around the mesh,
+    """``occupancy``: each ray only from its first occupied cell of the learned head-frame grid to where the
+    grid's densities block it (``training.prior.occupancy``), rays that cross none render the background
+    unsampled, and only the fine samples carry gradient. ``sphere``: the exhaustive sampler (a sphere around the mesh,
     every sample with gradient), the yardstick."""
     neighbour_search: str = "grid"
     """``grid``: the k template anchors nearest the point's head-frame cell (``NeighbourGrid``, one gather);

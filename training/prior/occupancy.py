@@ -51,6 +51,13 @@ def box_bounds(origins: torch.Tensor, dirs: torch.Tensor, low: torch.Tensor,
     return torch.where(hit, near, zero), torch.where(hit, far, zero), hit
 
 
+def cell_index(local: torch.Tensor, low: torch.Tensor, high: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Flat index into a ``resolution``^3 grid over the box ``low``..``high`` of head-frame points (..., 3),
+    clamped into the box: the one cell lookup of the occupancy grid and the neighbour table."""
+    ijk = ((local - low) / (high - low) * resolution).long().clamp(0, resolution - 1)
+    return (ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2]
+
+
 def box_around(template: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) corners of the axis-aligned box holding ``template`` (V, 3) plus ``margin`` on every side."""
     return template.amin(0) - margin, template.amax(0) + margin
@@ -85,12 +92,6 @@ class OccupancyGrid(nn.Module):
     def occupied_share(self) -> float:
         return float(self.occupied_cells().float().mean())
 
-    def _cells(self, local: torch.Tensor) -> torch.Tensor:
-        """Flat cell index of head-frame points (..., 3) (clamped into the box)."""
-        ijk = ((local - self.low) / (self.high - self.low) * self.resolution).long().clamp(0, self.resolution - 1)
-        r = self.resolution
-        return (ijk[..., 0] * r + ijk[..., 1]) * r + ijk[..., 2]
-
     def intervals(self, origins: torch.Tensor, dirs: torch.Tensor, rotation: torch.Tensor,
                   translation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """near, far (B, R) of world rays: the stretch inside the box, narrowed to the first occupied probe ..
@@ -101,7 +102,8 @@ class OccupancyGrid(nn.Module):
         near, far, hit = box_bounds(local_o, local_d, self.low, self.high)
         step = (far - near) / MARCH_STEPS
         probes = near[..., None] + step[..., None] * (torch.arange(MARCH_STEPS, device=near.device) + 0.5)
-        index = self._cells(local_o[:, :, None, :] + local_d[:, :, None, :] * probes[..., None])  # (B, R, M)
+        index = cell_index(local_o[:, :, None, :] + local_d[:, :, None, :] * probes[..., None], self.low, self.high,
+                           self.resolution)  # (B, R, M)
         occupied = self.occupied_cells().flatten()[index]
         hit = hit & occupied.any(-1)
         first = occupied.float().argmax(-1)
