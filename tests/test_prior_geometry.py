@@ -576,3 +576,61 @@ def test_render_rays_with_a_small_latent():
 def test_prior_needs_a_subject():
     with pytest.raises(ValueError, match="at least one"):
         AvatarPrior(_tiny_config("anchored"), 0, N_EXPRESSION, np.arange(10))
+
+
+def _hand_encoding(x: np.ndarray, frequencies: int = 4) -> np.ndarray:
+    """NeRF's encoding written out: x, then sin(2^i pi x) for every i, then cos(2^i pi x)."""
+    sines = [np.sin(2.0**i * np.pi * x) for i in range(frequencies)]
+    cosines = [np.cos(2.0**i * np.pi * x) for i in range(frequencies)]
+    return np.concatenate([x, *sines, *cosines], axis=-1)
+
+
+def _rotation(angle: float) -> torch.Tensor:
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("encoding", ["mean", "each"])
+def test_anchored_decoder_sees_features_and_the_head_frame_offset_encoding(encoding):
+    """The decoder's input, rebuilt with numpy: inverse-distance weighted anchor features, then the encoding
+    of R^T (point - weighted mean anchor) / max_distance (``mean``) or the weighted mean of each
+    neighbour's encoded offset (``each``); and it does not change when the whole head turns."""
+    from training.prior.fields import FrameCondition
+
+    torch.manual_seed(0)
+    config = _tiny_config("anchored").with_changes(offset_encoding=encoding)
+    model = AvatarPrior(config, 3, N_EXPRESSION, np.arange(0, N_VERTICES, 2)).double()
+    field = model.field
+    scene = _scene(B=1)
+    anchors = scene["vertices"][:, model.anchor_ids].double()
+    rotation = _rotation(0.7)[None].double()
+    points = (0.05 * torch.randn(1, 30, 3)).double()
+    latent, expression = model.latents.weight[:1].detach().double(), scene["expression"].double()
+    seen = []
+    handle = field.decoder.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
+
+    def decoder_input(rot: torch.Tensor, pts: torch.Tensor, anc: torch.Tensor) -> np.ndarray:
+        condition = FrameCondition(latent, expression, anc, rot, torch.zeros(1, 3, dtype=torch.float64))
+        with torch.no_grad():
+            field(pts, condition, nearest_anchors(pts, anc, config.k_neighbors))
+        return seen[-1][0].numpy()
+
+    got = decoder_input(rotation, points, anchors)
+    with torch.no_grad():
+        table = field.vertex_features(FrameCondition(latent, expression, anchors, rotation, torch.zeros(1, 3)))[0]
+    p, a, R, table = points[0].numpy(), anchors[0].numpy(), rotation[0].numpy(), table.numpy()
+    ids = np.argsort(np.linalg.norm(p[:, None] - a[None], axis=-1), axis=1)[:, :config.k_neighbors]
+    offsets = p[:, None, :] - a[ids]  # (P, k, 3)
+    inv = 1.0 / (np.linalg.norm(offsets, axis=-1) + 1e-4)
+    w = inv / inv.sum(1, keepdims=True)
+    features = (w[..., None] * table[ids]).sum(1)
+    local = offsets @ R / config.max_distance  # rows R^T v
+    if encoding == "mean":
+        encoded = _hand_encoding((w[..., None] * local).sum(1))
+    else:
+        encoded = (w[..., None] * _hand_encoding(local)).sum(1)
+    np.testing.assert_allclose(got, np.concatenate([features, encoded], axis=1), atol=1e-9)
+    turn = _rotation(-1.1).double()
+    turned = decoder_input(turn @ rotation, points @ turn.T, anchors @ turn.T)
+    handle.remove()
+    np.testing.assert_allclose(turned, got, atol=1e-9)

@@ -21,7 +21,7 @@ from fitting.face_models import load_face_model
 from training.prior.anchors import NeighbourGrid, nearest_anchors, spread_vertices
 from training.prior.config import preset
 from training.prior.model import GRID_MARGIN, AvatarPrior, with_sampler
-from training.prior.occupancy import OccupancyGrid, box_around, box_bounds
+from training.prior.occupancy import OccupancyGrid, box_around, box_bounds, cells_near
 
 N_EXPRESSION = 5
 
@@ -117,8 +117,32 @@ def test_occupancy_grid_forgets_slowly_and_travels_in_the_state_dict():
     grid.refresh(lambda world: torch.zeros(world.shape[:2]), rotation, translation, None)
     assert torch.equal(grid.occupied_cells(), before)  # one empty refresh decays, it does not erase
     clone = OccupancyGrid(torch.full((3,), -0.2), torch.full((3,), 0.2), 16, 0.01)
+    assert clone.occupied_share() == 1.0  # a fresh grid's cells, remembered until its state changes
     clone.load_state_dict(grid.state_dict())
     assert torch.equal(clone.occupied_cells(), before) and int(clone.refreshes) == 2
+
+
+def test_only_cells_within_reach_of_the_points_are_candidates_and_evaluated():
+    points = np.array([[0.0, 0.0, 0.0], [0.1, 0.05, -0.02]])
+    low, high, r, reach = np.full(3, -0.2), np.full(3, 0.2), 20, 0.06
+    near = cells_near(points, low, high, r, reach)
+    cell = 0.4 / r
+    for ijk in [(0, 0, 0), (10, 10, 10), (9, 10, 10), (15, 12, 9), (12, 10, 10), (14, 10, 10), (19, 19, 19)]:
+        centre = -0.2 + (np.asarray(ijk) + 0.5) * cell
+        gap = min(np.linalg.norm(centre - p) for p in points) - math.sqrt(3) * cell / 2  # hand-written
+        assert bool(near[ijk]) == (gap <= reach), (ijk, gap)
+    grid = OccupancyGrid(torch.as_tensor(low), torch.as_tensor(high), r, 0.01, near)
+    assert torch.equal(grid.occupied_cells(), near)  # before any refresh: every candidate
+    asked = []
+
+    def everywhere(world: torch.Tensor) -> torch.Tensor:
+        asked.append(world.shape[1])
+        return torch.full(world.shape[:2], 500.0)
+
+    eye = torch.eye(3)[None]
+    grid.refresh(everywhere, eye, torch.zeros(1, 3), torch.Generator().manual_seed(0))
+    assert asked == [int(near.sum())]
+    assert bool((grid.density[~near] == 0).all()) and bool((grid.density[near] == 500.0).all())
 
 
 @pytest.fixture(scope="module")
@@ -250,10 +274,11 @@ def test_architecture_carries_the_template_and_old_checkpoints_keep_their_sample
         assert torch.equal(_render(model, scene, latent)["rgb"], _render(clone, scene, latent)["rgb"])
     legacy = {**arch, "config": {k: v for k, v in arch["config"].items()
                                  if k not in ("sampler", "neighbour_search", "grid_resolution",
-                                              "occupancy_every", "occupancy_opacity")}}
+                                              "occupancy_every", "occupancy_opacity", "offset_encoding")}}
     del legacy["anchor_template"]
     old = AvatarPrior.from_architecture(legacy)
     assert old.config.sampler == "sphere" and old.occupancy is None and old.neighbour_grid is None
+    assert old.config.offset_encoding == "each"
 
 
 def test_the_fast_sampler_needs_the_template():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import nn
 
-from training.prior.occupancy import cell_index
+from training.prior.occupancy import cell_centres, cell_index
 
 #: (points x anchors) per cdist chunk on an accelerator: 4 MB of float32, near cache size; 2x faster
 #: than 128 MB chunks on a CPU (``python -m benchmarks.anchor_search``)
@@ -92,10 +92,7 @@ class NeighbourGrid(nn.Module):
         super().__init__()
         template = np.asarray(template, np.float64)
         k = min(int(k), len(template))
-        axis = (np.arange(resolution) + 0.5) / resolution
-        u = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        centres = np.asarray(low) + u * (np.asarray(high) - np.asarray(low))
-        ids = np.reshape(cKDTree(template).query(centres, k=k)[1], (-1, k))
+        ids = np.reshape(cKDTree(template).query(cell_centres(low, high, resolution), k=k)[1], (-1, k))
         self.resolution = int(resolution)
         self.register_buffer("low", torch.as_tensor(np.asarray(low), dtype=torch.float32), persistent=False)
         self.register_buffer("high", torch.as_tensor(np.asarray(high), dtype=torch.float32), persistent=False)

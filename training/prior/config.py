@@ -15,6 +15,7 @@ BACKBONES = ("anchored", "triplane")
 SAMPLERS = ("occupancy", "sphere")
 NEIGHBOUR_SEARCHES = ("grid", "tree")
 PHOTOMETRIC_LOSSES = ("l1", "l2")
+OFFSET_ENCODINGS = ("mean", "each")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ class PriorConfig:
     """Width of the MLPs (generators and decoder)."""
     k_neighbors: int = 4
     """Posed vertices each sample point gathers features from."""
+    offset_encoding: str = "mean"
+    """Anchored field: how a point's position relative to its anchors reaches the decoder. ``mean``: the
+    positional encoding of the weighted mean offset (one encoding per point); ``each``: the weighted mean of
+    every neighbour's encoded offset (k encodings per point, the design before the fast sampler: a quarter
+    slower per step and no sharper, ``benchmarks.prior``)."""
     max_anchors: int = 1024
     """Dense models (ICT) are anchored on an evenly spread subset of this many vertices."""
     max_distance: float = 0.1
@@ -111,6 +117,9 @@ class PriorConfig:
                              f"got {self.neighbour_search!r}")
         if not 0 < self.occupancy_opacity < 1:
             raise ValueError(f"occupancy_opacity must be in (0, 1), got {self.occupancy_opacity}")
+        if self.offset_encoding not in OFFSET_ENCODINGS:
+            raise ValueError(f"offset_encoding must be one of {', '.join(OFFSET_ENCODINGS)}; "
+                             f"got {self.offset_encoding!r}")
         if self.photometric_loss not in PHOTOMETRIC_LOSSES:
             raise ValueError(f"photometric_loss must be one of {', '.join(PHOTOMETRIC_LOSSES)}; "
                              f"got {self.photometric_loss!r}")

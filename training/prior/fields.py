@@ -4,9 +4,9 @@
 anchors. A generator maps the identity code to per-vertex identity features; the
 frame's 3DMM expression coefficients map to per-vertex expression features; a
 learned per-vertex base is shared by everyone. A point takes the inverse-distance
-weighted mix of its k anchors' features plus the encoded offsets to them, in the
-head's frame (rotation removed, so the offset means the same on every frame),
-and an MLP decodes density and colour. The reference produces vertex features
+weighted mix of its k anchors' features plus the encoded weighted mean of the offsets
+to them, in the head's frame (rotation removed, so the offset means the same on
+every frame), and an MLP decodes density and colour. The reference produces vertex features
 with a CNN in the mesh's UV space; an MLP over the flattened vertex table is the
 same map without needing a UV layout for every face model.
 
@@ -40,6 +40,9 @@ class FrameCondition:
     anchors: torch.Tensor  # (B, V, 3) posed anchor vertices, world metres
     head_rotation: torch.Tensor  # (B, 3, 3) model-to-world
     head_translation: torch.Tensor  # (B, 3)
+    features: torch.Tensor | None = None
+    """The field's per-frame features (``frame_features``: anchored vertex table, tri-plane planes), when a
+    caller computed them once for several field calls (a render's coarse and fine passes)."""
 
 
 def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
@@ -74,10 +77,14 @@ class AnchoredField(nn.Module):
         super().__init__()
         f, h = config.feature_dim, config.hidden_dim
         self.n_anchors, self.feature_dim, self.max_distance = n_anchors, f, config.max_distance
+        self.offset_encoding = config.offset_encoding
         self.base = nn.Parameter(0.1 * torch.randn(n_anchors, f))
         self.identity_generator = mlp([config.latent_dim, h, n_anchors * f])
         self.expression_generator = mlp([n_expression, h, n_anchors * f])
         self.decoder = _Decoder(3 * f + encoding_size(3, OFFSET_FREQUENCIES), h)
+
+    def frame_features(self, condition: FrameCondition) -> torch.Tensor:
+        return self.vertex_features(condition)
 
     def vertex_features(self, condition: FrameCondition) -> torch.Tensor:
         """(B, V, 3F): shared base, identity and expression features per anchor."""
@@ -88,10 +95,16 @@ class AnchoredField(nn.Module):
 
     def forward(self, points: torch.Tensor, condition: FrameCondition,
                 neighbours: Neighbours) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = weighted_rows(self.vertex_features(condition), neighbours.index, neighbours.weight)  # (B, P, 3F)
-        local = to_head_frame(neighbours.offset, condition.head_rotation) / self.max_distance
-        encoded = positional_encoding(local, OFFSET_FREQUENCIES)  # (B, P, k, E)
-        mixed = torch.matmul(neighbours.weight[..., None, :], encoded).squeeze(-2)  # weighted sum over k
+        table = self.vertex_features(condition) if condition.features is None else condition.features
+        feats = weighted_rows(table, neighbours.index, neighbours.weight)  # (B, P, 3F)
+        if self.offset_encoding == "mean":
+            offset = torch.matmul(neighbours.weight[..., None, :], neighbours.offset).squeeze(-2)  # (B, P, 3)
+            local = to_head_frame(offset, condition.head_rotation) / self.max_distance
+            mixed = positional_encoding(local, OFFSET_FREQUENCIES)
+        else:
+            local = to_head_frame(neighbours.offset, condition.head_rotation) / self.max_distance
+            encoded = positional_encoding(local, OFFSET_FREQUENCIES)  # (B, P, k, E)
+            mixed = torch.matmul(neighbours.weight[..., None, :], encoded).squeeze(-2)  # weighted sum over k
         return self.decoder(torch.cat([feats, mixed], dim=-1))
 
 
@@ -112,6 +125,9 @@ class TriplaneField(nn.Module):
         self.upsample = nn.Sequential(*ups, nn.Conv2d(f, f, 3, padding=1))
         self.decoder = _Decoder(f + encoding_size(3, OFFSET_FREQUENCIES), h)
 
+    def frame_features(self, condition: FrameCondition) -> torch.Tensor:
+        return self.planes(condition)
+
     def planes(self, condition: FrameCondition) -> torch.Tensor:
         """(B, 3, F, R, R) feature planes (xy, xz, yz of the head frame)."""
         B, r0 = condition.latent.shape[0], self.BASE_RESOLUTION
@@ -123,7 +139,7 @@ class TriplaneField(nn.Module):
     def forward(self, points: torch.Tensor, condition: FrameCondition,
                 neighbours: Neighbours) -> tuple[torch.Tensor, torch.Tensor]:
         local = to_head_frame(points - condition.head_translation[:, None, :], condition.head_rotation) / self.extent
-        planes = self.planes(condition)
+        planes = self.planes(condition) if condition.features is None else condition.features
         feats = 0
         for i, axes in enumerate(((0, 1), (0, 2), (1, 2))):
             grid = local[..., list(axes)][:, :, None, :]  # (B, P, 1, 2)

@@ -18,7 +18,7 @@ from training.prior.anchors import NeighbourGrid, nearest_anchors, support_fallo
 from training.prior.config import PriorConfig
 from training.prior.fields import FrameCondition, build_field
 from training.prior.frames import MASKED_BACKGROUND
-from training.prior.occupancy import OccupancyGrid, box_around
+from training.prior.occupancy import OccupancyGrid, box_around, cells_near
 from training.prior.rays import composite, importance_samples, sphere_bounds, stratified_samples
 
 #: Metres the head-frame grids reach beyond the template's support: other identities and expressions.
@@ -50,7 +50,9 @@ class AvatarPrior(nn.Module):
                                  "the anchors' template positions (V, 3)")
             low, high = box_around(torch.as_tensor(self.anchor_template), config.max_distance + GRID_MARGIN)
             if config.sampler == "occupancy":
-                self.occupancy = OccupancyGrid(low, high, config.grid_resolution, config.occupancy_opacity)
+                supported = cells_near(self.anchor_template, low.numpy(), high.numpy(), config.grid_resolution,
+                                       config.max_distance + GRID_MARGIN)
+                self.occupancy = OccupancyGrid(low, high, config.grid_resolution, config.occupancy_opacity, supported)
             if config.neighbour_search == "grid":
                 self.neighbour_grid = NeighbourGrid(self.anchor_template, low.numpy(), high.numpy(),
                                                     config.neighbour_resolution, config.k_neighbors)
@@ -68,6 +70,7 @@ class AvatarPrior(nn.Module):
         config = dict(arch["config"])
         if "sampler" not in config:  # written before the occupancy sampler: render as it was trained
             config.update(sampler="sphere", neighbour_search="tree")
+        config.setdefault("offset_encoding", "each")  # written before the mean offset's encoding
         return cls(PriorConfig.from_dict(config), arch["n_subjects"], arch["n_expression"],
                    np.asarray(arch["anchor_ids"]), arch.get("anchor_template"))
 
@@ -81,6 +84,13 @@ class AvatarPrior(nn.Module):
 
     def mean_latent(self) -> torch.Tensor:
         return self.latents.weight.detach().mean(0)
+
+    def _condition(self, latent: torch.Tensor, expression: torch.Tensor, anchors: torch.Tensor,
+                   rotation: torch.Tensor, translation: torch.Tensor) -> FrameCondition:
+        """The frames' condition with the field's per-frame features computed once (every pass reuses them)."""
+        condition = FrameCondition(latent, expression, anchors, rotation, translation)
+        condition.features = self.field.frame_features(condition)
+        return condition
 
     def _field(self, points: torch.Tensor, condition: FrameCondition) -> tuple[torch.Tensor, torch.Tensor]:
         index = None
@@ -106,7 +116,7 @@ class AvatarPrior(nn.Module):
         """
         cfg = self.config
         anchors = vertices[:, self.anchor_ids]
-        condition = FrameCondition(latent, expression, anchors, rotation, translation)
+        condition = self._condition(latent, expression, anchors, rotation, translation)
         background = self._background(has_mask)
         if self.occupancy is None:
             centre = anchors.detach().mean(1)
@@ -165,11 +175,18 @@ class AvatarPrior(nn.Module):
     @torch.no_grad()
     def refresh_occupancy(self, latent: torch.Tensor, expression: torch.Tensor, vertices: torch.Tensor,
                           rotation: torch.Tensor, translation: torch.Tensor, generator: torch.Generator | None) -> None:
-        """Fold the densities these frames produce into the occupancy grid (no-op for the sphere sampler)."""
+        """Fold the densities one of these frames produces into the occupancy grid (no-op for the sphere sampler).
+
+        One frame per refresh, taken in turn: the grid keeps a decaying maximum over many refreshes
+        anyway, and a refresh of every frame of a batch cost a third of each training step.
+        """
         if self.occupancy is None:
             return
-        condition = FrameCondition(latent, expression, vertices[:, self.anchor_ids], rotation, translation)
-        self.occupancy.refresh(lambda points: self._field(points, condition)[0], rotation, translation, generator)
+        b = slice(i := int(self.occupancy.refreshes) % len(latent), i + 1)
+        condition = self._condition(latent[b], expression[b], vertices[b][:, self.anchor_ids], rotation[b],
+                                    translation[b])
+        self.occupancy.refresh(lambda points: self._field(points, condition)[0], rotation[b], translation[b],
+                               generator)
 
     @staticmethod
     def _points(origins: torch.Tensor, dirs: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from torch import nn
 
 #: Relative weight the previous maxima keep at each refresh (Instant-NGP uses 0.95 every 16 steps).
@@ -58,6 +60,23 @@ def cell_index(local: torch.Tensor, low: torch.Tensor, high: torch.Tensor, resol
     return (ijk[..., 0] * resolution + ijk[..., 1]) * resolution + ijk[..., 2]
 
 
+def cell_centres(low: np.ndarray, high: np.ndarray, resolution: int) -> np.ndarray:
+    """(r^3, 3) head-frame centres of the cells of a ``resolution``^3 grid over ``low``..``high``, in
+    ``cell_index`` order."""
+    axis = (np.arange(resolution) + 0.5) / resolution
+    u = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    return np.asarray(low, np.float64) + u * (np.asarray(high, np.float64) - np.asarray(low, np.float64))
+
+
+def cells_near(points: np.ndarray, low: np.ndarray, high: np.ndarray, resolution: int, reach: float) -> torch.Tensor:
+    """(r, r, r) bool: cells that reach within ``reach`` of any of ``points`` (V, 3) (centre distance minus
+    half the cell's diagonal): where a density bounded to ``reach`` of the points can be non-zero."""
+    cell = (np.asarray(high, np.float64) - np.asarray(low, np.float64)) / resolution
+    distance = cKDTree(np.asarray(points, np.float64)).query(cell_centres(low, high, resolution))[0]
+    near = distance - 0.5 * float(np.linalg.norm(cell)) <= reach
+    return torch.from_numpy(near.reshape((resolution,) * 3))
+
+
 def box_around(template: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) corners of the axis-aligned box holding ``template`` (V, 3) plus ``margin`` on every side."""
     return template.amin(0) - margin, template.amax(0) + margin
@@ -71,23 +90,36 @@ class OccupancyGrid(nn.Module):
     neighbour is (one-cell dilation).
     """
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor, resolution: int, opacity: float) -> None:
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, resolution: int, opacity: float,
+                 candidates: torch.Tensor | None = None) -> None:
+        """``candidates`` (r, r, r) bool: the cells that can hold density at all (the rest stay empty and are
+        never evaluated); every cell when None."""
         super().__init__()
         self.resolution = int(resolution)
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).clone())
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).clone())
         self.register_buffer("density", torch.zeros((resolution,) * 3))
         self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+        full = torch.ones((resolution,) * 3, dtype=torch.bool)
+        self.register_buffer("candidates", full if candidates is None else torch.as_tensor(candidates, dtype=torch.bool),
+                             persistent=False)
         cell = float((self.high - self.low).max()) / resolution
         self.threshold = -math.log(1.0 - opacity) / cell
         self.cell = cell
+        self._occupied: tuple[tuple, torch.Tensor] | None = None  # (state key, cells): computed once per state
 
     def occupied_cells(self) -> torch.Tensor:
-        """(r, r, r) bool: dilated by one cell; everything before the first refresh."""
-        if int(self.refreshes) == 0:
-            return torch.ones_like(self.density, dtype=torch.bool)
-        dense = (self.density > self.threshold).float()[None, None]
-        return F.max_pool3d(dense, 3, stride=1, padding=1)[0, 0] > 0
+        """(r, r, r) bool: dilated by one cell; every candidate cell before the first refresh."""
+        # the tensors' version counters change with every in-place write (refresh, load_state_dict)
+        key = (self.density.device, self.density._version, self.refreshes._version, self.candidates._version)
+        if self._occupied is None or self._occupied[0] != key:
+            if int(self.refreshes) == 0:
+                cells = self.candidates.clone()
+            else:
+                dense = (self.density > self.threshold).float()[None, None]
+                cells = F.max_pool3d(dense, 3, stride=1, padding=1)[0, 0] > 0
+            self._occupied = (key, cells)
+        return self._occupied[1]
 
     def occupied_share(self) -> float:
         return float(self.occupied_cells().float().mean())
@@ -120,15 +152,19 @@ class OccupancyGrid(nn.Module):
     @torch.no_grad()
     def refresh(self, density: Callable[[torch.Tensor], torch.Tensor], rotation: torch.Tensor,
                 translation: torch.Tensor, generator: torch.Generator | None) -> None:
-        """Evaluate ``density`` (world points (B, P, 3) -> (B, P)) at one jittered point per cell for each frame
-        of the batch (head pose ``rotation``, ``translation``) and fold the batch's maximum into the grid."""
+        """Evaluate ``density`` (world points (B, P, 3) -> (B, P)) at one jittered point per candidate cell for
+        each frame of the batch (head pose ``rotation``, ``translation``) and fold the batch's maximum into
+        the grid."""
         r = self.resolution
         axis = torch.arange(r, dtype=torch.float32, device=self.density.device)
         ijk = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        ijk = ijk[self.candidates.flatten()]
         jitter = torch.rand(ijk.shape, generator=generator).to(ijk.device) if generator is not None else 0.5
         local = self.low + (ijk + jitter) / r * (self.high - self.low)
         world = torch.einsum("bij,pj->bpi", rotation, local.to(rotation.dtype)) + translation[:, None, :]
-        seen = density(world).amax(0).reshape(r, r, r).to(self.density.dtype)
+        seen = torch.zeros(r**3, dtype=self.density.dtype, device=self.density.device)
+        seen[self.candidates.flatten()] = density(world).amax(0).to(self.density.dtype)
+        seen = seen.reshape(r, r, r)
         if int(self.refreshes) == 0:
             self.density.copy_(seen)
         else:
