@@ -61,13 +61,36 @@ def to_head_frame(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor
     return torch.einsum("bji,bpj->bpi", rotation, flat).reshape(vectors.shape)
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (emulated bfloat16 is slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, check, lambda: False)() for check in
+                   ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
 class _Decoder(nn.Module):
-    def __init__(self, in_dim: int, hidden: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, precision: str = "float32") -> None:
         super().__init__()
         self.net = mlp([in_dim, hidden, hidden, 4])
+        self.precision = precision
+        self._bfloat16: dict[torch.device, bool] = {}
+
+    def uses_bfloat16(self, device: torch.device) -> bool:
+        if device not in self._bfloat16:
+            self._bfloat16[device] = self.precision == "bfloat16" or (self.precision == "auto"
+                                                                     and native_bfloat16(device))
+        return self._bfloat16[device]
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(features)
+        if self.uses_bfloat16(features.device):
+            with torch.autocast(features.device.type, dtype=torch.bfloat16):
+                out = self.net(features)
+            out = out.to(features.dtype)
+        else:
+            out = self.net(features)
         sigma = DENSITY_SCALE * F.softplus(out[..., 0] + DENSITY_BIAS)
         return sigma, torch.sigmoid(out[..., 1:])
 
@@ -81,7 +104,7 @@ class AnchoredField(nn.Module):
         self.base = nn.Parameter(0.1 * torch.randn(n_anchors, f))
         self.identity_generator = mlp([config.latent_dim, h, n_anchors * f])
         self.expression_generator = mlp([n_expression, h, n_anchors * f])
-        self.decoder = _Decoder(3 * f + encoding_size(3, OFFSET_FREQUENCIES), h)
+        self.decoder = _Decoder(3 * f + encoding_size(3, OFFSET_FREQUENCIES), h, config.decoder_precision)
 
     def frame_features(self, condition: FrameCondition) -> torch.Tensor:
         return self.vertex_features(condition)
@@ -123,7 +146,7 @@ class TriplaneField(nn.Module):
                     nn.SiLU()]
             res *= 2
         self.upsample = nn.Sequential(*ups, nn.Conv2d(f, f, 3, padding=1))
-        self.decoder = _Decoder(f + encoding_size(3, OFFSET_FREQUENCIES), h)
+        self.decoder = _Decoder(f + encoding_size(3, OFFSET_FREQUENCIES), h, config.decoder_precision)
 
     def frame_features(self, condition: FrameCondition) -> torch.Tensor:
         return self.planes(condition)

@@ -71,6 +71,7 @@ class AvatarPrior(nn.Module):
         if "sampler" not in config:  # written before the occupancy sampler: render as it was trained
             config.update(sampler="sphere", neighbour_search="tree")
         config.setdefault("offset_encoding", "each")  # written before the mean offset's encoding
+        config.setdefault("decoder_precision", "float32")  # and before bfloat16
         return cls(PriorConfig.from_dict(config), arch["n_subjects"], arch["n_expression"],
                    np.asarray(arch["anchor_ids"]), arch.get("anchor_template"))
 
