@@ -4,8 +4,11 @@ and the anchored field against the tri-plane at equal steps and at equal wall-cl
 All runs train on the same training split with the same seed, rays, optimiser and
 number of steps; only what the row names differs:
 
-- ``anchored exhaustive``: the sampler before the occupancy grid (a sphere around
-  the mesh, 24 + 24 samples all with gradient, exact k-d tree neighbours), the baseline;
+- ``anchored before``: the prior as it was before the faster prior was built, the baseline:
+  the exhaustive sampler (a sphere around the mesh, 24 + 24 samples all with gradient, exact
+  k-d tree neighbours), k encoded offsets per point, a float32 decoder;
+- ``anchored exhaustive``: the same sampler with today's field (one encoded mean offset, the
+  decoder in bfloat16 where the CPU has it natively): what the field's arithmetic alone buys;
 - ``anchored fast``: the default (rays bounded by the learned occupancy grid, rays that
   cross no occupied cell not sampled, 16 + 8 samples with gradient at the fine ones only,
   the neighbour table);
@@ -37,6 +40,9 @@ from capture_schema import derived_layout as layout
 DEMO_INDEX = Path("workspace_data/derived") / layout.INDEX
 #: The sampler before the occupancy grid: what "today" meant when the faster prior was built.
 EXHAUSTIVE = {"sampler": "sphere", "neighbour_search": "tree", "coarse_samples": 24, "fine_samples": 24}
+#: The field's arithmetic before it: k encoded offsets per point, a float32 decoder.
+FIELD_BEFORE = {"offset_encoding": "each", "decoder_precision": "float32"}
+BEFORE = {**EXHAUSTIVE, **FIELD_BEFORE}
 
 
 def simulated_index(root: Path) -> Path:
@@ -111,30 +117,35 @@ def main() -> None:
         print(f"data: {index}; {args.iterations} steps, CPU preset, {torch.get_num_threads()} threads")
         data = prior_data_from_index(index)
         out, n, f = Path(tmp), args.iterations, args.frames
-        rows = {"anchored exhaustive": train("anchored exhaustive", EXHAUSTIVE, n, f, data, face_model, out),
+        rows = {"anchored before": train("anchored before", BEFORE, n, f, data, face_model, out),
+                "anchored exhaustive": train("anchored exhaustive", EXHAUSTIVE, n, f, data, face_model, out),
                 "anchored fast": train("anchored fast", {}, n, f, data, face_model, out),
                 "triplane fast": train("triplane fast", {"backbone": "triplane"}, n, f, data, face_model, out)}
         fast = rows["anchored fast"]
         equal_time = max(1, round(fast["train_s"] / rows["triplane fast"]["s_per_step"]))
         rows["triplane wall-clock"] = train("triplane wall-clock", {"backbone": "triplane"}, equal_time, f, data,
                                             face_model, out)
-        reference = with_sampler(fast["model"], **{**EXHAUSTIVE, "coarse_samples": 48, "fine_samples": 48})
+        reference = with_sampler(fast["model"], **{**EXHAUSTIVE, "coarse_samples": 48, "fine_samples": 48,
+                                                   "decoder_precision": "float32"})
         ref_psnr, ref_renders, ref_s = held_in(reference, face_model, data, f)
     print(f"\n{'run':<21} {'steps':>6} {'held-in PSNR':>13} {'ray PSNR':>9} {'s/step':>7} {'rays/s':>8} "
           f"{'render s/frame':>15}")
     for name, r in rows.items():
         print(f"{name:<21} {r['steps']:>6} {r['psnr_heldin']:>13.2f} {r['psnr_rays']:>9.2f} {r['s_per_step']:>7.3f} "
               f"{r['rays_per_s']:>8.0f} {r['render_s_per_frame']:>15.3f}")
-    base = rows["anchored exhaustive"]
-    print(f"\nfast / exhaustive (anchored): training rays/s x{fast['rays_per_s'] / base['rays_per_s']:.2f}, "
-          f"held-in PSNR {fast['psnr_heldin'] - base['psnr_heldin']:+.2f} dB, render time per frame "
-          f"x{base['render_s_per_frame'] / fast['render_s_per_frame']:.2f} faster")
+    print()
+    for new, old in (("anchored fast", "anchored before"), ("anchored exhaustive", "anchored before"),
+                     ("anchored fast", "anchored exhaustive")):
+        a, b = rows[new], rows[old]
+        print(f"{new.split()[1]} / {old.split()[1]} (anchored): training rays/s x{a['rays_per_s'] / b['rays_per_s']:.2f}, "
+              f"held-in PSNR {a['psnr_heldin'] - b['psnr_heldin']:+.2f} dB, render time per frame "
+              f"x{b['render_s_per_frame'] / a['render_s_per_frame']:.2f} faster")
     for name in ("triplane fast", "triplane wall-clock"):
         t = rows[name]
         print(f"{name} - anchored fast: held-in PSNR {t['psnr_heldin'] - fast['psnr_heldin']:+.2f} dB "
               f"({t['steps']} vs {fast['steps']} steps, {t['train_s']:.0f} vs {fast['train_s']:.0f} s)")
     mse = float(((fast["renders"] - ref_renders) ** 2).mean())
-    print(f"anchored fast weights, exhaustive render (sphere, tree, 48 + 48 samples): {ref_s:.3f} s/frame, held-in "
+    print(f"anchored fast weights, exhaustive render (sphere, tree, 48 + 48 samples, float32): {ref_s:.3f} s/frame, held-in "
           f"PSNR {ref_psnr:.2f} dB; fast render {fast['render_s_per_frame']:.3f} s/frame, {fast['psnr_heldin']:.2f} dB "
           f"({fast['psnr_heldin'] - ref_psnr:+.2f} dB); PSNR between the two renders "
           f"{-10 * math.log10(max(mse, 1e-12)):.1f} dB")

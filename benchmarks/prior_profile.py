@@ -1,7 +1,7 @@
 """Where the anchored prior's CPU training time goes, and how many of its samples are wasted.
 
 Trains the CPU preset (anchored) for a few steps with the exhaustive sampler (the one
-before the occupancy grid, ``benchmarks.prior.EXHAUSTIVE``) and with the default fast
+before the faster prior, ``benchmarks.prior.BEFORE``) and with the default fast
 one, and prints for each, from the same run: seconds per step and rays per second, the
 share of training time spent in the nearest-anchor lookup (the anchored field's inner
 loop: k-d tree search or neighbour table, gather, offsets), and the share of coarse and
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.prior import DEMO_INDEX, EXHAUSTIVE, simulated_index
+from benchmarks.prior import BEFORE, DEMO_INDEX, simulated_index
 
 
 def profile(index: Path, iterations: int, out: Path, changes: dict) -> dict[str, float]:
@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(args.index) if args.index else DEMO_INDEX if DEMO_INDEX.is_file() else simulated_index(Path(tmp))
         runs = {name: profile(index, args.iterations, Path(tmp) / name, changes)
-                for name, changes in (("exhaustive", EXHAUSTIVE), ("fast", {}))}
+                for name, changes in (("before", BEFORE), ("fast", {}))}
     print(f"data: {index}; {args.iterations} steps, CPU preset, anchored field")
     for name, r in runs.items():
         print(f"{name}: {r['s_per_step']:.3f} s/step, {r['rays_per_s']:.0f} rays/s")
