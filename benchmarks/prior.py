@@ -17,14 +17,15 @@ number of steps; only what the row names differs:
 
 Per row: held-in PSNR (whole rendered frames vs the captured crops, the same
 ``--frames`` training frames for every row), PSNR on the last training rays, seconds
-per step, rays per second and seconds per rendered 64 px frame. Then the ratios, and the
+per step, rays per second and seconds per rendered 64 px frame; ``before`` and ``fast`` also with
+seeds 1 .. ``--seeds`` - 1 (rows ``s1`` ...). Then the ratios (seed 0, and per seed with their mean), and the
 fast-trained anchored prior rendered again with the exhaustive sampler at twice the
 samples (same weights): the PSNR between the two renders and the held-in PSNR of each.
 Data: ``--index`` (e.g. the demo's ``workspace_data/derived/dataset/index.parquet``), else
 the demo's index when it exists, else 12 simulated subjects at 384 px taken through the
 pipeline into a temporary folder (about 3 minutes).
 
-    .venv/bin/python -m benchmarks.prior [--index PATH] [--iterations N] [--frames N]
+    .venv/bin/python -m benchmarks.prior [--index PATH] [--iterations N] [--frames N] [--seeds N]
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def main() -> None:
     parser.add_argument("--index", help="dataset/index.parquet to train on")
     parser.add_argument("--iterations", type=int, default=300, help="steps per run")
     parser.add_argument("--frames", type=int, default=24, help="training frames rendered for the held-in PSNR")
+    parser.add_argument("--seeds", type=int, default=2,
+                        help="seeds of the before and fast anchored runs (their ratio is also given per seed and "
+                             "averaged: one seed's held-in PSNR varies by about 0.1 dB)")
     args = parser.parse_args()
 
     import torch
@@ -121,6 +125,10 @@ def main() -> None:
                 "anchored exhaustive": train("anchored exhaustive", EXHAUSTIVE, n, f, data, face_model, out),
                 "anchored fast": train("anchored fast", {}, n, f, data, face_model, out),
                 "triplane fast": train("triplane fast", {"backbone": "triplane"}, n, f, data, face_model, out)}
+        for seed in range(1, args.seeds):
+            for name, changes in (("anchored before", BEFORE), ("anchored fast", {})):
+                rows[f"{name} s{seed}"] = train(f"{name} s{seed}", {**changes, "seed": seed}, n, f, data, face_model,
+                                                out)
         fast = rows["anchored fast"]
         equal_time = max(1, round(fast["train_s"] / rows["triplane fast"]["s_per_step"]))
         rows["triplane wall-clock"] = train("triplane wall-clock", {"backbone": "triplane"}, equal_time, f, data,
@@ -140,6 +148,14 @@ def main() -> None:
         print(f"{new.split()[1]} / {old.split()[1]} (anchored): training rays/s x{a['rays_per_s'] / b['rays_per_s']:.2f}, "
               f"held-in PSNR {a['psnr_heldin'] - b['psnr_heldin']:+.2f} dB, render time per frame "
               f"x{b['render_s_per_frame'] / a['render_s_per_frame']:.2f} faster")
+    if args.seeds > 1:
+        suffixes = [""] + [f" s{seed}" for seed in range(1, args.seeds)]
+        pairs = [(rows[f"anchored fast{x}"], rows[f"anchored before{x}"]) for x in suffixes]
+        speed = [a["rays_per_s"] / b["rays_per_s"] for a, b in pairs]
+        gain = [a["psnr_heldin"] - b["psnr_heldin"] for a, b in pairs]
+        print(f"fast / before over seeds 0-{args.seeds - 1}: training rays/s x{sum(speed) / len(speed):.2f} "
+              f"({', '.join(f'x{v:.2f}' for v in speed)}), held-in PSNR {sum(gain) / len(gain):+.2f} dB "
+              f"({', '.join(f'{v:+.2f}' for v in gain)})")
     for name in ("triplane fast", "triplane wall-clock"):
         t = rows[name]
         print(f"{name} - anchored fast: held-in PSNR {t['psnr_heldin'] - fast['psnr_heldin']:+.2f} dB "

@@ -139,3 +139,12 @@ def test_config_validation_and_presets() -> None:
         fewshot_preset("tpu")
     cfg = fewshot_preset("gpu")
     assert FewShotConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_stage_two_weights_move_faster_with_more_input_images() -> None:
+    from training.fewshot.adapt import weight_lr
+
+    cfg = FewShotConfig(weight_lr=2e-4)
+    assert [weight_lr(cfg, k) for k in (1, 3, 5)] == pytest.approx([2e-4, 6e-4, 1e-3])
+    fixed = cfg.with_changes(weight_lr_per_image=False)
+    assert [weight_lr(fixed, k) for k in (1, 3, 5)] == pytest.approx([2e-4] * 3)

@@ -99,6 +99,11 @@ def new_avatar(prior: AvatarPrior) -> AvatarPrior:
     return avatar
 
 
+def weight_lr(config: FewShotConfig, k: int) -> float:
+    """Stage 2's learning rate of the network weights with ``k`` input images (``weight_lr_per_image``)."""
+    return config.weight_lr * (k if config.weight_lr_per_image else 1)
+
+
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -188,7 +193,7 @@ def refine(stage1: Adapted, face_model: FaceModel, inputs: dict, config: FewShot
         reference = [p.detach().clone() for _, p in _network(avatar)]
         network = [p for _, p in _network(avatar)]
         groups = [{"params": avatar.latents.parameters(), "lr": config.latent_lr},
-                  {"params": network, "lr": config.weight_lr}]
+                  {"params": network, "lr": weight_lr(config, len(inputs["key"]))}]
         geometry = None
         if optimise_geometry:
             geometry = GeometryCorrections(inputs, face_model.n_expression).to(next(avatar.parameters()).device)

@@ -121,7 +121,7 @@ class AnchoredField(nn.Module):
         table = self.vertex_features(condition) if condition.features is None else condition.features
         feats = weighted_rows(table, neighbours.index, neighbours.weight)  # (B, P, 3F)
         if self.offset_encoding == "mean":
-            offset = torch.matmul(neighbours.weight[..., None, :], neighbours.offset).squeeze(-2)  # (B, P, 3)
+            offset = (neighbours.weight[..., None] * neighbours.offset).sum(-2)  # (B, P, 3)
             local = to_head_frame(offset, condition.head_rotation) / self.max_distance
             mixed = positional_encoding(local, OFFSET_FREQUENCIES)
         else:
