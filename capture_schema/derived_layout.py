@@ -35,6 +35,7 @@ SHARDS = "shards"
 DATASET = "dataset"
 PRIOR = "prior"
 FEWSHOT = "fewshot"
+LATENT = "latent"
 ABLATIONS = "ablations"
 EXPORTS = "exports"
 
@@ -95,7 +96,21 @@ FEWSHOT_REPORT_FILE = "report.html"
 FEWSHOT_PLOT_FILE = "psnr_vs_k.png"
 FEWSHOT_SUMMARY_FILE = "summary.md"
 FEWSHOT_RUNS_FILE = "runs.json"
+#: Every identity code a few-shot run adapted (``capture_schema.tables.ADAPTED_CODES_SCHEMA``).
+FEWSHOT_CODES_FILE = "codes.parquet"
 ADAPTED_DIR = "adapted"
+
+# Latent-space report (training.latent.report): the same files for the main prior and each ablation repeat.
+LATENT_METRICS_FILE = "metrics.parquet"
+LATENT_INTERPOLATIONS_FILE = "interpolations.parquet"
+LATENT_SAMPLES_FILE = "samples.parquet"
+LATENT_COVERAGE_FILE = "coverage.parquet"
+LATENT_REPORT_FILE = "report.html"
+LATENT_PLOT_FILE = "profiles.png"
+LATENT_SAMPLES_IMAGE = "samples.png"
+#: ``interpolations/<start>/<end>.png`` (a strip) and ``.gif`` (an animation) per interpolated pair.
+LATENT_STRIPS_DIR = "interpolations"
+LATENT_STRIP_SUFFIXES = (".png", ".gif")
 
 # Balance ablations (pipelines.assets.ablation, training.ablation.report).
 SUBSET_FILE = "subset.json"
@@ -248,6 +263,30 @@ def adapted_checkpoint(subject_id: str, condition: str, k: int | str) -> str:
     return join(subject_id, condition, f"k{k}", CHECKPOINT_FILE)
 
 
+def latent_dir(backbone: str) -> str:
+    """The main prior's latent-space report (``latent_space_report``)."""
+    return join(LATENT, backbone)
+
+
+def latent_report(backbone: str) -> str:
+    return join(latent_dir(backbone), LATENT_REPORT_FILE)
+
+
+def latent_metrics(backbone: str) -> str:
+    return join(latent_dir(backbone), LATENT_METRICS_FILE)
+
+
+def latent_strip(start: str, end: str, suffix: str = ".png") -> str:
+    """An interpolation's strip (``.png``) or animation (``.gif``), relative to a latent-report folder."""
+    if suffix not in LATENT_STRIP_SUFFIXES:
+        raise ValueError(f"suffix must be one of {LATENT_STRIP_SUFFIXES}, got {suffix!r}")
+    return join(LATENT_STRIPS_DIR, start, end + suffix)
+
+
+def fewshot_codes(backbone: str) -> str:
+    return join(fewshot_dir(backbone), FEWSHOT_CODES_FILE)
+
+
 def ablation_dir(name: str) -> str:
     """A configuration's folder: one ``seed-<s>`` folder per repeat seed of the spec."""
     return join(ABLATIONS, name)
@@ -288,6 +327,19 @@ def ablation_fewshot_report(name: str, seed: int | str) -> str:
 
 def ablation_settings(name: str, seed: int | str) -> str:
     return join(ablation_fewshot_dir(name, seed), SETTINGS_FILE)
+
+
+def ablation_codes(name: str, seed: int | str) -> str:
+    return join(ablation_fewshot_dir(name, seed), FEWSHOT_CODES_FILE)
+
+
+def ablation_latent_dir(name: str, seed: int | str) -> str:
+    """Repeat ``seed`` of configuration ``name``: its prior's latent-space report (``ablation_latent``)."""
+    return join(ablation_seed_dir(name, seed), LATENT)
+
+
+def ablation_latent_metrics(name: str, seed: int | str) -> str:
+    return join(ablation_latent_dir(name, seed), LATENT_METRICS_FILE)
 
 
 def export_dir(name: str) -> str:
@@ -334,6 +386,19 @@ def _fewshot_files(folder: str, who: str, **slots: str) -> list[tuple[re.Pattern
             (_rx(join(folder, FEWSHOT_REPORT_FILE), **slots), f"{who}: self-contained HTML report"),
             (_rx(join(folder, FEWSHOT_PLOT_FILE), **slots), f"{who}: PSNR against K plot"),
             (_rx(join(folder, FEWSHOT_SUMMARY_FILE), **slots), f"{who}: summary table (markdown)")]
+
+
+def _latent_files(folder: str, who: str, **slots: str) -> list[tuple[re.Pattern[str], str]]:
+    strip = {**slots, "start": _ID, "end": _ID, "suffix": _one_of(LATENT_STRIP_SUFFIXES)}
+    return [(_rx(join(folder, LATENT_METRICS_FILE), **slots), f"{who}: summary metrics (one row)"),
+            (_rx(join(folder, LATENT_INTERPOLATIONS_FILE), **slots), f"{who}: image distances of every step"),
+            (_rx(join(folder, LATENT_SAMPLES_FILE), **slots), f"{who}: mediapipe check of every sample"),
+            (_rx(join(folder, LATENT_COVERAGE_FILE), **slots), f"{who}: coverage of each held-out code"),
+            (_rx(join(folder, LATENT_REPORT_FILE), **slots), f"{who}: self-contained HTML report"),
+            (_rx(join(folder, LATENT_PLOT_FILE), **slots), f"{who}: distance-to-ends plot"),
+            (_rx(join(folder, LATENT_SAMPLES_IMAGE), **slots), f"{who}: sampled identities"),
+            (_rx(join(folder, LATENT_STRIPS_DIR, "<start>", "<end><suffix>"), **strip),
+             f"{who}: an interpolation strip or animation")]
 
 
 def _export_files(folder: str, **slots: str) -> list[tuple[re.Pattern[str], str]]:
@@ -388,6 +453,8 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
     (_rx(join(prior_dir("<backbone>"), PRIOR_CURVES_FILE), **_B), "avatar prior: training curves"),
     *_fewshot_files(fewshot_dir("<backbone>"), "few-shot", **_B),
     (_rx(join(fewshot_dir("<backbone>"), FEWSHOT_RUNS_FILE), **_B), "few-shot: adaptation time, loss per run"),
+    (_rx(fewshot_codes("<backbone>"), **_B), "few-shot: every adapted identity code"),
+    *_latent_files(latent_dir("<backbone>"), "latent space", **_B),
     (_rx(join(fewshot_dir("<backbone>"), ADAPTED_DIR, adapted_checkpoint("<subject>", "<condition>", "<k>")),
          **_B, subject=_ID, condition=_ID, k=r"\d+"), "few-shot: adapted avatar checkpoint"),
     (_rx(ablation_subset("<name>", "<seed>"), **_NS), "ablation: the configuration's images (one repeat)"),
@@ -397,6 +464,8 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple([
      "ablation: the configuration's training curves"),
     *_fewshot_files(ablation_fewshot_dir("<name>", "<seed>"), "ablation few-shot", **_NS),
     (_rx(ablation_settings("<name>", "<seed>"), **_NS), "ablation few-shot: settings the scores were computed under"),
+    (_rx(ablation_codes("<name>", "<seed>"), **_NS), "ablation few-shot: every adapted identity code"),
+    *_latent_files(ablation_latent_dir("<name>", "<seed>"), "ablation latent space", **_NS),
     (_rx(ABLATIONS_TABLE), "ablation report: comparison table"),
     (_rx(ABLATIONS_REPORT), "ablation report: HTML"),
     (_rx(join(ABLATIONS, ABLATION_PLOT_FILE)), "ablation report: few-shot PSNR per configuration plot"),

@@ -93,3 +93,19 @@ DATASET_INDEX_SCHEMA = pa.schema(
     metadata={"description": "every sample of every session shard; key is session_id/expression/camera_id; "
               "split (train, validation, test) is a function of subject_id alone"},
 )
+
+#: One row per identity code a few-shot run adapted (``codes.parquet`` beside the few-shot scores): the
+#: latent-space coverage metric (``training.latent``) measures where new subjects land among the training codes.
+ADAPTED_CODES_SCHEMA = pa.schema(
+    [
+        pa.field("subject_id", pa.string(), nullable=False),
+        pa.field("condition", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),
+        pa.field("code", pa.list_(pa.float32()), nullable=False),
+        pa.field("prior_codes_sha256", pa.string(), nullable=False),
+    ],
+    metadata={"description": "adapted identity codes: latent_only is stage 1 (prior frozen, the prior's own code "
+                             "space), prior / prior_fixed_geometry after stage 2 (weights adapted too); "
+                             "prior_codes_sha256 identifies the prior's training-code table they were adapted from"},
+)

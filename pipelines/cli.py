@@ -18,6 +18,7 @@ from pipelines.cli_calibration_import import add_import_calibration_command
 from pipelines.cli_errors import EXIT_INVALID, EXIT_OK, EXIT_USAGE, command_name, os_error_message
 from pipelines.cli_export import add_export_commands
 from pipelines.cli_fewshot import add_fewshot_command
+from pipelines.cli_latent import add_latent_commands
 from pipelines.cli_pipeline import add_pipeline_commands
 from pipelines.cli_prior import add_prior_commands
 from pipelines.cli_stages import add_calibrate_session_arguments, add_stage_commands, calibrate_session_command
@@ -344,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stage_commands(sub)
     add_prior_commands(sub)
     add_fewshot_command(sub)
+    add_latent_commands(sub)
     add_ablation_commands(sub)
     add_export_commands(sub)
     add_import_calibration_command(sub)

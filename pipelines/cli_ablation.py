@@ -1,7 +1,7 @@
 """``o2a ablation list|run``: the balance ablations of a spec file, one configuration at a time if wanted.
 
-``run NAME ...`` materialises ``ablation_subset``, ``ablation_prior`` and
-``ablation_fewshot`` for those configurations (partitions, each looping over the
+``run NAME ...`` materialises ``ablation_subset``, ``ablation_prior``,
+``ablation_fewshot`` and ``ablation_latent`` for those configurations (partitions, each looping over the
 spec's repeat seeds) in a Dagster instance,
 then ``ablation_report`` once every configuration of the spec has scores. Exit
 codes as ``o2a``'s: 0 success, 1 failed work, 2 usage errors (a bad spec included).
@@ -74,7 +74,7 @@ def add_ablation_commands(sub: argparse._SubParsersAction) -> None:
     lst = asub.add_parser("list", help="the spec's configurations and their budgets")
     lst.add_argument("--spec", help=spec_help)
     lst.set_defaults(func=cmd_ablation_list)
-    run = asub.add_parser("run", help="subset, prior and few-shot scores of configurations, then the report")
+    run = asub.add_parser("run", help="subset, prior, few-shot scores and latent space of configurations, then the report")
     run.add_argument("names", nargs="*", help="configurations to run (default: all, then the report)")
     run.add_argument("--spec", help=spec_help)
     run.add_argument("--storage", default="file://workspace_data/derived", help="storage root URL (with the index)")

@@ -2,7 +2,7 @@
 
 By default the sessions go as a backfill through the instance's run queue and daemon
 (``pipelines.deployment``), several at once; ``--in-process`` runs them one after another
-in this process. Then the dataset index, the avatar prior and its few-shot report.
+in this process. Then the dataset index, the avatar prior, its few-shot report and its latent-space report.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _dagster_home(args: argparse.Namespace):
 
 def _after_sessions(args: argparse.Namespace, instance, storage, runs: list, not_sessions: list) -> int:
     """The index, the prior and its few-shot report once the sessions are done; the exit status."""
-    from pipelines.runner import build_dataset_index, evaluate_fewshot, train_avatar_prior
+    from pipelines.runner import build_dataset_index, evaluate_fewshot, report_latent_space, train_avatar_prior
 
     failed = [r for r in runs if not r.success and not r.failed_checks]
     quarantined = [r for r in runs if r.failed_checks]
@@ -103,6 +103,10 @@ def _after_sessions(args: argparse.Namespace, instance, storage, runs: list, not
             print("adapting the prior to the held-out test subjects (few-shot report, cpu preset)")
             if evaluate_fewshot(instance, storage) is None:
                 return EXIT_INVALID
+            if not args.no_latent:
+                print("interpolating, sampling and measuring the prior's identity codes (latent-space report)")
+                if report_latent_space(instance, storage) is None:
+                    return EXIT_INVALID
     print(f"outputs: {storage.storage().uri('')}")
     # Anything not ok (quarantined, failed, not a session) is listed above and makes the exit status 1.
     return EXIT_INVALID if failed or quarantined or not_sessions else EXIT_OK
@@ -121,5 +125,6 @@ def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
                    help="run the sessions one after another in this process (no daemon, no run queue)")
     r.add_argument("--no-prior", action="store_true", help="stop after the dataset index (no avatar prior)")
     r.add_argument("--prior-iterations", type=int, help="avatar prior steps (default: the cpu preset's)")
-    r.add_argument("--no-fewshot", action="store_true", help="stop after the prior (no few-shot report)")
+    r.add_argument("--no-fewshot", action="store_true", help="stop after the prior (no few-shot or latent-space report)")
+    r.add_argument("--no-latent", action="store_true", help="skip the latent-space report after the few-shot report")
     r.set_defaults(func=cmd_pipeline_run)

@@ -12,6 +12,7 @@ from pipelines.assets.face_fits import face_fits
 from pipelines.assets.fewshot import fewshot_report
 from pipelines.assets.ingest import capture_folders, session_manifest
 from pipelines.assets.landmarks import face_landmarks
+from pipelines.assets.latent import latent_space_report
 from pipelines.assets.prior import avatar_prior
 from pipelines.assets.shards import session_shards
 from pipelines.executors import executor_from_environment
@@ -30,6 +31,8 @@ EXPORT_ASSETS = [dataset_export]
 PRIOR_ASSETS = [avatar_prior]
 #: Few-shot adaptation of the prior to the held-out subjects, scored and reported.
 FEWSHOT_ASSETS = [fewshot_report]
+#: The prior's identity latent space: interpolations, sampled identities, coverage of the few-shot codes.
+LATENT_ASSETS = [latent_space_report]
 #: Balance ablations: subset, prior and few-shot scores per spec configuration (partitions), then the report.
 ABLATION_ASSETS = build_ablation_assets(spec_from_environment())
 
@@ -63,6 +66,12 @@ fewshot_job = dg.define_asset_job(
     description="Adapt the avatar prior to each held-out subject from K images and write the report.",
 )
 
+latent_job = dg.define_asset_job(
+    "report_latent_space",
+    selection=dg.AssetSelection.assets(*LATENT_ASSETS),
+    description="Interpolate, sample and measure the avatar prior's identity codes (after the few-shot report).",
+)
+
 export_job = dg.define_asset_job(
     "export_dataset",
     selection=dg.AssetSelection.assets(*EXPORT_ASSETS),
@@ -76,16 +85,18 @@ ablation_job = dg.define_asset_job(
 )
 
 #: The prior goes stale when the index changes (the UI shows it); a deployment refreshes it on request or
-#: turns this on (``dagster schedule start nightly_prior``): the prior, then its few-shot report, at 02:00.
+#: turns this on (``dagster schedule start nightly_prior``): the prior, its few-shot report, then its latent-space
+#: report, at 02:00.
 prior_refresh = dg.ScheduleDefinition(
     name="nightly_prior", cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
-    target=dg.AssetSelection.assets(*PRIOR_ASSETS, *FEWSHOT_ASSETS),
-    description="Retrain the avatar prior on the current index, then its few-shot report (off until started).")
+    target=dg.AssetSelection.assets(*PRIOR_ASSETS, *FEWSHOT_ASSETS, *LATENT_ASSETS),
+    description="Retrain the avatar prior on the current index, then its few-shot and latent-space reports (off "
+                "until started).")
 
 defs = dg.Definitions(
     assets=(CAPTURES_ASSETS + SESSION_ASSETS + DATASET_ASSETS + EXPORT_ASSETS + PRIOR_ASSETS + FEWSHOT_ASSETS
-            + list(ABLATION_ASSETS)),
-    jobs=[captures_job, session_job, dataset_job, export_job, prior_job, fewshot_job, ablation_job],
+            + LATENT_ASSETS + list(ABLATION_ASSETS)),
+    jobs=[captures_job, session_job, dataset_job, export_job, prior_job, fewshot_job, latent_job, ablation_job],
     sensors=[build_session_sensor(session_job, captures_job), build_automation_sensor()],
     schedules=[prior_refresh],
     resources=default_resources(),

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import dagster as dg
 
 from capture_schema.captures_root import RootEntry, session_ids
-from pipelines.definitions import (CAPTURES_ASSETS, DATASET_ASSETS, FEWSHOT_ASSETS, PRIOR_ASSETS, SESSION_ASSETS,
-                                   captures_job, dataset_job, fewshot_job, prior_job, session_job)
+from pipelines.definitions import (CAPTURES_ASSETS, DATASET_ASSETS, FEWSHOT_ASSETS, LATENT_ASSETS, PRIOR_ASSETS,
+                                   SESSION_ASSETS, captures_job, dataset_job, fewshot_job, latent_job, prior_job,
+                                   session_job)
 from pipelines.partitions import SESSIONS_PARTITION, unregistered_sessions
 from pipelines.resources import CapturesResource, FaceModelResource, StorageResource, default_resources
 
@@ -151,11 +152,26 @@ def evaluate_fewshot(instance: dg.DagsterInstance, storage: StorageResource,
     return str(meta["report"].value)
 
 
+def report_latent_space(instance: dg.DagsterInstance, storage: StorageResource,
+                        face_model: FaceModelResource | None = None, log: Callable[[str], None] = print,
+                        log_level: str = "INFO", run_config: dict[str, Any] | None = None) -> str | None:
+    """Materialise ``LATENT_ASSETS`` (the prior's latent-space report); the report's URI, or None."""
+    result = _execute_with_models(LATENT_ASSETS, latent_job, instance, storage, face_model, log_level, run_config)
+    if not result.success:
+        log(f"  latent-space report: FAILED: {_failure_reason(result)}")
+        return None
+    meta = result.asset_materializations_for_node("latent_space_report")[0].metadata
+    log(f"  latent-space report: smoothness {meta['smoothness'].value:.3f}, plausible samples "
+        f"{meta['plausible_share'].value:.0%}, coverage {meta['coverage_mean'].value:.2f} -> {meta['report'].value}")
+    return str(meta["report"].value)
+
+
 def run_ablation(instance: dg.DagsterInstance, storage: StorageResource, spec: "AblationSpec",
                  names: list[str] | None = None, report: bool = True, face_model: FaceModelResource | None = None,
                  log: Callable[[str], None] = print, log_level: str = "INFO") -> bool:
-    """Materialise the ablation assets of ``spec``: subset, prior and few-shot scores of each configuration in
-    ``names`` (default: all), then ``ablation_report`` when ``report`` (it needs every configuration done)."""
+    """Materialise the ablation assets of ``spec``: subset, prior, few-shot scores and latent space of each
+    configuration in ``names`` (default: all), then ``ablation_report`` when ``report`` (it needs every
+    configuration done)."""
     from pipelines.assets.ablation import build_ablation_assets
 
     assets = build_ablation_assets(spec)
@@ -163,7 +179,7 @@ def run_ablation(instance: dg.DagsterInstance, storage: StorageResource, spec: "
     config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     for name in names or spec.names():
         spec.get(name)  # an unknown name fails here, listing the known ones
-        log(f"  ablation configuration {name}: subset, prior, few-shot")
+        log(f"  ablation configuration {name}: subset, prior, few-shot, latent space")
         result = dg.materialize(assets.per_configuration, instance=instance, partition_key=name, resources=resources,
                                 raise_on_error=False, run_config=config)
         if not result.success:

@@ -162,6 +162,29 @@ def test_report_compares_configurations_in_html_parquet_and_metadata(ablation_ru
         assert ("(distinguishable, one seed)" if at_k.loc[other, "distinguishable"] else "(within noise") in markdown
 
 
+def test_report_shows_the_latent_space_per_configuration(ablation_run) -> None:
+    """Each configuration's prior gets its latent-space report (``ablation_latent``); the comparison carries its
+    smoothness, plausible share and coverage, and the closing note quotes them."""
+    root, table = ablation_run["root"], ablation_run["table"]
+    for name in PAIR:
+        metrics = pd.read_parquet(root / layout.ablation_latent_metrics(name, 0)).iloc[0]
+        assert metrics["identities"] == {"balanced": 2, "identity_heavy": 8}[name]
+        assert metrics["pairs"] == {"balanced": 1, "identity_heavy": 3}[name]  # every pair of 2, a draw of 3 of 8
+        assert metrics["held_out"] == 2  # validation + test subjects, from the codes ablation_fewshot adapted
+        row = table[table["configuration"] == name].iloc[0]
+        assert row["smoothness"] == pytest.approx(metrics["smoothness"])
+        assert row["plausible_share"] == pytest.approx(metrics["plausible_share"])
+        assert row["coverage"] == pytest.approx(metrics["coverage_mean"])
+        assert 1.0 <= row["smoothness"] < 3.0 and 0.0 <= row["plausible_share"] <= 1.0 and row["coverage"] > 0
+        assert (root / layout.ablation_latent_dir(name, 0) / layout.LATENT_REPORT_FILE).is_file()
+    markdown = (root / layout.ABLATIONS / layout.ABLATION_MARKDOWN_FILE).read_text()
+    note = next(line for line in markdown.splitlines() if "Latent space by number of training identities" in line)
+    for name in PAIR:
+        r = table[table["configuration"] == name].iloc[0]
+        assert f"{name} ({r.identities} identities): smoothness {r.smoothness:.2f}, plausible samples " \
+               f"{r.plausible_share:.0%}, coverage {r.coverage:.2f}" in note
+
+
 def test_cli_lists_and_refuses_unknown_configurations(tmp_path: Path, capsys) -> None:
     assert main(["ablation", "list"]) == 0
     out = capsys.readouterr().out

@@ -14,7 +14,8 @@ import pytest
 
 from capture_schema import derived_layout as layout
 from test_fewshot_report import decode_uri, parse
-from training.ablation.report import comparison_markdown, comparison_table, margins, write_ablation_report
+from training.ablation.report import (comparison_markdown, comparison_table, latent_notes, margins,
+                                      write_ablation_report)
 from training.ablation.spec import load_default_spec, parse_spec
 
 SEEDS = (0, 1)
@@ -154,3 +155,70 @@ def test_written_report_is_self_contained_and_carries_the_margins(table: pd.Data
     assert comparison_markdown(table) in markdown
     assert markdown.count("\n| ") == len(table)  # one row per (configuration, K) under the header
     assert "distinguishable" in html and "seeds 0, 1" in html
+
+
+def latent(names: list[str]) -> dict[str, dict[int, dict]]:
+    """Latent summary rows per configuration and seed, with hand-picked values (view_heavy: one identity, so
+    no smoothness and no coverage)."""
+    values = {"balanced": ((1.2, 0.75, 1.5), (1.4, 0.25, 2.5)), "identity_heavy": ((1.05, 1.0, 0.8), (1.15, 1.0, 0.6)),
+              "view_heavy": ((float("nan"), 0.0, float("nan")), (float("nan"), 0.5, float("nan")))}
+    return {n: {seed: {"smoothness": s, "plausible_share": p, "coverage_mean": c}
+                for seed, (s, p, c) in zip(SEEDS, values[n])} for n in names}
+
+
+def test_latent_metrics_are_averaged_over_seeds_and_quoted_in_the_closing_note(tmp_path) -> None:
+    spec = load_default_spec()
+    table = comparison_table(spec, {name: make_scores(name) for name in spec.names()}, costs(spec.names()),
+                             latent(spec.names()))
+    for k in BASE:  # the same configuration-level values on every K row
+        assert row(table, "balanced", k)[["smoothness", "plausible_share", "coverage"]].tolist() == \
+            pytest.approx([1.3, 0.5, 2.0])
+        assert row(table, "identity_heavy", k)[["smoothness", "plausible_share", "coverage"]].tolist() == \
+            pytest.approx([1.1, 1.0, 0.7])
+        heavy = row(table, "view_heavy", k)
+        assert pd.isna(heavy.smoothness) and pd.isna(heavy.coverage) and heavy.plausible_share == pytest.approx(0.25)
+    [note] = latent_notes(table)
+    # Ordered by identities: view_heavy (1), balanced (2), identity_heavy (8).
+    assert re.search(r"view_heavy \(1 identity\): smoothness n/a, plausible samples 25%, coverage n/a \(one "
+                     r"identity[^;]*; balanced \(2 identities\): smoothness 1\.30, plausible samples 50%, coverage "
+                     r"2\.00; identity_heavy \(8 identities\): smoothness 1\.10, plausible samples 100%, coverage "
+                     r"0\.70$", note), note
+    paths = write_ablation_report(tmp_path, spec, table)
+    import html
+
+    markdown, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert markdown.rstrip().endswith(note) and html.escape(note) in page
+    assert "| 1.30 | 50% | 2.00 |" in markdown and "| n/a | 25% | n/a |" in markdown
+    assert pd.read_parquet(paths["table"])["coverage"].notna().sum() == 2 * len(BASE)
+
+
+def test_without_latent_metrics_the_columns_are_empty_and_no_note_is_written(table: pd.DataFrame) -> None:
+    assert table[["smoothness", "plausible_share", "coverage"]].isna().all().all()
+    assert latent_notes(table) == []
+
+
+def test_latent_metrics_of_a_replaced_prior_or_codes_are_stale(tmp_path) -> None:
+    """``latent_rows`` compares the digests a latent summary row recorded with the files in the store now."""
+    import hashlib
+
+    from capture_schema.atomic import canonical_json
+    from capture_schema.storage import Storage
+    from training.ablation.run import latent_rows
+    from training.latent.config import LatentConfig
+
+    spec = parse_spec(PAIR_SPEC.format(seeds="[0]"))
+    store = Storage(f"file://{tmp_path}")
+    for name in spec.names():
+        prior, codes = f"{name} weights".encode(), f"{name} codes".encode()
+        store.write_bytes(layout.ablation_prior_checkpoint(name, 0), prior)
+        store.write_bytes(layout.ablation_codes(name, 0), codes)
+        row = pd.DataFrame([{"smoothness": 1.1, "prior_sha256": hashlib.sha256(prior).hexdigest(),
+                             "codes_sha256": hashlib.sha256(codes).hexdigest(),
+                             "latent_config": canonical_json(LatentConfig().to_dict())}])
+        store.write_bytes(layout.ablation_latent_metrics(name, 0), row.to_parquet(index=False))
+    rows, stale = latent_rows(store, spec)
+    assert stale == [] and rows["balanced"][0]["smoothness"] == 1.1
+    store.write_bytes(layout.ablation_prior_checkpoint("view_heavy", 0), b"retrained")
+    assert latent_rows(store, spec)[1] == ["view_heavy"]
+    store.write_bytes(layout.ablation_codes("balanced", 0), b"re-adapted")
+    assert latent_rows(store, spec)[1] == ["balanced", "view_heavy"]

@@ -45,6 +45,10 @@ PER_BACKBONE = [
     (layout.fewshot_dir, "fewshot/{}"),
     (layout.fewshot_report, "fewshot/{}/report.html"),
     (layout.fewshot_scores, "fewshot/{}/scores.parquet"),
+    (layout.fewshot_codes, "fewshot/{}/codes.parquet"),
+    (layout.latent_dir, "latent/{}"),
+    (layout.latent_report, "latent/{}/report.html"),
+    (layout.latent_metrics, "latent/{}/metrics.parquet"),
 ]
 PER_ABLATION = [(layout.ablation_dir, "ablations/{}")]
 #: Per configuration and repeat seed (the second argument): one folder per seed under the configuration's.
@@ -58,6 +62,9 @@ PER_ABLATION_SEED = [
     (layout.ablation_scores, "ablations/{}/seed-{}/fewshot/scores.parquet"),
     (layout.ablation_fewshot_report, "ablations/{}/seed-{}/fewshot/report.html"),
     (layout.ablation_settings, "ablations/{}/seed-{}/fewshot/settings.json"),
+    (layout.ablation_codes, "ablations/{}/seed-{}/fewshot/codes.parquet"),
+    (layout.ablation_latent_dir, "ablations/{}/seed-{}/latent"),
+    (layout.ablation_latent_metrics, "ablations/{}/seed-{}/latent/metrics.parquet"),
 ]
 ALL_FUNCTIONS = PER_SESSION + PER_KEY + PER_BACKBONE + PER_ABLATION
 SEEDS = [0, 1, 17]
@@ -151,7 +158,15 @@ EXAMPLES = [
     "prior/anchored/checkpoint.pt", "prior/anchored/report.json", "prior/triplane/curves.png",
     "fewshot/anchored/scores.parquet", "fewshot/anchored/report.html", "fewshot/anchored/psnr_vs_k.png",
     "fewshot/anchored/summary.md", "fewshot/anchored/runs.json",
-    "fewshot/anchored/adapted/sim0011/estimated/k3/checkpoint.pt",
+    "fewshot/anchored/adapted/sim0011/estimated/k3/checkpoint.pt", "fewshot/anchored/codes.parquet",
+    *(f"latent/anchored/{n}" for n in ("metrics.parquet", "interpolations.parquet", "samples.parquet",
+                                       "coverage.parquet", "report.html", "profiles.png", "samples.png")),
+    "latent/anchored/interpolations/sim0000/sim0003.png", "latent/anchored/interpolations/sim0001/sim0011.gif",
+    "ablations/balanced/seed-0/fewshot/codes.parquet",
+    *(f"ablations/balanced/seed-1/latent/{n}" for n in ("metrics.parquet", "interpolations.parquet", "samples.parquet",
+                                                        "coverage.parquet", "report.html", "profiles.png",
+                                                        "samples.png")),
+    "ablations/balanced/seed-0/latent/interpolations/s1/s2.gif",
     "ablations/balanced/seed-0/subset.json", "ablations/balanced/seed-0/prior/checkpoint.pt",
     "ablations/balanced/seed-1/prior/report.json", "ablations/balanced/seed-1/prior/curves.png",
     "ablations/balanced/seed-0/fewshot/scores.parquet", "ablations/balanced/seed-12/fewshot/report.html",
@@ -178,6 +193,8 @@ STRAY = [
     "ablations/balanced/seed-0/seed-0/subset.json", "ingest/s1/Manifest.parquet",
     "exports/h/s1/neutral/images/mid_C00.gif", "exports/h/s1/neutral/masks/mid_C00.jpg", "exports/h/s1/mesh.ply",
     "exports/h/s1/neutral/sparse/1/cameras.txt", "exports/h/export.json/x",
+    "latent/anchored/interpolations/s1/s2.jpg", "latent/anchored/interpolations/s1.png", "latent/metrics.parquet",
+    "ablations/balanced/latent/metrics.parquet",
 ]
 
 

@@ -15,12 +15,16 @@ report's inputs one per configuration); per seed ``s``, under
   filter by key, no shard rewriting), resumable like ``avatar_prior``;
 - ``ablation_fewshot``: ``fewshot/`` scores and report of that prior on the spec's
   held-out subjects, with the spec's few-shot protocol (the same for every partition),
-  and ``settings.json``, what they were computed under.
+  ``settings.json``, what they were computed under, and ``codes.parquet``, the adapted codes;
+- ``ablation_latent``: ``latent/``, that prior's identity latent space (smoothness of
+  interpolations, plausible share of sampled identities, coverage of the adapted codes;
+  ``training.latent``), seconds per repeat.
 
 Metadata gives each seed's value (``psnr_k1_seed0``) beside the mean over seeds (``psnr_k1``).
 
-``ablation_report`` (not partitioned) compares every configuration side by side; it
-refuses scores computed under settings the spec no longer gives (an edited spec).
+``ablation_report`` (not partitioned) compares every configuration side by side, the latent-space
+metrics included; it refuses scores computed under settings the spec no longer gives (an edited
+spec) and latent metrics of a prior or codes replaced since.
 Thin by design: each asset calls one stage of ``training.ablation.run``.
 """
 
@@ -35,7 +39,7 @@ from pipelines import pools
 from pipelines.assets.dataset_index import dataset_index
 from pipelines.assets.store_io import load_face_model, stage_failures
 from pipelines.resources import FaceModelResource, StorageResource
-from training.ablation.run import compare, evaluate_configuration, select_subset, train_configuration
+from training.ablation.run import compare, evaluate_configuration, measure_latent, select_subset, train_configuration
 from training.ablation.spec import DEFAULT_SPEC, AblationSpec, load_spec
 
 SPEC_ENV = "O2A_ABLATION_SPEC"
@@ -59,20 +63,21 @@ def _per_seed(name: str, values: dict[int, float]) -> dict[str, float]:
 
 
 class AblationAssets(NamedTuple):
-    """The assets of one spec, by name: three partitioned per configuration, then the report over all."""
+    """The assets of one spec, by name: four partitioned per configuration, then the report over all."""
 
     subset: dg.AssetsDefinition
     prior: dg.AssetsDefinition
     fewshot: dg.AssetsDefinition
+    latent: dg.AssetsDefinition
     report: dg.AssetsDefinition
 
     @property
     def per_configuration(self) -> tuple[dg.AssetsDefinition, ...]:
-        return (self.subset, self.prior, self.fewshot)
+        return (self.subset, self.prior, self.fewshot, self.latent)
 
 
 def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
-    """The three partitioned assets and the report, for the configurations of ``spec``."""
+    """The four partitioned assets and the report, for the configurations of ``spec``."""
     partitions = dg.StaticPartitionsDefinition(spec.names())
 
     @dg.asset(deps=[dataset_index], partitions_def=partitions, group_name="ablation")
@@ -145,10 +150,29 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
             **{key: value for k, by_seed in sorted(psnr.items())
                for key, value in _per_seed(f"psnr_k{k}", by_seed).items()}})
 
-    @dg.asset(deps=[ablation_fewshot], group_name="ablation", kinds={"html"})
+    @dg.asset(deps=[ablation_fewshot], partitions_def=partitions, group_name="ablation", kinds={"pytorch"})
+    def ablation_latent(context: dg.AssetExecutionContext, storage: StorageResource,
+                        face_model: FaceModelResource) -> dg.MaterializeResult:
+        """The configuration's prior's identity latent space: smoothness, plausible samples, coverage."""
+        name = context.partition_key
+        store = storage.storage()
+        model = load_face_model(face_model)
+        with stage_failures():
+            runs = {seed: measure_latent(store, spec, name, seed, model, context.log.info).summary()
+                    for seed in _each_seed(spec, name, "latent space", context.log.info)}
+
+        return dg.MaterializeResult(metadata={
+            **{f"report_seed{seed}": dg.MetadataValue.url(store.uri(layout.join(layout.ablation_latent_dir(name, seed),
+                                                                               layout.LATENT_REPORT_FILE)))
+               for seed in runs},
+            "seeds": ", ".join(map(str, spec.seeds)),
+            **{key: value for metric in ("smoothness", "plausible_share", "coverage_mean")
+               for key, value in _per_seed(metric, {s: float(r[metric]) for s, r in runs.items()}).items()}})
+
+    @dg.asset(deps=[ablation_fewshot, ablation_latent], group_name="ablation", kinds={"html"})
     def ablation_report(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        """Every configuration side by side: few-shot PSNR/SSIM per K and training cost."""
-        from training.ablation.report import comparison_markdown, margins
+        """Every configuration side by side: few-shot PSNR/SSIM per K, training cost and the latent space."""
+        from training.ablation.report import comparison_markdown, latent_notes, margins
 
         store = storage.storage()
         with stage_failures():
@@ -157,9 +181,10 @@ def build_ablation_assets(spec: AblationSpec) -> AblationAssets:
             "report": dg.MetadataValue.url(store.uri(layout.ABLATIONS_REPORT)),
             "table": dg.MetadataValue.path(store.uri(layout.ABLATIONS_TABLE)),
             "comparison": dg.MetadataValue.md(comparison_markdown(comparison.table)),
-            "margins": dg.MetadataValue.md("\n".join(f"- {line}" for line in margins(comparison.table))),
+            "margins": dg.MetadataValue.md("\n".join(f"- {line}" for line in margins(comparison.table)
+                                                       + latent_notes(comparison.table))),
             "plot": dg.MetadataValue.md(f"![few-shot PSNR per configuration](data:image/png;base64,"
                                         f"{base64.b64encode(comparison.plot_png).decode()})"),
             "configurations": len(spec.names()), "spec": spec.source, "spec_digest": spec.digest[:12]})
 
-    return AblationAssets(ablation_subset, ablation_prior, ablation_fewshot, ablation_report)
+    return AblationAssets(ablation_subset, ablation_prior, ablation_fewshot, ablation_latent, ablation_report)

@@ -4,8 +4,10 @@ One row per (configuration, K) of the prior-based few-shot method: the budget sp
 (identities x views x expressions), mean PSNR over the repeat seeds and the held-out
 frames with its 95% bootstrap interval and per-seed means, the paired difference to the
 best configuration at that K with its interval and verdict (``training.ablation.stats``),
-mean SSIM / SSIM in the head mask, and what training one prior cost (mean over seeds).
-Written as Parquet, a markdown table (Dagster metadata), a PNG and a self-contained HTML page.
+mean SSIM / SSIM in the head mask, what training one prior cost (mean over seeds), and the prior's
+identity latent space (``training.latent``, mean over seeds, the same on every K row of a configuration):
+smoothness of interpolations between its training identities, the plausible share of sampled
+identities and the coverage of the held-out subjects' adapted codes. Written as Parquet, a markdown table (Dagster metadata), a PNG and a self-contained HTML page.
 """
 
 from __future__ import annotations
@@ -33,11 +35,31 @@ def _frames(df: pd.DataFrame) -> pd.Series:
     return df.set_index(list(LEVELS))["psnr"]
 
 
+#: Latent-space columns of the table: (column, summary field of ``training.latent``, what it says).
+LATENT_COLUMNS = (("smoothness", "smoothness", "largest interpolation step over the mean step, 1.0 = even"),
+                  ("plausible_share", "plausible_share", "share of sampled identities mediapipe accepts"),
+                  ("coverage", "coverage_mean", "held-out code's distance to the nearest training code over the "
+                                                "training codes' spread"))
+
+
+def _nanmean(values: list[Any]) -> float:
+    finite = [float(v) for v in values if v is not None and not pd.isna(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def latent_columns(latent: dict[int, dict[str, Any]] | None) -> dict[str, float]:
+    """A configuration's latent-space columns: each metric's mean over the repeats that have it (NaN if none)."""
+    rows = list((latent or {}).values())
+    return {column: _nanmean([r.get(field) for r in rows]) for column, field, _ in LATENT_COLUMNS}
+
+
 def comparison_table(spec: AblationSpec, scores: dict[str, pd.DataFrame],
-                     costs: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
-    """Rows (configuration in spec order, K): budget split, few-shot means with intervals, training cost, and the
-    paired difference to the best configuration at that K. ``scores[name]`` holds every repeat's few-shot rows
-    with a ``seed`` column; ``costs[name][seed]`` is that repeat's prior training report."""
+                     costs: dict[str, dict[int, dict[str, Any]]],
+                     latent: dict[str, dict[int, dict[str, Any]]] | None = None) -> pd.DataFrame:
+    """Rows (configuration in spec order, K): budget split, few-shot means with intervals, training cost, the
+    latent-space metrics, and the paired difference to the best configuration at that K. ``scores[name]`` holds
+    every repeat's few-shot rows with a ``seed`` column; ``costs[name][seed]`` is that repeat's prior training
+    report; ``latent[name][seed]`` its latent-space summary row (absent: NaN columns)."""
     rows, frames = [], {}
     for config in spec.configurations:
         df = scores[config.name]
@@ -56,7 +78,8 @@ def comparison_table(spec: AblationSpec, scores: dict[str, pd.DataFrame],
                          "ssim_mask_mean": float(np.nanmean(group["ssim_mask"])) if group["ssim_mask"].notna().any()
                          else float("nan"),
                          "train_steps": int(round(np.mean([c.get("steps", 0) for c in cost]))),
-                         "train_seconds": float(np.mean([c.get("train_seconds", 0) for c in cost]))})
+                         "train_seconds": float(np.mean([c.get("train_seconds", 0) for c in cost])),
+                         **latent_columns((latent or {}).get(config.name))})
     if not rows:
         raise ValueError("no few-shot scores of the prior method in any configuration")
     table = pd.DataFrame(rows)
@@ -108,16 +131,43 @@ def _vs_best_text(r: Any) -> str:
         f"{r.psnr_vs_best:+.2f} {_ci(r.psnr_vs_best_ci_low, r.psnr_vs_best_ci_high, '+.2f')}"
 
 
+def _latent_texts(r: Any) -> list[str]:
+    """Smoothness, plausible share and coverage of a table row as text ("n/a" where not measurable)."""
+    def num(value: float, spec: str) -> str:
+        return "n/a" if pd.isna(value) else f"{value:{spec}}"
+
+    return [num(getattr(r, "smoothness", float("nan")), ".2f"), num(getattr(r, "plausible_share", float("nan")), ".0%"),
+            num(getattr(r, "coverage", float("nan")), ".2f")]
+
+
 def comparison_markdown(table: pd.DataFrame) -> str:
     lines = [f"| configuration | images = ids x views x exprs | K | frames | PSNR (dB) [{CONFIDENCE:.0%} CI] "
-             f"| per seed | vs best [{CONFIDENCE:.0%} CI] | verdict | SSIM | SSIM in mask | train steps | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| per seed | vs best [{CONFIDENCE:.0%} CI] | verdict | SSIM | SSIM in mask | train steps | train s "
+             "| smoothness | plausible samples | coverage |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.configuration} | {r.images} = {r.identities} x {r.views_per_identity} x "
                      f"{r.expressions_per_identity} | {r.k} | {r.frames} | {_psnr_text(r)} | {_per_seed_text(r)} | "
                      f"{_vs_best_text(r)} | {verdict(r)} | {r.ssim_mean:.3f} | {r.ssim_mask_mean:.3f} | "
-                     f"{r.train_steps} | {r.train_seconds:.0f} |")
+                     f"{r.train_steps} | {r.train_seconds:.0f} | " + " | ".join(_latent_texts(r)) + " |")
     return "\n".join(lines)
+
+
+def latent_notes(table: pd.DataFrame) -> list[str]:
+    """The closing note on the latent space: each configuration's smoothness, plausible share and coverage
+    (mean over seeds), ordered by identities; empty when no configuration has latent metrics."""
+    if "smoothness" not in table or table[[c for c, _, _ in LATENT_COLUMNS]].isna().all().all():
+        return []
+    per_config = table.drop_duplicates("configuration").sort_values("identities", kind="stable")
+    parts = []
+    for r in per_config.itertuples():
+        smooth, plausible, cover = _latent_texts(r)
+        why = " (one identity: nothing to interpolate or cover)" if r.identities < 2 else ""
+        parts.append(f"{r.configuration} ({r.identities} identit{'y' if r.identities == 1 else 'ies'}): smoothness "
+                     f"{smooth}, plausible samples {plausible}, coverage {cover}{why}")
+    return ["Latent space by number of training identities (mean over seeds; smoothness 1.0 = even steps, "
+            "coverage <= 1 = held-out faces land as close to the training codes as those are to each other): "
+            + "; ".join(parts)]
 
 
 def margins(table: pd.DataFrame) -> list[str]:
@@ -169,10 +219,16 @@ def comparison_png(table: pd.DataFrame) -> bytes:
 def comparison_html(spec: AblationSpec, table: pd.DataFrame, plot: bytes) -> str:
     ci = f"{CONFIDENCE:.0%} CI"
     header = ["configuration", "images = ids x views x exprs", "K", "frames", f"PSNR (dB) [{ci}]", "per seed",
-              f"vs best [{ci}]", "verdict", "SSIM", "SSIM in mask", "train steps", "train s"]
+              f"vs best [{ci}]", "verdict", "SSIM", "SSIM in mask", "train steps", "train s", "smoothness",
+              "plausible samples", "coverage"]
     rows = [[r.configuration, f"{r.images} = {r.identities} x {r.views_per_identity} x {r.expressions_per_identity}",
              r.k, r.frames, _psnr_text(r), _per_seed_text(r), _vs_best_text(r), verdict(r), f"{r.ssim_mean:.3f}",
-             f"{r.ssim_mask_mean:.3f}", r.train_steps, f"{r.train_seconds:.0f}"] for r in table.itertuples()]
+             f"{r.ssim_mask_mean:.3f}", r.train_steps, f"{r.train_seconds:.0f}", *_latent_texts(r)]
+            for r in table.itertuples()]
+    latent = latent_notes(table)
+    latent_html = ("<h2>Latent space</h2><p>" + " ".join(
+        f"<b>{html.escape(column)}</b>: {html.escape(text)}." for column, _, text in LATENT_COLUMNS) + "</p><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in latent) + "</ul>") if latent else ""
     described = "".join(f"<li><b>{html.escape(c.name)}</b>: {html.escape(c.budget_text())}"
                         f"{' — ' + html.escape(c.description) if c.description else ''}</li>"
                         for c in spec.configurations)
@@ -192,7 +248,7 @@ def comparison_html(spec: AblationSpec, table: pd.DataFrame, plot: bytes) -> str
         f"<ul>{described}</ul>", "<h2>Margins</h2>",
         "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in margins(table)) + "</ul>",
         html_table(header, rows),
-        f'<img alt="few-shot PSNR per configuration" src="{bytes_data_uri(plot)}">',
+        f'<img alt="few-shot PSNR per configuration" src="{bytes_data_uri(plot)}">', latent_html,
         f"<details><summary>Spec ({html.escape(spec.source)})</summary><pre>"
         f"{html.escape(json.dumps(spec.to_dict(), indent=2))}</pre></details>",
         "</body>", "</html>", ""])
@@ -204,7 +260,8 @@ def write_ablation_report(directory: Path, spec: AblationSpec, table: pd.DataFra
     plot = comparison_png(table)
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
-    markdown = "\n".join([comparison_markdown(table), "", *(f"- {line}" for line in margins(table)), ""])
+    markdown = "\n".join([comparison_markdown(table), "", *(f"- {line}" for line in margins(table) + latent_notes(table)),
+                          ""])
     contents = {"table": (layout.ABLATION_TABLE_FILE, buf.getvalue()),
                 "html": (layout.ABLATION_HTML_FILE, comparison_html(spec, table, plot).encode()),
                 "plot": (layout.ABLATION_PLOT_FILE, plot),

@@ -6,8 +6,11 @@ configuration's seed + ``s``), ``train_configuration`` trains a prior on exactly
 (prior seed + ``s``; the resume rule of ``training.prior.stage``), ``evaluate_configuration``
 scores it few-shot with the spec's protocol (the same held-out frames for every repeat and
 configuration: the comparison is paired) and records what the scores were computed under.
-``compare`` refuses scores computed under settings the spec no longer gives (the staleness
-rule) and writes the comparison beside the configurations' folders, file by file.
+``measure_latent`` writes the latent-space report of that prior (``training.latent``: smoothness of
+interpolations between its training identities, plausibility of sampled identities, coverage of the
+held-out subjects' adapted codes). ``compare`` refuses scores computed under settings the spec no
+longer gives, and latent metrics of a prior, codes or latent settings replaced since (the staleness
+rule), and writes the comparison beside the configurations' folders, file by file.
 """
 
 from __future__ import annotations
@@ -120,6 +123,46 @@ def evaluate_configuration(store: Storage, spec: AblationSpec, name: str, seed: 
                          log=log)
 
 
+def measure_latent(store: Storage, spec: AblationSpec, name: str, seed: int, model: FaceModel,
+                   log: Log = print):
+    """Repeat ``seed`` of configuration ``name``: its prior's latent-space report (``ablation_latent_dir``), with
+    coverage from the codes ``evaluate_configuration`` adapted; the ``LatentAnalysis``."""
+    from training.latent.config import LatentConfig
+    from training.latent.stage import latent_report_into
+
+    config = spec.get(name)
+    prior_path = layout.ablation_prior_checkpoint(name, _repeat(spec, seed))
+    require(store, prior_path, "prior", "ablation_prior")
+    require(store, layout.ablation_codes(name, seed), "adapted codes", "ablation_fewshot")
+    try:
+        return latent_report_into(store, layout.ablation_latent_dir(name, seed), prior_path, "ablation_prior",
+                                  layout.ablation_codes(name, seed), model, LatentConfig(),
+                                  title=f"Identity latent space: ablation {name} seed {seed}",
+                                  notes=[f"configuration {name} seed {seed}: {config.budget_text()}"], log=log)
+    except StageError as exc:
+        raise StageError(f"{name} seed {seed}: {exc}") from None
+
+
+def latent_rows(store: Storage, spec: AblationSpec) -> tuple[dict[str, dict[int, dict]], list[str]]:
+    """Every repeat's latent summary row (configuration -> seed -> row), and the configurations whose rows were
+    measured on another prior, other adapted codes or other latent settings than the store and code hold now."""
+    from training.latent.config import LatentConfig
+    from training.latent.stage import file_digest
+
+    wanted = json.loads(canonical_json(LatentConfig().to_dict()))
+    rows: dict[str, dict[int, dict]] = {}
+    stale: list[str] = []
+    for name in spec.names():
+        for seed in spec.seeds:
+            row = pd.read_parquet(io.BytesIO(store.read_bytes(layout.ablation_latent_metrics(name, seed)))).iloc[0]
+            rows.setdefault(name, {})[seed] = row.to_dict()
+            if (row.get("prior_sha256") != file_digest(store, layout.ablation_prior_checkpoint(name, seed))
+                    or row.get("codes_sha256") != file_digest(store, layout.ablation_codes(name, seed))
+                    or json.loads(row.get("latent_config", "{}")) != wanted) and name not in stale:
+                stale.append(name)
+    return rows, stale
+
+
 @dataclass(frozen=True)
 class Comparison:
     """The comparison table of every configuration and its plot."""
@@ -154,17 +197,28 @@ def compare(store: Storage, spec: AblationSpec) -> Comparison:
                if not (store.exists(layout.ablation_scores(n, s)) and store.exists(layout.ablation_prior_report(n, s)))]
     if missing:
         raise StageError(f"configuration(s) {', '.join(missing)} have no few-shot scores yet: materialise "
-                         "ablation_subset, ablation_prior and ablation_fewshot for those partitions first")
+                         "ablation_subset, ablation_prior, ablation_fewshot and ablation_latent for those "
+                         "partitions first")
+    missing = [f"{n} (seed {s})" for n in spec.names() for s in spec.seeds
+               if not store.exists(layout.ablation_latent_metrics(n, s))]
+    if missing:
+        raise StageError(f"configuration(s) {', '.join(missing)} have no latent-space metrics yet: materialise "
+                         "ablation_latent for those partitions first")
     stale = stale_configurations(store, spec)
     if stale:
         raise StageError(f"configuration(s) {', '.join(stale)} were trained or scored under other settings than "
                          f"{spec.source} now gives them (the spec changed since): rematerialise ablation_subset, "
                          "ablation_prior and ablation_fewshot for those partitions")
+    latent, stale = latent_rows(store, spec)
+    if stale:
+        raise StageError(f"the latent-space metrics of configuration(s) {', '.join(stale)} were measured on another "
+                         "prior, other adapted codes or other latent settings: rematerialise ablation_latent for "
+                         "those partitions")
     scores = {n: pd.concat([pd.read_parquet(io.BytesIO(store.read_bytes(layout.ablation_scores(n, s)))).assign(seed=s)
                             for s in spec.seeds], ignore_index=True) for n in spec.names()}
     costs = {n: {s: json.loads(store.read_bytes(layout.ablation_prior_report(n, s))) for s in spec.seeds}
              for n in spec.names()}
-    table = comparison_table(spec, scores, costs)
+    table = comparison_table(spec, scores, costs, latent)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_ablation_report(Path(tmp), spec, table)
         for path in sorted(Path(tmp).rglob("*")):  # beside the configurations' folders: published file by file

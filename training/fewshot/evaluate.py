@@ -47,6 +47,9 @@ class SubjectResult:
     grids: list[GridRow] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     """One entry per adaptation: method, condition, K, inputs, seconds, final loss, corrections."""
+    codes: list[dict[str, Any]] = field(default_factory=list)
+    """Every adapted identity code (stage 1 as ``latent_only`` whenever it ran): subject, condition, method,
+    K and the code, for the latent-space coverage (``training.latent``)."""
 
 
 def evaluate_subjects(prior: AvatarPrior, face_model: FaceModel, index: pa.Table | str, subjects: Sequence[str],
@@ -62,6 +65,7 @@ def evaluate_subjects(prior: AvatarPrior, face_model: FaceModel, index: pa.Table
         merged.rows += result.rows
         merged.grids += result.grids
         merged.runs += result.runs
+        merged.codes += result.codes
     return merged
 
 
@@ -152,6 +156,9 @@ class SubjectEvaluation:
                 adapted["prior"] = refine(stage1, self.face_model, inputs, cfg, True, self.log)
             if "prior_fixed_geometry" in methods:
                 adapted["prior_fixed_geometry"] = refine(stage1, self.face_model, inputs, cfg, False, self.log)
+        for method, run in adapted.items():  # before the no-prior baseline, whose code means nothing to the prior
+            self.result.codes.append({"subject_id": self.subject_id, "condition": condition, "method": method,
+                                      "k": k, "code": run.model.latents.weight[0].detach().cpu().numpy()})
         if "scratch" in methods:
             adapted["scratch"] = train_scratch(self.prior, self.face_model, inputs, cfg, self.log)
         renders: dict[str, torch.Tensor] = {}

@@ -58,11 +58,13 @@ def evaluate_into(store: Storage, target: str, prior, model: FaceModel, index: p
     """Adapt ``prior`` to ``subjects``, score every method and K, and publish report + scores at ``target`` whole.
 
     ``keep_adapted`` also publishes each adapted avatar (``adapted/<subject>/<condition>/k<K>``);
+    every adapted identity code goes into ``codes.parquet`` (the latent-space coverage reads it);
     ``extra_files`` (name -> bytes) go into the same folder.
     """
     from capture_schema.atomic import atomic_write_bytes, canonical_json
     from training.fewshot.evaluate import evaluate_subjects
     from training.fewshot.report import summary_table, write_report
+    from training.latent.codes import adapted_codes_parquet
 
     with store.staged_directory(target) as work:
         result = evaluate_subjects(prior, model, index, list(subjects), config,
@@ -71,6 +73,7 @@ def evaluate_into(store: Storage, target: str, prior, model: FaceModel, index: p
         paths = write_report(work, scores, result.grids, list(notes), dict(settings))
         if keep_adapted:
             atomic_write_bytes(work / layout.FEWSHOT_RUNS_FILE, canonical_json(result.runs).encode())
+        atomic_write_bytes(work / layout.FEWSHOT_CODES_FILE, adapted_codes_parquet(result.codes, prior))
         for name, data in (extra_files or {}).items():
             atomic_write_bytes(work / name, data)
         plot = paths["plot"].read_bytes()
