@@ -143,7 +143,7 @@ def test_report_compares_configurations_in_html_parquet_and_metadata(ablation_ru
     assert {"psnr_mean", "psnr_ci_low", "psnr_ci_high", "psnr_seed0", "ssim_mean", "ssim_mask_mean",
             "train_seconds", "train_steps", "psnr_vs_best", "psnr_vs_best_ci_low", "psnr_vs_best_ci_high",
             "distinguishable"} <= set(table)
-    assert (table["train_steps"] == 400).all() and (table["train_seconds"] > 0).all()
+    assert (table["train_steps"] == 800).all() and (table["train_seconds"] > 0).all()
     assert (table["seeds"] == "0").all() and (table["frames"] == 2 * 13).all()  # validation + test subjects
     assert ((table["psnr_ci_low"] <= table["psnr_mean"]) & (table["psnr_mean"] <= table["psnr_ci_high"])).all()
     html = (root / layout.ABLATIONS_REPORT).read_text()

@@ -47,7 +47,7 @@ def test_default_spec_loads() -> None:
     assert spec.source == str(DEFAULT_SPEC) and len(spec.digest) == 64
     for config in spec.configurations:
         assert config.images == 24 == config.identities * config.n_views * config.n_expressions
-        assert config.prior_config().iterations == 400 and config.seed == 0
+        assert config.prior_config().iterations == 800 and config.seed == 0
         json.dumps(config.to_dict())
     splits = {name: (c.identities, c.n_views, c.n_expressions) for name, c in zip(spec.names(), spec.configurations)}
     assert splits == {"balanced": (2, 3, 4), "identity_heavy": (8, 3, 1), "view_heavy": (1, 12, 2)}

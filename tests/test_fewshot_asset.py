@@ -101,19 +101,16 @@ def test_joint_geometry_beats_frozen_cameras_when_cameras_are_perturbed(fewshot_
 
 
 def test_scores_rise_with_k(fewshot_run) -> None:
-    """Measured on the off-span fixture with the 2500-step occupancy-sampled prior (estimated cameras, PSNR dB
-    at K = 1 / 3 / 5): prior 17.80 / 18.48 / 18.42; in the demo's run of the same data, fixed geometry
-    17.89 / 18.65 / 18.64, latent only 17.45 / 17.45 / 17.40, no prior 8.49 / 8.07 / 9.61. (With the
-    1000-step exhaustive prior: 17.30 / 17.56 / 17.69.) Every prior-based method saturates near the
-    prior's own quality: from K = 3 to K = 5 the full method is flat (-0.06 dB over 13 frames, within
-    the frames' noise), so the rise is required from K = 1 on, and K = 5 may not fall below K = 3 by more
-    than that noise; every method that adapts the network must beat K = 1 at K = 5 (latent only adapts
-    a code alone and stays flat)."""
+    """The issue's bar: the full method rises by at least 1 dB from K = 1 to K = 5. Stage 2 moves the weights
+    K times as fast with K images (``weight_lr_per_image``); with one rate for every K the prior saturated
+    near its own quality (17.80 / 18.48 / 18.42 dB at K = 1 / 3 / 5 with the 2500-step prior). Measured on
+    the dev copy of this data (5000-step prior, test subject): 18.23 / 19.42 / 19.91. Every method that
+    adapts the network must beat K = 1 at K = 5 (latent only adapts a code alone and stays flat)."""
     scores = fewshot_run["scores"]
     estimated = scores[scores.condition == "estimated"].groupby(["method", "k"])[["psnr", "ssim_mask"]].mean()
     print("\n" + estimated.to_string())
     by_k = [estimated.loc[("prior", k), "psnr"] for k in (1, 3, 5)]
-    assert by_k[1] >= by_k[0] + 0.3 and by_k[2] >= by_k[0] + 0.3, f"prior psnr: {by_k}"
+    assert by_k[2] >= by_k[0] + 1.0 and by_k[1] >= by_k[0] + 0.5, f"prior psnr: {by_k}"
     assert by_k[2] >= by_k[1] - 0.2, f"prior psnr: {by_k}"
     for method in ("prior", "prior_fixed_geometry", "scratch"):
         assert estimated.loc[(method, 5), "psnr"] > estimated.loc[(method, 1), "psnr"], method
@@ -198,8 +195,8 @@ def test_object_store_root_gets_every_file(trained_prior, prior_pipeline) -> Non
         folder = f"{root}/{layout.fewshot_dir('anchored')}/"
         found = sorted(p.split(folder, 1)[1] for p in fs.find(f"{root}/{layout.FEWSHOT}"))
         assert found == sorted([layout.join(layout.ADAPTED_DIR, layout.adapted_checkpoint("sim0011", "estimated", 1)),
-                                layout.FEWSHOT_PLOT_FILE, layout.FEWSHOT_REPORT_FILE, layout.FEWSHOT_RUNS_FILE,
-                                layout.FEWSHOT_SCORES_FILE, layout.FEWSHOT_SUMMARY_FILE])
+                                layout.FEWSHOT_CODES_FILE, layout.FEWSHOT_PLOT_FILE, layout.FEWSHOT_REPORT_FILE,
+                                layout.FEWSHOT_RUNS_FILE, layout.FEWSHOT_SCORES_FILE, layout.FEWSHOT_SUMMARY_FILE])
         scores = pd.read_parquet(io.BytesIO(fs.cat_file(f"{root}/{layout.fewshot_scores('anchored')}")))
         assert sorted(scores["method"].unique()) == ["prior", "scratch"] and len(scores) == 4
         meta = result.asset_materializations_for_node("fewshot_report")[0].metadata
