@@ -312,3 +312,18 @@ def test_a_batch_whose_rays_all_miss_renders_the_background(face):
     out["rgb"].sum().backward()  # the background still learns
     assert model.background_logit.grad.abs().sum() > 0
 
+
+
+def test_head_frame_transforms_undo_the_head_pose():
+    from training.prior.head_frame import head_frame_to_world, points_to_head_frame, vectors_to_head_frame
+
+    rotation, translation = _pose(2)
+    local = torch.tensor([[0.01, 0.02, -0.03], [0.1, -0.05, 0.0], [0.0, 0.0, 0.12]])
+    world = head_frame_to_world(local, rotation, translation)
+    by_hand = torch.stack([local @ rotation[b].T + translation[b] for b in range(2)])  # R m + t, row form
+    torch.testing.assert_close(world, by_hand)
+    torch.testing.assert_close(points_to_head_frame(world, rotation, translation), local.expand(2, -1, -1))
+    torch.testing.assert_close(points_to_head_frame(world[:, :, None, :], rotation, translation)[:, :, 0],
+                               local.expand(2, -1, -1))  # extra axes between the points and xyz
+    step = world[:, 1:] - world[:, :1]  # a vector does not move with the translation
+    torch.testing.assert_close(vectors_to_head_frame(step, rotation), (local[1:] - local[:1]).expand(2, -1, -1))

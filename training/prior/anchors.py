@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import nn
 
+from training.prior.head_frame import points_to_head_frame
 from training.prior.occupancy import cell_centres, cell_index
 
 #: (points x anchors) per cdist chunk on an accelerator: 4 MB of float32, near cache size; 2x faster
@@ -100,7 +101,7 @@ class NeighbourGrid(nn.Module):
 
     def search(self, points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         """(B, P, k) anchor ids of world ``points`` (B, P, 3) of frames with head pose ``rotation``, ``translation``."""
-        local = torch.einsum("bji,bpj->bpi", rotation, points - translation[:, None, :])
+        local = points_to_head_frame(points, rotation, translation)
         return self.table[cell_index(local, self.low, self.high, self.resolution)]
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from training.prior.anchors import Neighbours, encoding_size, positional_encoding, weighted_rows
 from training.prior.config import PriorConfig
+from training.prior.head_frame import points_to_head_frame, vectors_to_head_frame
 
 OFFSET_FREQUENCIES = 4
 DENSITY_SCALE = 200.0  # 1/m: an opaque surface needs sigma * (sample spacing ~4 mm) of a few units
@@ -52,13 +53,6 @@ def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.SiLU())
     return nn.Sequential(*layers)
-
-
-def to_head_frame(vectors: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """World-frame vectors (B, P, ..., 3) expressed in the head (model) frame: R^T v."""
-    B = vectors.shape[0]
-    flat = vectors.reshape(B, -1, 3)
-    return torch.einsum("bji,bpj->bpi", rotation, flat).reshape(vectors.shape)
 
 
 def native_bfloat16(device: torch.device) -> bool:
@@ -122,10 +116,10 @@ class AnchoredField(nn.Module):
         feats = weighted_rows(table, neighbours.index, neighbours.weight)  # (B, P, 3F)
         if self.offset_encoding == "mean":
             offset = (neighbours.weight[..., None] * neighbours.offset).sum(-2)  # (B, P, 3)
-            local = to_head_frame(offset, condition.head_rotation) / self.max_distance
+            local = vectors_to_head_frame(offset, condition.head_rotation) / self.max_distance
             mixed = positional_encoding(local, OFFSET_FREQUENCIES)
         else:
-            local = to_head_frame(neighbours.offset, condition.head_rotation) / self.max_distance
+            local = vectors_to_head_frame(neighbours.offset, condition.head_rotation) / self.max_distance
             encoded = positional_encoding(local, OFFSET_FREQUENCIES)  # (B, P, k, E)
             mixed = torch.matmul(neighbours.weight[..., None, :], encoded).squeeze(-2)  # weighted sum over k
         return self.decoder(torch.cat([feats, mixed], dim=-1))
@@ -161,7 +155,7 @@ class TriplaneField(nn.Module):
 
     def forward(self, points: torch.Tensor, condition: FrameCondition,
                 neighbours: Neighbours) -> tuple[torch.Tensor, torch.Tensor]:
-        local = to_head_frame(points - condition.head_translation[:, None, :], condition.head_rotation) / self.extent
+        local = points_to_head_frame(points, condition.head_rotation, condition.head_translation) / self.extent
         planes = self.planes(condition) if condition.features is None else condition.features
         feats = 0
         for i, axes in enumerate(((0, 1), (0, 2), (1, 2))):

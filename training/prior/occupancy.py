@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from torch import nn
 
+from training.prior.head_frame import head_frame_to_world, points_to_head_frame, vectors_to_head_frame
+
 #: Relative weight the previous maxima keep at each refresh (Instant-NGP uses 0.95 every 16 steps).
 DECAY = 0.95
 #: Ray positions probed per ray to find its first and last occupied cell (only grid lookups: cheap).
@@ -129,8 +131,8 @@ class OccupancyGrid(nn.Module):
         """near, far (B, R) of world rays: the stretch inside the box, narrowed to the first occupied probe ..
         the last occupied one or, once the grid has learned densities, the point where they block the ray
         plus ``BEHIND_CELLS``; and the mask of rays that cross any occupied cell."""
-        local_o = torch.einsum("bji,brj->bri", rotation, origins - translation[:, None, :])
-        local_d = torch.einsum("bji,brj->bri", rotation, dirs)
+        local_o = points_to_head_frame(origins, rotation, translation)
+        local_d = vectors_to_head_frame(dirs, rotation)
         near, far, hit = box_bounds(local_o, local_d, self.low, self.high)
         step = (far - near) / MARCH_STEPS
         probes = near[..., None] + step[..., None] * (torch.arange(MARCH_STEPS, device=near.device) + 0.5)
@@ -161,7 +163,7 @@ class OccupancyGrid(nn.Module):
         ijk = ijk[self.candidates.flatten()]
         jitter = torch.rand(ijk.shape, generator=generator).to(ijk.device) if generator is not None else 0.5
         local = self.low + (ijk + jitter) / r * (self.high - self.low)
-        world = torch.einsum("bij,pj->bpi", rotation, local.to(rotation.dtype)) + translation[:, None, :]
+        world = head_frame_to_world(local, rotation, translation)
         seen = torch.zeros(r**3, dtype=self.density.dtype, device=self.density.device)
         seen[self.candidates.flatten()] = density(world).amax(0).to(self.density.dtype)
         seen = seen.reshape(r, r, r)
