@@ -20,6 +20,7 @@ from capture_schema import derived_layout as layout
 from pipelines.assets.fewshot import fewshot_report
 from pipelines.assets.latent import latent_space_report
 from pipelines.resources import FaceModelResource, StorageResource
+from test_fewshot_asset import failure_message
 from test_fewshot_report import decode_uri, parse
 
 FEWSHOT = {"methods": ["latent_only"], "ks": [1, 3], "perturbed_ks": []}
@@ -29,13 +30,6 @@ def materialise(assets: list, storage_url: str, config: dict | None = None) -> d
     return dg.materialize(assets, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
                           run_config={"ops": config or {}},
                           resources={"storage": StorageResource(url=storage_url), "face_model": FaceModelResource()})
-
-
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    assert not result.success
-    [event] = result.get_step_failure_events()
-    assert event.step_failure_data.user_failure_data is not None, event.step_failure_data.error
-    return event.step_failure_data.user_failure_data.description
 
 
 @pytest.fixture(scope="module")

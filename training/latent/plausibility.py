@@ -55,9 +55,11 @@ def upsample(image: np.ndarray, size: int) -> np.ndarray:
     """A square uint8 or float image resized (bicubic) to ``size`` px, as RGB uint8."""
     import cv2
 
+    from training.latent.scene import to_uint8
+
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+        image = to_uint8(image)
     return np.ascontiguousarray(cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC))
 
 

@@ -21,7 +21,7 @@ import torch
 
 from capture_schema.cameras import project_points
 from fitting.face_models.base import FaceModel
-from training.prior.frames import crop_camera_rays, head_crop, posed_vertices
+from training.prior.frames import crop_camera_rays, head_window, posed_vertices
 from training.prior.model import AvatarPrior, render_frames
 
 
@@ -116,7 +116,7 @@ def _reference(batch: dict) -> ReferenceFrame:
         return batch[name][0].double().numpy()
 
     target = masked_target(batch["rgb"], batch["mask"], batch["has_mask"])[0]
-    image = (target.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    image = to_uint8(target.permute(1, 2, 0).numpy())
     return ReferenceFrame(batch["key"][0], batch["subject_id"][0], batch["camera_id"][0],
                           batch["expression_name"][0], arr("K"), arr("dist"), arr("R"), arr("t"), arr("identity"),
                           arr("expression"), arr("rotation"), arr("translation"), np.ascontiguousarray(image))
@@ -146,11 +146,8 @@ def render_avatars(prior: AvatarPrior, face_model: FaceModel, frame: ReferenceFr
     cfg = prior.config
     depth = cfg.head_depth if head_depth is None else head_depth
     vertices = _posed(face_model, frame, identities, expressions)
-    flat = vertices.reshape(-1, 3).double().numpy()
-    back = frame.rotation @ np.array([0.0, 0.0, depth])  # model +z points to the back of the head
-    head = np.concatenate([flat, flat + back])
-    window = head_crop(project_points(head, frame.K, frame.dist, frame.R, frame.t), resolution,
-                       cfg.crop_scale if crop_scale is None else crop_scale)
+    window = head_window(vertices.reshape(-1, 3).double().numpy(), frame.rotation, depth, frame.K, frame.dist,
+                         frame.R, frame.t, resolution, cfg.crop_scale if crop_scale is None else crop_scale)
     K = window.intrinsics(frame.K)
     B = len(codes)
     dirs = torch.from_numpy(crop_camera_rays(window, frame.K, frame.dist))[None].expand(B, -1, -1, -1)

@@ -60,6 +60,16 @@ def head_crop(pixels: np.ndarray, size: int, crop_scale: float) -> CropWindow:
     return CropWindow(float(scale), (float(offset[0]), float(offset[1])), int(size))
 
 
+def head_window(vertices: np.ndarray, rotation: np.ndarray, head_depth: float, K: np.ndarray, dist: np.ndarray,
+                R: np.ndarray, t: np.ndarray, size: int, crop_scale: float) -> CropWindow:
+    """The head crop of posed ``vertices`` (N, 3) seen by camera ``K``, ``dist``, ``R``, ``t``: the face mesh and its
+    copy ``head_depth`` behind it along the head's +z (``rotation``: model-to-world; 3DMMs stop at the ears), so
+    training frames and any other rendering of the prior are framed alike."""
+    back = np.asarray(rotation) @ np.array([0.0, 0.0, head_depth])  # model +z points to the back of the head
+    head = np.concatenate([vertices, vertices + back])
+    return head_crop(project_points(head, K, dist, R, t), size, crop_scale)
+
+
 def crop_camera_rays(window: CropWindow, K: np.ndarray, dist: np.ndarray) -> np.ndarray:
     """(size, size, 3) float32 unit directions, camera frame, through every crop pixel (distortion undone)."""
     n = window.size
@@ -115,9 +125,8 @@ class FramePreparer:
         params = {k: fit[k].double().numpy() for k in ("identity", "expression", "rotation", "translation")}
         vertices = self.face_model.vertices(params["identity"], params["expression"], params["rotation"],
                                             params["translation"])
-        back = params["rotation"] @ np.array([0.0, 0.0, self.head_depth])  # model +z points to the back of the head
-        head = np.concatenate([vertices, vertices + back])
-        window = head_crop(project_points(head, K, dist, R, t), self.resolution, self.crop_scale)
+        window = head_window(vertices, params["rotation"], self.head_depth, K, dist, R, t, self.resolution,
+                             self.crop_scale)
         rgb = warp(np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy()), window, cv2.BORDER_REPLICATE)
         mask = sample.get("mask")
         if mask is not None:
